@@ -1,0 +1,183 @@
+"""Typed configuration for the SPRC model, its preprocessing and its losses.
+
+A configuration round-trips through plain JSON (`to_dict` / `from_dict`), which is
+what a checkpoint folder stores next to its weights, and what the named presets in
+`cir_core/presets/*.json` hold.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+@dataclass
+class VisionConfig:
+    """The ViT image encoder (EVA ViT-g/14 in the official model)."""
+
+    image_size: int = 224  # input side in pixels (square)
+    patch_size: int = 14  # side of one patch in pixels
+    hidden_size: int = 1408  # token width
+    intermediate_size: int = 6144  # MLP width
+    num_hidden_layers: int = 39  # transformer blocks
+    num_attention_heads: int = 16  # heads per block
+    layer_norm_eps: float = 1e-6  # eps of the per-block LayerNorms (EVA uses 1e-6)
+    ln_vision_eps: float = 1e-5  # eps of the trailing `ln_vision` LayerNorm (torch default in LAVIS)
+    qkv_bias: bool = True  # q and v biases (k has none), as EVA
+    hidden_act: str = "gelu"  # MLP activation
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens out of the encoder: one per patch plus the class token."""
+        return (self.image_size // self.patch_size) ** 2 + 1
+
+
+@dataclass
+class QFormerConfig:
+    """The BERT-style Q-Former that reads the image and the caption."""
+
+    hidden_size: int = 768  # token width
+    num_hidden_layers: int = 12  # transformer layers
+    num_attention_heads: int = 12  # heads per layer
+    intermediate_size: int = 3072  # feed-forward width (query FFN and text FFN alike)
+    cross_attention_frequency: int = 2  # layer i cross-attends to the image when i % frequency == 0
+    max_position_embeddings: int = 512  # position table size
+    vocab_size: int = 30523  # bert-base-uncased WordPiece plus [DEC]
+    layer_norm_eps: float = 1e-12  # BERT LayerNorm eps
+    hidden_dropout_prob: float = 0.1  # dropout after attention and FFN (training only)
+    attention_probs_dropout_prob: float = 0.1  # dropout on attention weights (training only)
+    hidden_act: str = "gelu"  # FFN activation
+    num_query_tokens: int = 32  # learned queries = sentence-prompt length = vectors per gallery image
+
+
+@dataclass
+class PreprocessConfig:
+    """Image and caption preprocessing; stored with the model so nothing can drift."""
+
+    image_size: int = 224  # final square side fed to the vision encoder
+    target_pad_ratio: float = 1.25  # TargetPad: pad the short side when long/short exceeds this
+    resample: str = "bicubic"  # PIL resampling filter for the resize
+    mean: tuple[float, float, float] = CLIP_MEAN  # per-channel normalisation mean
+    std: tuple[float, float, float] = CLIP_STD  # per-channel normalisation std
+    max_caption_words: int = 50  # words kept after cleaning
+    max_caption_tokens: int = 32  # WordPiece tokens kept, [CLS] and [SEP] included
+
+
+@dataclass
+class LossConfig:
+    """Weights of the three SPRC training losses (official CIRR recipe by default)."""
+
+    itc_weight: float = 1.0  # composed query vs target contrastive loss
+    rtc_weight: float = 0.4  # auxiliary-prompt query vs target contrastive loss
+    align_weight: float = 0.4  # MSE between mean sentence prompt and mean auxiliary prompt
+
+
+@dataclass
+class SPRCConfig:
+    """Everything needed to build an SPRC model (weights aside)."""
+
+    name: str = "blip2-vitg"  # preset or model name, shown in the app and the index info
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    qformer: QFormerConfig = field(default_factory=QFormerConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    embed_dim: int = 256  # width of the projected retrieval vectors
+    temp_init: float = 0.07  # initial contrastive temperature (learned, not clamped)
+    attn_implementation: str = "eager"  # "eager" (attention maps available) or "sdpa"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SPRCConfig:
+        return _build(cls, data, "config")
+
+    @classmethod
+    def from_json_file(cls, path: str | Path) -> SPRCConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"cannot read model config {path}: {error}") from error
+        return cls.from_dict(data)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first inconsistent setting."""
+        v, q, p = self.vision, self.qformer, self.preprocess
+        checks = [
+            (v.hidden_size % v.num_attention_heads == 0, "vision.hidden_size must divide by vision.num_attention_heads"),
+            (q.hidden_size % q.num_attention_heads == 0, "qformer.hidden_size must divide by qformer.num_attention_heads"),
+            (v.image_size % v.patch_size == 0, "vision.image_size must be a multiple of vision.patch_size"),
+            (p.image_size == v.image_size, "preprocess.image_size must equal vision.image_size"),
+            (q.num_query_tokens >= 1, "qformer.num_query_tokens must be >= 1"),
+            (q.max_position_embeddings >= q.num_query_tokens + p.max_caption_tokens,
+             "qformer.max_position_embeddings must cover the auxiliary prompt plus a caption"),
+            (p.max_caption_tokens >= 3, "preprocess.max_caption_tokens must be >= 3"),
+            (self.attn_implementation in ("eager", "sdpa"), "attn_implementation must be 'eager' or 'sdpa'"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"invalid model config {self.name!r}: {message}")
+
+
+def _build(cls, data: Any, where: str):
+    """Build dataclass `cls` from a dict, refusing unknown keys (a wrong file is loud)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected an object, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown} (not a {cls.__name__})")
+    kwargs = {}
+    for name, value in data.items():
+        f = fields[name]
+        sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
+        if sub is not None and dataclasses.is_dataclass(sub):
+            kwargs[name] = _build(sub, value, f"{where}.{name}")
+        elif isinstance(value, list):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+
+
+def load_preset(name: str) -> SPRCConfig:
+    """The named preset (`blip2-vitg`, `tiny-test`, ...) as a config."""
+    path = PRESET_DIR / f"{name}.json"
+    if not path.is_file():
+        raise ValueError(f"unknown preset {name!r}; available: {', '.join(available_presets())}")
+    config = SPRCConfig.from_json_file(path)
+    config.validate()
+    return config
+
+
+def apply_overrides(config: SPRCConfig, overrides: dict[str, Any]) -> SPRCConfig:
+    """Return a copy with dotted-key overrides applied, e.g. {"qformer.num_query_tokens": 8}."""
+    data = config.to_dict()
+    for key, value in overrides.items():
+        node = data
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise ValueError(f"unknown config key {key!r}")
+            node = node[part]
+        if leaf not in node:
+            raise ValueError(f"unknown config key {key!r}")
+        node[leaf] = value
+    new = SPRCConfig.from_dict(data)
+    new.validate()
+    return new

@@ -1,0 +1,1 @@
+"""Retrieval metrics and one evaluation function per protocol (shapes, CIRR, FashionIQ)."""

@@ -1,0 +1,41 @@
+"""Ranking metrics shared by every protocol.
+
+Scores are (queries, gallery) similarity matrices; higher is better. Ranks are 0-based
+(rank 0 = retrieved first). Recall values are percentages.
+"""
+from __future__ import annotations
+
+import torch
+
+EXCLUDED = float("-inf")
+
+
+def exclude(scores: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """Copy of `scores` with column `columns[i]` of row i set to -inf (e.g. the reference); -1 skips a row."""
+    scores = scores.clone()
+    rows = torch.arange(scores.shape[0])
+    keep = columns >= 0
+    scores[rows[keep], columns[keep]] = EXCLUDED
+    return scores
+
+
+def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(Nq, Ng) scores and (Nq,) target columns -> (Nq,) 0-based rank of each target.
+
+    Ties are resolved pessimistically: a target shares its rank with nothing above it,
+    so an equal-scoring distractor counts as ranked before the target.
+    """
+    target_scores = scores.gather(1, targets.view(-1, 1))
+    return (scores >= target_scores).sum(dim=1) - 1
+
+
+def recall_at_k(ranks: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10, 50)) -> dict[str, float]:
+    """Percent of queries whose target rank is below k, for each k."""
+    ranks = ranks.to(torch.float64)
+    return {f"R@{k}": float((ranks < k).to(torch.float64).mean() * 100.0) if len(ranks) else 0.0 for k in ks}
+
+
+def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Nq, Ng) -> values and column indices (Nq, min(k, Ng)), best first, excluded columns dropped last."""
+    k = min(k, scores.shape[1])
+    return scores.topk(k, dim=1)

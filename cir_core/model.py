@@ -1,0 +1,248 @@
+"""The SPRC model (Bai et al., ICLR 2024) on transformers' native BLIP-2 blocks.
+
+Shapes below: B batch, T vision tokens, W vision width, Q query tokens (= sentence
+prompt length), H Q-Former width, L caption tokens, D projection width.
+
+Mechanism (see docs/sprc-reference.md in the shared docs):
+1. prompt pass: Q-Former over [query tokens ; caption], query positions cross-attend to
+   the reference image; the sentence-level prompt P is the first Q outputs.
+2. compose pass: Q-Former over [P ; caption] with no image; the composed query is the
+   output at the caption's [CLS] (index Q), projected and normalised.
+3. targets: Q-Former query pass over the target image, Q projected normalised vectors.
+4. score = max over the Q target vectors of the dot product.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import Blip2QFormerConfig, Blip2VisionConfig
+from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerModel, Blip2TextEmbeddings, Blip2VisionModel
+
+from cir_core.config import SPRCConfig
+from cir_core.text import TextBatch, load_tokenizer, tokenize
+
+
+@dataclass
+class QueryEncoding:
+    """Output of `SPRCModel.encode_query`."""
+
+    query: torch.Tensor  # (B, D) L2-normalised composed query vectors
+    prompt: torch.Tensor  # (B, Q, H) sentence-level prompt
+    cross_attentions: tuple[torch.Tensor, ...] | None = None  # per cross-attention layer (B, heads, Q, T)
+
+
+@dataclass
+class ImageEncoding:
+    """Output of `SPRCModel.encode_images`: what a gallery keeps per image."""
+
+    vision_features: torch.Tensor  # (N, T, W) after ln_vision; reusable as a query reference
+    targets: torch.Tensor  # (N, Q, D) L2-normalised target vectors
+
+
+@dataclass
+class SPRCLossOutput:
+    """Output of the training forward."""
+
+    loss: torch.Tensor  # () weighted total
+    itc: torch.Tensor  # () composed query -> target cross-entropy
+    rtc: torch.Tensor  # () auxiliary-prompt query -> target cross-entropy
+    align: torch.Tensor  # () MSE(mean P, mean P'.detach())
+    logits: torch.Tensor  # (B, B) query x target similarities divided by temp
+
+
+def _vision_hf_config(config: SPRCConfig) -> Blip2VisionConfig:
+    v = config.vision
+    return Blip2VisionConfig(
+        image_size=v.image_size, patch_size=v.patch_size, hidden_size=v.hidden_size,
+        intermediate_size=v.intermediate_size, num_hidden_layers=v.num_hidden_layers,
+        num_attention_heads=v.num_attention_heads, layer_norm_eps=v.layer_norm_eps,
+        qkv_bias=v.qkv_bias, hidden_act=v.hidden_act, attention_dropout=0.0,
+        # transformers defaults this to 1e-10 (weights are always loaded); we also train from scratch.
+        initializer_range=0.02,
+    )
+
+
+def _qformer_hf_config(config: SPRCConfig) -> Blip2QFormerConfig:
+    q = config.qformer
+    return Blip2QFormerConfig(
+        vocab_size=q.vocab_size, hidden_size=q.hidden_size, num_hidden_layers=q.num_hidden_layers,
+        num_attention_heads=q.num_attention_heads, intermediate_size=q.intermediate_size,
+        hidden_act=q.hidden_act, hidden_dropout_prob=q.hidden_dropout_prob,
+        attention_probs_dropout_prob=q.attention_probs_dropout_prob,
+        max_position_embeddings=q.max_position_embeddings, layer_norm_eps=q.layer_norm_eps,
+        cross_attention_frequency=q.cross_attention_frequency,
+        encoder_hidden_size=config.vision.hidden_size, use_qformer_text_input=True,
+    )
+
+
+class SPRCModel(nn.Module):
+    """SPRC: BLIP-2 vision encoder + Q-Former writing sentence-level prompts.
+
+    Parameter names follow transformers' `Blip2ForImageTextRetrieval` (vision_model,
+    query_tokens, embeddings, qformer, vision_projection, text_projection) so hub
+    weights load by name; SPRC adds `prompt_tokens` (the auxiliary prompt P') and `temp`.
+    """
+
+    def __init__(self, config: SPRCConfig, tokenizer=None):
+        super().__init__()
+        config.validate()
+        self.config = config
+        q = config.qformer
+        self.vision_model = Blip2VisionModel(_vision_hf_config(config))
+        # LAVIS's ln_vision is a plain LayerNorm (eps 1e-5), unlike the EVA blocks (1e-6).
+        self.vision_model.post_layernorm.eps = config.vision.ln_vision_eps
+        self.qformer = Blip2QFormerModel(_qformer_hf_config(config))
+        self.embeddings = Blip2TextEmbeddings(self.qformer.config)
+        self.query_tokens = nn.Parameter(torch.randn(1, q.num_query_tokens, q.hidden_size) * 0.02)
+        self.prompt_tokens = nn.Parameter(torch.randn(1, q.num_query_tokens, q.hidden_size) * 0.02)
+        self.vision_projection = nn.Linear(q.hidden_size, config.embed_dim)
+        self.text_projection = nn.Linear(q.hidden_size, config.embed_dim)
+        self.temp = nn.Parameter(torch.tensor(float(config.temp_init)))
+        nn.init.normal_(self.embeddings.word_embeddings.weight, std=0.02)
+        nn.init.normal_(self.embeddings.position_embeddings.weight, std=0.02)
+        self.set_attn_implementation(config.attn_implementation)
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(expected_size=q.vocab_size)
+        if len(self.tokenizer) != q.vocab_size:
+            raise ValueError(f"tokenizer has {len(self.tokenizer)} tokens, config expects {q.vocab_size}")
+
+    # ------------------------------------------------------------------ utilities
+    @property
+    def num_query_tokens(self) -> int:
+        return self.config.qformer.num_query_tokens
+
+    @property
+    def device(self) -> torch.device:
+        return self.query_tokens.device
+
+    def set_attn_implementation(self, name: str) -> None:
+        """"eager" is needed for attention maps; "sdpa" may be faster."""
+        self.vision_model.set_attn_implementation(name)
+        self.qformer.set_attn_implementation(name)
+
+    def tokenize(self, captions: list[str] | str) -> TextBatch:
+        p = self.config.preprocess
+        return tokenize(self.tokenizer, captions, p.max_caption_words, p.max_caption_tokens).to(self.device)
+
+    def _as_text(self, captions: list[str] | str | TextBatch) -> TextBatch:
+        return captions.to(self.device) if isinstance(captions, TextBatch) else self.tokenize(captions)
+
+    def _as_vision_features(self, reference: torch.Tensor) -> torch.Tensor:
+        """Pixels (B, 3, S, S) go through the vision encoder; features (B, T, W) pass as they are."""
+        if reference.dim() == 4:
+            return self.vision_features(reference)
+        if reference.dim() == 3 and reference.shape[-1] == self.config.vision.hidden_size:
+            return reference.to(self.device, dtype=self.query_tokens.dtype)
+        raise ValueError(
+            f"reference must be pixels (B, 3, S, S) or vision features (B, T, {self.config.vision.hidden_size}); "
+            f"got shape {tuple(reference.shape)}"
+        )
+
+    # ------------------------------------------------------------------ building blocks (grad-enabled)
+    def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> (B, T, W): ViT then ln_vision."""
+        vision_dtype = self.vision_model.embeddings.patch_embedding.weight.dtype
+        output = self.vision_model(pixel_values=pixel_values.to(self.device, dtype=vision_dtype))
+        return output.last_hidden_state.to(self.query_tokens.dtype)
+
+    def target_vectors(self, vision_features: torch.Tensor) -> torch.Tensor:
+        """(B, T, W) -> (B, Q, D) L2-normalised: the Q-Former query pass over an image."""
+        batch = vision_features.shape[0]
+        queries = self.query_tokens.expand(batch, -1, -1)
+        hidden = self.qformer(query_embeds=queries, query_length=self.num_query_tokens,
+                              encoder_hidden_states=vision_features).last_hidden_state  # (B, Q, H)
+        return F.normalize(self.vision_projection(hidden), dim=-1)
+
+    def sentence_prompt(self, vision_features: torch.Tensor, text: TextBatch, output_attentions: bool = False):
+        """Prompt pass: [queries ; caption] with image cross-attention -> P (B, Q, H) [, cross-attentions]."""
+        batch, num_queries = vision_features.shape[0], self.num_query_tokens
+        queries = self.query_tokens.expand(batch, -1, -1)
+        embeds = self.embeddings(input_ids=text.input_ids, query_embeds=queries)  # (B, Q+L, H)
+        mask = torch.cat([torch.ones(batch, num_queries, dtype=text.attention_mask.dtype, device=self.device),
+                          text.attention_mask], dim=1)
+        output = self.qformer(query_embeds=embeds, query_length=num_queries, attention_mask=mask,
+                              encoder_hidden_states=vision_features, output_attentions=output_attentions)
+        prompt = output.last_hidden_state[:, :num_queries]
+        if output_attentions:
+            return prompt, tuple(output.cross_attentions or ())
+        return prompt
+
+    def compose(self, prompt: torch.Tensor, text: TextBatch) -> torch.Tensor:
+        """Compose pass: [P ; caption] without the image -> query (B, D), the caption [CLS] after P."""
+        batch, num_prompt = prompt.shape[:2]
+        embeds = self.embeddings(input_ids=text.input_ids, query_embeds=prompt)  # (B, Q+L, H)
+        mask = torch.cat([torch.ones(batch, num_prompt, dtype=text.attention_mask.dtype, device=self.device),
+                          text.attention_mask], dim=1)
+        hidden = self.qformer(query_embeds=embeds, query_length=0, attention_mask=mask).last_hidden_state
+        return F.normalize(self.text_projection(hidden[:, num_prompt]), dim=-1)
+
+    def auxiliary_query(self, text: TextBatch) -> torch.Tensor:
+        """[CLS ; P' ; caption words] with positions over the whole sequence -> (B, D)."""
+        batch = text.input_ids.shape[0]
+        words = self.embeddings.word_embeddings(text.input_ids)  # (B, L, H)
+        prompt = self.prompt_tokens.expand(batch, -1, -1).to(words.dtype)
+        sequence = torch.cat([words[:, :1], prompt, words[:, 1:]], dim=1)  # (B, 1+Q+L-1, H)
+        positions = torch.arange(sequence.shape[1], device=self.device)
+        sequence = sequence + self.embeddings.position_embeddings(positions)[None]
+        mask = torch.cat([text.attention_mask[:, :1],
+                          torch.ones(batch, prompt.shape[1], dtype=text.attention_mask.dtype, device=self.device),
+                          text.attention_mask[:, 1:]], dim=1)
+        hidden = self.qformer(query_embeds=sequence, query_length=0, attention_mask=mask).last_hidden_state
+        return F.normalize(self.text_projection(hidden[:, 0]), dim=-1)
+
+    @staticmethod
+    def score(query: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """(B, D) x (N, Q, D) -> (B, N): max over each target's Q vectors of the dot product."""
+        return torch.einsum("bd,nqd->bnq", query, targets.to(query.dtype)).amax(dim=-1)
+
+    # ------------------------------------------------------------------ inference API
+    @torch.inference_mode()
+    def encode_images(self, pixel_values: torch.Tensor) -> ImageEncoding:
+        """Gallery images -> vision features (reusable as references) and target vectors."""
+        features = self.vision_features(pixel_values)
+        return ImageEncoding(vision_features=features, targets=self.target_vectors(features))
+
+    @torch.inference_mode()
+    def encode_target(self, images: torch.Tensor) -> torch.Tensor:
+        """Pixels (N, 3, S, S) or vision features (N, T, W) -> (N, Q, D) L2-normalised."""
+        return self.target_vectors(self._as_vision_features(images))
+
+    @torch.inference_mode()
+    def encode_query(self, reference: torch.Tensor, captions: list[str] | str | TextBatch,
+                     output_attentions: bool = False) -> QueryEncoding:
+        """Reference pixels or cached vision features plus relative captions -> composed query."""
+        features = self._as_vision_features(reference)
+        text = self._as_text(captions)
+        if text.input_ids.shape[0] != features.shape[0]:
+            raise ValueError(f"{features.shape[0]} references but {text.input_ids.shape[0]} captions")
+        attentions = None
+        if output_attentions:
+            if self.qformer.config._attn_implementation != "eager":
+                raise ValueError("attention maps need attn_implementation='eager'")
+            prompt, attentions = self.sentence_prompt(features, text, output_attentions=True)
+        else:
+            prompt = self.sentence_prompt(features, text)
+        return QueryEncoding(query=self.compose(prompt, text), prompt=prompt, cross_attentions=attentions)
+
+    # ------------------------------------------------------------------ training
+    def forward(self, reference: torch.Tensor, captions: list[str] | TextBatch, target: torch.Tensor) -> SPRCLossOutput:
+        """Training forward over B aligned (reference, caption, target) triplets."""
+        text = self._as_text(captions)
+        reference_features = self._as_vision_features(reference)
+        target_features = self._as_vision_features(target)
+        targets = self.target_vectors(target_features)  # (B, Q, D)
+        prompt = self.sentence_prompt(reference_features, text)  # (B, Q, H)
+        query = self.compose(prompt, text)  # (B, D)
+        labels = torch.arange(query.shape[0], device=self.device)
+        logits = self.score(query, targets) / self.temp
+        itc = F.cross_entropy(logits, labels)
+        auxiliary = self.auxiliary_query(text)
+        rtc = F.cross_entropy(self.score(auxiliary, targets) / self.temp, labels)
+        prompt_mean = prompt.mean(dim=1)  # (B, H)
+        auxiliary_mean = self.prompt_tokens.mean(dim=1).detach().expand_as(prompt_mean)
+        align = F.mse_loss(prompt_mean, auxiliary_mean.to(prompt_mean.dtype))
+        weights = self.config.loss
+        loss = weights.itc_weight * itc + weights.rtc_weight * rtc + weights.align_weight * align
+        return SPRCLossOutput(loss=loss, itc=itc, rtc=rtc, align=align, logits=logits)

@@ -1,0 +1,85 @@
+"""Image preprocessing: the one place that turns a PIL image into model input.
+
+TargetPad (official SPRC): when the long/short side ratio exceeds `target_pad_ratio`,
+pad the short side symmetrically with black up to that ratio; then resize the short
+side (bicubic), center-crop, scale to [0, 1] and normalise with CLIP mean/std.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from cir_core.config import PreprocessConfig
+
+_RESAMPLE = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+}
+
+
+def target_pad(image: Image.Image, ratio: float) -> Image.Image:
+    width, height = image.size
+    long_side, short_side = max(width, height), min(width, height)
+    if short_side == 0:
+        raise ValueError("image has a zero-length side")
+    if long_side / short_side <= ratio:
+        return image
+    padded_short = int(round(long_side / ratio))
+    pad_total = padded_short - short_side
+    first = pad_total // 2
+    if width < height:
+        border = (first, 0, pad_total - first, 0)
+    else:
+        border = (0, first, 0, pad_total - first)
+    return ImageOps.expand(image, border=border, fill=(0, 0, 0))
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB with EXIF rotation applied, alpha composited on white, 16-bit and CMYK converted."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGB", rgba.size, (255, 255, 255))
+        background.paste(rgba, mask=rgba.getchannel("A"))
+        return background
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        peak = array.max() if array.size else 0
+        scale = 255.0 / (65535.0 if peak > 255 else 255.0)
+        image = Image.fromarray(np.clip(array * scale, 0, 255).astype(np.uint8), mode="L")
+    return image.convert("RGB")
+
+
+class ImageTransform:
+    """Callable: PIL image -> (3, S, S) float tensor, as configured."""
+
+    def __init__(self, config: PreprocessConfig):
+        self.config = config
+        if config.resample not in _RESAMPLE:
+            raise ValueError(f"unknown resample {config.resample!r}; choose from {sorted(_RESAMPLE)}")
+        self._mean = torch.tensor(config.mean, dtype=torch.float32).view(3, 1, 1)
+        self._std = torch.tensor(config.std, dtype=torch.float32).view(3, 1, 1)
+
+    def resize_and_crop(self, image: Image.Image) -> Image.Image:
+        """The geometric part (pad, resize, crop) on an RGB image; also used to draw heatmaps."""
+        size = self.config.image_size
+        image = target_pad(image, self.config.target_pad_ratio)
+        width, height = image.size
+        scale = size / min(width, height)
+        new_size = (max(size, round(width * scale)), max(size, round(height * scale)))
+        image = image.resize(new_size, _RESAMPLE[self.config.resample])
+        left = (new_size[0] - size) // 2
+        top = (new_size[1] - size) // 2
+        return image.crop((left, top, left + size, top + size))
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        image = self.resize_and_crop(to_rgb(image))
+        array = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
+        return (array - self._mean) / self._std
+
+    def batch(self, images: list[Image.Image]) -> torch.Tensor:
+        """(N, 3, S, S) from a list of PIL images."""
+        return torch.stack([self(image) for image in images])

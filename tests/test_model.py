@@ -1,0 +1,122 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+import cir_core
+from cir_core.text import TextBatch
+
+
+def images(n, size=32, seed=0):
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_shapes_and_normalisation(tiny_model):
+    config = tiny_model.config
+    q, d = config.qformer.num_query_tokens, config.embed_dim
+    targets = tiny_model.encode_target(images(3))
+    assert targets.shape == (3, q, d)
+    assert torch.allclose(targets.norm(dim=-1), torch.ones(3, q), atol=1e-5)
+    encoding = tiny_model.encode_query(images(2), ["remove the lemon", "make it red"], output_attentions=True)
+    assert encoding.query.shape == (2, d)
+    assert encoding.prompt.shape == (2, q, config.qformer.hidden_size)
+    assert torch.allclose(encoding.query.norm(dim=-1), torch.ones(2), atol=1e-5)
+    layers = (config.qformer.num_hidden_layers + 1) // config.qformer.cross_attention_frequency
+    assert len(encoding.cross_attentions) == layers
+    assert encoding.cross_attentions[0].shape == (2, config.qformer.num_attention_heads, q, config.vision.num_tokens)
+    assert not encoding.query.requires_grad
+
+
+def test_score_is_max_over_queries(tiny_model):
+    query = F.normalize(torch.randn(2, 16), dim=-1)
+    targets = F.normalize(torch.randn(5, 4, 16), dim=-1)
+    expected = torch.tensor([[max(float(query[i] @ targets[j, k]) for k in range(4)) for j in range(5)] for i in range(2)])
+    assert torch.allclose(tiny_model.score(query, targets), expected, atol=1e-6)
+
+
+def test_cached_vision_features_equal_pixels(tiny_model):
+    pixels = images(2, seed=3)
+    cached = tiny_model.encode_images(pixels)
+    assert torch.equal(cached.targets, tiny_model.encode_target(pixels))
+    from_pixels = tiny_model.encode_query(pixels, ["a red circle", "move it left"]).query
+    from_features = tiny_model.encode_query(cached.vision_features, ["a red circle", "move it left"]).query
+    assert torch.allclose(from_pixels, from_features, atol=1e-6)
+
+
+def test_batch_size_one_everywhere(tiny_model):
+    pixels = images(1, seed=4)
+    assert tiny_model.encode_target(pixels).shape[0] == 1
+    assert tiny_model.encode_query(pixels, "make it blue").query.shape[0] == 1
+    model = cir_core.create_model("tiny-test")
+    out = model(pixels, ["make it blue"], images(1, seed=5))
+    assert out.logits.shape == (1, 1)
+    out.loss.backward()
+    # one triplet: the only target is the right one, so both contrastive losses are zero
+    assert float(out.itc) == pytest.approx(0.0, abs=1e-6) and float(out.rtc) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_padding_does_not_change_queries(tiny_model):
+    pixels = images(2, seed=6)
+    alone = tiny_model.encode_query(pixels[:1], "red").query
+    padded = tiny_model.encode_query(pixels, ["red", "a much longer caption with many more words"]).query[:1]
+    assert torch.allclose(alone, padded, atol=1e-5)
+
+
+def test_reference_shape_is_checked(tiny_model):
+    with pytest.raises(ValueError, match="reference must be"):
+        tiny_model.encode_query(torch.randn(1, 5, 7), "make it red")
+    with pytest.raises(ValueError, match="captions"):
+        tiny_model.encode_query(images(2), ["only one"])
+
+
+def test_losses_match_hand_computation():
+    torch.manual_seed(1)
+    model = cir_core.create_model("tiny-test", **{"loss.itc_weight": 1.0, "loss.rtc_weight": 0.5,
+                                                 "loss.align_weight": 2.0})
+    model.eval()  # no dropout, so the recomputation below sees the same network
+    reference, target = images(3, seed=7), images(3, seed=8)
+    captions = ["make it red", "remove the square", "add a blue circle on the left"]
+    out = model(reference, captions, target)
+
+    text = model.tokenize(captions)
+    with torch.no_grad():
+        targets = model.target_vectors(model.vision_features(target))  # (3, Q, D)
+        prompt = model.sentence_prompt(model.vision_features(reference), text)
+        query = model.compose(prompt, text)
+        auxiliary = model.auxiliary_query(text)
+    temp = float(model.temp)
+
+    def contrastive(vectors):
+        total = 0.0
+        for i in range(3):
+            logits = [max(float(vectors[i] @ targets[j, k]) for k in range(targets.shape[1])) / temp for j in range(3)]
+            top = max(logits)
+            log_sum = top + torch.log(torch.tensor([sum(torch.exp(torch.tensor(v - top)) for v in logits)])).item()
+            total += log_sum - logits[i]
+        return total / 3
+
+    itc, rtc = contrastive(query), contrastive(auxiliary)
+    prompt_mean = prompt.mean(dim=1)
+    aux_mean = model.prompt_tokens.detach().mean(dim=1)
+    align = float(((prompt_mean - aux_mean) ** 2).mean())
+    assert float(out.itc) == pytest.approx(itc, rel=1e-4)
+    assert float(out.rtc) == pytest.approx(rtc, rel=1e-4)
+    assert float(out.align) == pytest.approx(align, rel=1e-4)
+    assert float(out.loss) == pytest.approx(itc + 0.5 * rtc + 2.0 * align, rel=1e-4)
+
+
+def test_training_forward_gradients_reach_trainable_parts():
+    model = cir_core.create_model("tiny-test")
+    out = model(images(2), ["make it red", "remove it"], images(2, seed=1))
+    out.loss.backward()
+    for name in ("query_tokens", "prompt_tokens", "temp"):
+        assert getattr(model, name).grad is not None, name
+    assert model.vision_projection.weight.grad is not None
+    assert model.text_projection.weight.grad.abs().sum() > 0
+
+
+def test_textbatch_input_equals_strings(tiny_model):
+    text = tiny_model.tokenize(["make it red"])
+    assert isinstance(text, TextBatch)
+    a = tiny_model.encode_query(images(1), text).query
+    b = tiny_model.encode_query(images(1), ["make it red"]).query
+    assert torch.equal(a, b)
