@@ -29,10 +29,19 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (scores >= target_scores).sum(dim=1) - 1
 
 
-def recall_at_k(ranks: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10, 50)) -> dict[str, float]:
-    """Percent of queries whose target rank is below k, for each k."""
+def recall_at_k(ranks: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10, 50), prefix: str = "R") -> dict[str, float]:
+    """Percent of queries whose target rank is below k, for each k, keyed f"{prefix}@{k}"."""
     ranks = ranks.to(torch.float64)
-    return {f"R@{k}": float((ranks < k).to(torch.float64).mean() * 100.0) if len(ranks) else 0.0 for k in ks}
+    return {f"{prefix}@{k}": float((ranks < k).to(torch.float64).mean() * 100.0) if len(ranks) else 0.0 for k in ks}
+
+
+def keep_only(scores: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """Copy of `scores` with every column where the (Nq, Ng) bool mask `allowed` is False set to -inf.
+
+    Ranking within a subset this way equals filtering the global ranking to the subset
+    (CIRR's Recall_subset), since the relative order of the kept columns is unchanged.
+    """
+    return scores.masked_fill(~allowed, EXCLUDED)
 
 
 def top_k(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,162 @@
+"""`cir eval cirr|fashioniq|shapes`: run an official evaluation protocol and print its metrics."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from cir_core.cli import CommandError
+
+FASHIONIQ_DEFAULT_CATEGORIES = "dress,shirt,toptee"
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("eval", help="evaluate a model with an official protocol (CIRR, FashionIQ, shapes)",
+                                   description="Evaluate a model with an official protocol.")
+    protocols = parser.add_subparsers(dest="protocol", metavar="PROTOCOL", required=True)
+
+    cirr = protocols.add_parser("cirr", help="CIRR val: R@1/5/10/50, Recall_subset@1/2/3, (R@5 + Rs@1)/2")
+    cirr.add_argument("--data-root", type=Path, required=True,
+                      help="the cirr_dataset folder (cirr/captions, cirr/image_splits, dev/, train/)")
+    cirr.add_argument("--split", default="val", choices=("val", "train"))
+    cirr.add_argument("--image-root", type=Path, help="folder the image_splits paths are relative to (default: --data-root)")
+    add_model_arguments(cirr, features=True)
+    cirr.set_defaults(handler=_eval_cirr)
+
+    fashioniq = protocols.add_parser("fashioniq", help="FashionIQ val: R@10/R@50 per category and (R@10 + R@50)/2")
+    fashioniq.add_argument("--data-root", type=Path, required=True,
+                           help="the fashionIQ_dataset folder (captions/, image_splits/, images/)")
+    fashioniq.add_argument("--split", default="val")
+    fashioniq.add_argument("--categories", default=FASHIONIQ_DEFAULT_CATEGORIES, help="comma-separated categories")
+    add_model_arguments(fashioniq, features=True)
+    fashioniq.set_defaults(handler=_eval_fashioniq)
+
+    shapes = protocols.add_parser("shapes", help="synthetic shapes benchmark: R@1/5/10/50 overall and per edit type")
+    shapes.add_argument("--data", type=Path, required=True, help="a generated shapes dataset folder")
+    shapes.add_argument("--split", default="test")
+    add_model_arguments(shapes, features=False)
+    shapes.set_defaults(handler=_eval_shapes)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, features: bool) -> None:
+    """Options shared by every evaluation and submission command."""
+    parser.add_argument("--model", help="model URI: local-dir:PATH, hf-hub:org/name or a folder")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    parser.add_argument("--num-workers", type=int, default=0, help="image-loading worker processes")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    if features:
+        parser.add_argument("--cache-reference-features", action="store_true",
+                            help="keep gallery vision features on the CPU to skip re-encoding references")
+        parser.add_argument("--save-features", type=Path, metavar="DIR",
+                            help="also write the computed features to DIR/<split>.pt")
+        parser.add_argument("--from-features", type=Path, metavar="DIR",
+                            help="evaluate features saved by --save-features instead of running a model")
+
+
+def load_model_from_args(args: argparse.Namespace):
+    if args.batch_size < 1:
+        raise CommandError("--batch-size must be at least 1")
+    if getattr(args, "from_features", None) is not None:
+        return None
+    if not args.model:
+        raise CommandError("--model is required" + (" (or --from-features DIR)" if hasattr(args, "from_features") else ""))
+    import torch
+
+    from cir_core.checkpoints import load_model
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise CommandError("--device cuda was asked for but no CUDA device is available")
+    return load_model(args.model, device=device)
+
+
+def features_file(folder: Path, split_name: str) -> Path:
+    return folder / (split_name.replace("/", "_") + ".pt")
+
+
+def split_features(args: argparse.Namespace, model, split):
+    """Cached features for `split` (from --from-features), or computed now and saved if asked; None = compute later."""
+    from cir_core.evaluation.features import RetrievalFeatures, compute_features
+
+    if args.from_features is not None:
+        return RetrievalFeatures.load(features_file(args.from_features, split.name))
+    if args.save_features is None:
+        return None
+    features = compute_features(model, split, args.batch_size, not args.no_progress,
+                                args.cache_reference_features, args.num_workers)
+    features.save(features_file(args.save_features, split.name))
+    return features
+
+
+def _print_metrics(values: dict[str, float]) -> str:
+    return "  ".join(f"{name} {value:6.2f}" for name, value in values.items())
+
+
+def _eval_cirr(args: argparse.Namespace) -> int:
+    from cir_core.data.cirr import read_cirr
+    from cir_core.evaluation.cirr import evaluate_cirr
+
+    model = load_model_from_args(args)
+    split = read_cirr(args.data_root, args.split, image_root=args.image_root, check_images=model is not None)
+    report = evaluate_cirr(model, split, args.batch_size, not args.no_progress, split_features(args, model, split),
+                           args.cache_reference_features, args.num_workers)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    print(f"{report.split}: {report.num_queries} queries, reference excluded")
+    print(_print_metrics(report.recall))
+    print(_print_metrics(report.recall_subset))
+    print(f"(R@5 + Rsubset@1)/2 {report.average:6.2f}")
+    return 0
+
+
+def _eval_fashioniq(args: argparse.Namespace) -> int:
+    from cir_core.data.fashioniq import FASHIONIQ_CATEGORIES, read_fashioniq
+    from cir_core.evaluation.fashioniq import evaluate_fashioniq
+
+    categories = [c.strip() for c in args.categories.split(",") if c.strip()]
+    unknown = [c for c in categories if c not in FASHIONIQ_CATEGORIES]
+    if unknown or not categories:
+        raise CommandError(f"--categories must list some of {', '.join(FASHIONIQ_CATEGORIES)}; got {args.categories!r}")
+    model = load_model_from_args(args)
+    splits = {c: read_fashioniq(args.data_root, c, args.split, check_images=model is not None) for c in categories}
+    features = {c: split_features(args, model, split) for c, split in splits.items()}
+    report = evaluate_fashioniq(model, splits, args.batch_size, not args.no_progress,
+                                {c: f for c, f in features.items() if f is not None},
+                                args.cache_reference_features, args.num_workers)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    print(f"{'category':<10} {'queries':>7} {'R@10':>7} {'R@50':>7}")
+    for category, recall in report.categories.items():
+        print(f"{category:<10} {report.num_queries[category]:>7} {recall['R@10']:7.2f} {recall['R@50']:7.2f}")
+    print(f"{'average':<10} {sum(report.num_queries.values()):>7} {report.recall['R@10']:7.2f} {report.recall['R@50']:7.2f}")
+    print(f"(R@10 + R@50)/2 {report.average:6.2f}")
+    return 0
+
+
+def _print_nested(values: dict, indent: str = "") -> None:
+    """Scalars on one line, nested groups (e.g. per edit type) below, whatever the report's depth."""
+    scalars = {k: v for k, v in values.items() if not isinstance(v, dict)}
+    if scalars:
+        print(indent + "  ".join(f"{k} {v:6.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in scalars.items()))
+    for key, value in values.items():
+        if isinstance(value, dict):
+            print(f"{indent}{key}:")
+            _print_nested(value, indent + "  ")
+
+
+def _eval_shapes(args: argparse.Namespace) -> int:
+    from cir_core.data.shapes import read_shapes_split
+    from cir_core.evaluation.shapes import evaluate_shapes
+
+    model = load_model_from_args(args)
+    split = read_shapes_split(args.data, args.split)
+    report = evaluate_shapes(model, split, args.batch_size, not args.no_progress)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        _print_nested(report.to_dict())
+    return 0

@@ -1,0 +1,91 @@
+"""CIRR rc2 (Liu et al., ICCV 2021) reader.
+
+Layout of DATA_ROOT (the official `cirr_dataset` folder):
+
+    cirr/captions/cap.rc2.<split>.json        [{"pairid", "reference", "target_hard", "target_soft",
+                                                 "caption", "img_set": {"id", "members", ...}}, ...]
+    cirr/image_splits/split.rc2.<split>.json  {image name: "./dev/dev-244-0-img0.png", ...}
+    train/<n>/*.png, dev/*.png, test1/*.png   the images, at the relative paths above
+
+The annotation folder may also sit directly in DATA_ROOT (captions/ and image_splits/
+next to the image folders). Image paths resolve against `image_root` (default DATA_ROOT).
+test1 has no target fields; its targets are None.
+"""
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from cir_core.data.fashioniq import read_json
+from cir_core.data.triplets import Triplet, TripletSplit
+
+CIRR_SPLITS = ("train", "val", "test1")
+CIRR_VERSION = "rc2"
+
+
+def annotation_dir(data_root: Path) -> Path:
+    """Where captions/ and image_splits/ live: DATA_ROOT/cirr (official) or DATA_ROOT itself."""
+    nested = data_root / "cirr"
+    return nested if (nested / "captions").is_dir() or (nested / "image_splits").is_dir() else data_root
+
+
+def _parse_record(record: Any, index: int, source: Path, has_targets: bool) -> Triplet:
+    required = ("pairid", "reference", "caption", "img_set") + (("target_hard",) if has_targets else ())
+    if not isinstance(record, dict) or any(key not in record for key in required):
+        missing = [key for key in required if not isinstance(record, dict) or key not in record]
+        raise ValueError(f"{source}: record {index} lacks {', '.join(missing)}; got {record!r:.200}")
+    members = record["img_set"].get("members") if isinstance(record["img_set"], dict) else None
+    if not isinstance(members, list):
+        raise ValueError(f"{source}: record {index} (pairid {record['pairid']}) has no img_set.members list")
+    extras: dict[str, Any] = {"members": [str(m) for m in members], "img_set_id": record["img_set"].get("id")}
+    if has_targets:
+        extras["target_soft"] = dict(record.get("target_soft") or {})
+    return Triplet(
+        pairid=int(record["pairid"]), reference=str(record["reference"]), caption=str(record["caption"]),
+        target=str(record["target_hard"]) if has_targets else None, extras=extras,
+    )
+
+
+def read_cirr(data_root: str | Path, split: str, image_root: str | Path | None = None,
+              check_images: bool = True) -> TripletSplit:
+    """A CIRR split as a `TripletSplit`; the gallery is every image of the split's image_splits file.
+
+    Raises FileNotFoundError naming the missing annotation file or how many images are
+    missing (never skips queries silently); `check_images=False` reads annotations only.
+    """
+    if split not in CIRR_SPLITS:
+        raise ValueError(f"unknown CIRR split {split!r}; choose from {', '.join(CIRR_SPLITS)}")
+    data_root = Path(data_root)
+    image_root = Path(image_root) if image_root is not None else data_root
+    annotations = annotation_dir(data_root)
+    captions_file = annotations / "captions" / f"cap.{CIRR_VERSION}.{split}.json"
+    split_file = annotations / "image_splits" / f"split.{CIRR_VERSION}.{split}.json"
+    records = read_json(captions_file, data_root)
+    name_to_relpath = read_json(split_file, data_root)
+    if not isinstance(records, list):
+        raise ValueError(f"{captions_file} must hold a list of records; got {type(records).__name__}")
+    if not isinstance(name_to_relpath, dict):
+        raise ValueError(f"{split_file} must map image names to relative paths; got {type(name_to_relpath).__name__}")
+
+    has_targets = split != "test1"
+    triplets = [_parse_record(record, index, captions_file, has_targets) for index, record in enumerate(records)]
+    listed = set(name_to_relpath)
+    unknown = sorted({name for t in triplets for name in (t.reference, t.target, *t.extras["members"])
+                      if name is not None and name not in listed})
+    if unknown:
+        raise ValueError(f"{len(unknown)} images used in {captions_file} are not listed in {split_file} "
+                         f"(first: {unknown[0]})")
+
+    image_paths = {name: image_root / PurePosixPath(relpath) for name, relpath in name_to_relpath.items()}
+    if check_images:
+        missing = [name for name, path in image_paths.items() if not path.is_file()]
+        if missing:
+            folders = sorted({str(PurePosixPath(name_to_relpath[name]).parts[0]) for name in missing})
+            where = ", ".join(str(image_root / folder) for folder in folders)
+            raise FileNotFoundError(
+                f"{len(missing)} of {len(image_paths)} images listed in "
+                f"{split_file.relative_to(data_root)} are missing under {where} "
+                f"(first: {image_paths[missing[0]]})"
+            )
+    return TripletSplit(name=f"cirr/{split}", triplets=triplets, image_paths=image_paths,
+                        gallery=list(name_to_relpath), exclude_reference=True)

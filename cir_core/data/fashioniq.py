@@ -1,0 +1,108 @@
+"""FashionIQ (Wu et al., CVPR 2021) reader.
+
+Layout of DATA_ROOT (the official `fashionIQ_dataset` folder):
+
+    captions/cap.<category>.<split>.json      [{"candidate", "target", "captions": [c1, c2]}, ...]
+    image_splits/split.<category>.<split>.json [image id, ...]
+    images/<id>.png (or .jpg)
+
+Each category (dress, shirt, toptee) is evaluated on its own gallery: the category's
+image split. The reference stays in the gallery (official protocol).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from cir_core.data.triplets import Triplet, TripletSplit
+
+FASHIONIQ_CATEGORIES = ("dress", "shirt", "toptee")
+IMAGE_EXTENSIONS = (".png", ".jpg")
+# The official code strips these from both ends of each caption before joining the two.
+_CAPTION_EDGE_CHARACTERS = ".?, "
+
+
+def join_captions(first: str, second: str) -> str:
+    """The evaluation caption: "c1 and c2" (each caption's edge punctuation stripped, as official)."""
+    return f"{first.strip(_CAPTION_EDGE_CHARACTERS)} and {second.strip(_CAPTION_EDGE_CHARACTERS)}"
+
+
+def caption_variants(first: str, second: str) -> tuple[str, ...]:
+    """The four training captions the official code draws from uniformly: both orders and each alone."""
+    first, second = first.strip(_CAPTION_EDGE_CHARACTERS), second.strip(_CAPTION_EDGE_CHARACTERS)
+    return (f"{first} and {second}", f"{second} and {first}", first, second)
+
+
+def read_json(path: Path, data_root: Path) -> Any:
+    """Parsed JSON of an annotation file; errors name the file relative to the data root."""
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file {path} is missing (data root {data_root})")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+
+
+def _image_path(images_dir: Path, image_id: str) -> Path | None:
+    for extension in IMAGE_EXTENSIONS:
+        path = images_dir / f"{image_id}{extension}"
+        if path.is_file():
+            return path
+    return None
+
+
+def _parse_record(record: Any, index: int, source: Path) -> tuple[str, str | None, tuple[str, str]]:
+    if not isinstance(record, dict) or "candidate" not in record or "captions" not in record:
+        raise ValueError(f"{source}: record {index} must be an object with 'candidate' and 'captions'; got {record!r:.200}")
+    captions = record["captions"]
+    if not (isinstance(captions, list) and len(captions) == 2 and all(isinstance(c, str) for c in captions)):
+        raise ValueError(f"{source}: record {index} must have exactly two caption strings; got {captions!r:.200}")
+    return str(record["candidate"]), record.get("target"), (captions[0], captions[1])
+
+
+def read_fashioniq(data_root: str | Path, category: str, split: str, check_images: bool = True) -> TripletSplit:
+    """One category's split as a `TripletSplit` (pairid = record index; target None without targets).
+
+    `check_images=False` reads annotations only (image paths then assume .png).
+    Raises FileNotFoundError naming the missing annotation file or how many images are missing.
+    """
+    if category not in FASHIONIQ_CATEGORIES:
+        raise ValueError(f"unknown FashionIQ category {category!r}; choose from {', '.join(FASHIONIQ_CATEGORIES)}")
+    data_root = Path(data_root)
+    captions_file = data_root / "captions" / f"cap.{category}.{split}.json"
+    split_file = data_root / "image_splits" / f"split.{category}.{split}.json"
+    records = read_json(captions_file, data_root)
+    gallery = read_json(split_file, data_root)
+    if not isinstance(records, list):
+        raise ValueError(f"{captions_file} must hold a list of records; got {type(records).__name__}")
+    if not isinstance(gallery, list) or not all(isinstance(i, str) for i in gallery):
+        raise ValueError(f"{split_file} must hold a list of image ids")
+
+    triplets = []
+    for index, record in enumerate(records):
+        reference, target, (first, second) = _parse_record(record, index, captions_file)
+        triplets.append(Triplet(
+            pairid=index, reference=reference, target=None if target is None else str(target),
+            caption=join_captions(first, second), edit=category, caption_variants=caption_variants(first, second),
+        ))
+
+    image_ids = list(dict.fromkeys([*gallery, *(t.reference for t in triplets),
+                                    *(t.target for t in triplets if t.target is not None)]))
+    images_dir = data_root / "images"
+    image_paths: dict[str, Path] = {}
+    missing = []
+    for image_id in image_ids:
+        path = _image_path(images_dir, image_id) if check_images else images_dir / f"{image_id}.png"
+        if path is None:
+            missing.append(image_id)
+        else:
+            image_paths[image_id] = path
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(image_ids)} images listed in {split_file.relative_to(data_root)} and "
+            f"{captions_file.relative_to(data_root)} are missing under {images_dir} "
+            f"(looked for <id>.png and <id>.jpg; first: {missing[0]})"
+        )
+    return TripletSplit(name=f"fashioniq-{category}/{split}", triplets=triplets, image_paths=image_paths,
+                        gallery=list(gallery), exclude_reference=False)
