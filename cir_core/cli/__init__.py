@@ -14,6 +14,8 @@ import sys
 
 # Order here is the order shown by `cir --help`.
 COMMAND_MODULES = [
+    "eval",
+    "submit",
     "convert",
 ]
 

@@ -11,6 +11,7 @@ Features can be saved and evaluated later without a model (.pt or .npz).
 from __future__ import annotations
 
 import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,7 +80,7 @@ class RetrievalFeatures:
                               "pairids": [str(i) for i in data["pairids"]], "queries": torch.from_numpy(data["queries"])}
             else:
                 raise ValueError(f"feature file {path} must end in {' or '.join(FEATURE_FILE_SUFFIXES)}")
-        except (KeyError, OSError, RuntimeError, ValueError) as error:
+        except (KeyError, OSError, RuntimeError, ValueError, pickle.UnpicklingError) as error:
             raise ValueError(f"{path} is not a feature file written by RetrievalFeatures.save ({error})") from error
         features = cls(**fields)
         if features.gallery_targets.dim() != 3 or features.gallery_targets.shape[0] != len(features.gallery_ids):
