@@ -55,13 +55,18 @@ def add_model_arguments(parser: argparse.ArgumentParser, features: bool) -> None
                             help="evaluate features saved by --save-features instead of running a model")
 
 
-def load_model_from_args(args: argparse.Namespace):
+def needs_model(args: argparse.Namespace) -> bool:
+    """Whether the command runs a model (not --from-features); checks the model options first."""
     if args.batch_size < 1:
         raise CommandError("--batch-size must be at least 1")
     if getattr(args, "from_features", None) is not None:
-        return None
+        return False
     if not args.model:
         raise CommandError("--model is required" + (" (or --from-features DIR)" if hasattr(args, "from_features") else ""))
+    return True
+
+
+def load_model_from_args(args: argparse.Namespace):
     import torch
 
     from cir_core.checkpoints import load_model
@@ -98,8 +103,9 @@ def _eval_cirr(args: argparse.Namespace) -> int:
     from cir_core.data.cirr import read_cirr
     from cir_core.evaluation.cirr import evaluate_cirr
 
-    model = load_model_from_args(args)
-    split = read_cirr(args.data_root, args.split, image_root=args.image_root, check_images=model is not None)
+    use_model = needs_model(args)
+    split = read_cirr(args.data_root, args.split, image_root=args.image_root, check_images=use_model)
+    model = load_model_from_args(args) if use_model else None
     report = evaluate_cirr(model, split, args.batch_size, not args.no_progress, split_features(args, model, split),
                            args.cache_reference_features, args.num_workers)
     if args.json:
@@ -120,8 +126,9 @@ def _eval_fashioniq(args: argparse.Namespace) -> int:
     unknown = [c for c in categories if c not in FASHIONIQ_CATEGORIES]
     if unknown or not categories:
         raise CommandError(f"--categories must list some of {', '.join(FASHIONIQ_CATEGORIES)}; got {args.categories!r}")
-    model = load_model_from_args(args)
-    splits = {c: read_fashioniq(args.data_root, c, args.split, check_images=model is not None) for c in categories}
+    use_model = needs_model(args)
+    splits = {c: read_fashioniq(args.data_root, c, args.split, check_images=use_model) for c in categories}
+    model = load_model_from_args(args) if use_model else None
     features = {c: split_features(args, model, split) for c, split in splits.items()}
     report = evaluate_fashioniq(model, splits, args.batch_size, not args.no_progress,
                                 {c: f for c, f in features.items() if f is not None},
@@ -152,8 +159,9 @@ def _eval_shapes(args: argparse.Namespace) -> int:
     from cir_core.data.shapes import read_shapes_split
     from cir_core.evaluation.shapes import evaluate_shapes
 
-    model = load_model_from_args(args)
+    needs_model(args)
     split = read_shapes_split(args.data, args.split)
+    model = load_model_from_args(args)
     report = evaluate_shapes(model, split, args.batch_size, not args.no_progress)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))

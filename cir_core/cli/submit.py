@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from cir_core.cli.eval import add_model_arguments, load_model_from_args, split_features
+from cir_core.cli.eval import add_model_arguments, load_model_from_args, needs_model, split_features
 
 
 def register(subparsers) -> None:
@@ -28,8 +28,9 @@ def _submit_cirr(args: argparse.Namespace) -> int:
     from cir_core.data.cirr import read_cirr
     from cir_core.evaluation.cirr import write_cirr_submission
 
-    model = load_model_from_args(args)
-    split = read_cirr(args.data_root, args.split, image_root=args.image_root, check_images=model is not None)
+    use_model = needs_model(args)
+    split = read_cirr(args.data_root, args.split, image_root=args.image_root, check_images=use_model)
+    model = load_model_from_args(args) if use_model else None
     submission = write_cirr_submission(model, split, args.out, args.name, args.batch_size, not args.no_progress,
                                        split_features(args, model, split), args.cache_reference_features,
                                        args.num_workers)

@@ -1,0 +1,111 @@
+"""`cir eval` and `cir submit` end to end with the tiny checkpoint on stand-in dataset folders."""
+import json
+
+import pytest
+
+from cir_core.cli import main
+from cir_core.data.cirr import read_cirr
+from cir_core.data.fashioniq import read_fashioniq
+from cir_core.evaluation.cirr import evaluate_cirr
+from cir_core.evaluation.fashioniq import evaluate_fashioniq
+from test_cirr import make_cirr_standin, needs_real_files as needs_cirr_files
+from test_fashioniq import make_fashioniq_standin, needs_real_files as needs_fashioniq_files
+
+COMMON = ["--device", "cpu", "--no-progress", "--batch-size", "16"]
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def cirr_root(tmp_path_factory):
+    return make_cirr_standin(tmp_path_factory.mktemp("cirr"), query_sets=1, gallery_size=10)
+
+
+@needs_cirr_files
+def test_eval_cirr_json_matches_the_library(capsys, cirr_root, tiny_checkpoint, tiny_model):
+    code, out, _ = run(capsys, "eval", "cirr", "--data-root", cirr_root, "--model", f"local-dir:{tiny_checkpoint}",
+                       "--json", *COMMON)
+    assert code == 0
+    report = json.loads(out)
+    expected = evaluate_cirr(tiny_model, read_cirr(cirr_root, "val"), progress=False).to_dict()
+    assert report["split"] == "cirr/val" and report["num_queries"] == expected["num_queries"] == 8
+    assert report["recall"] == pytest.approx(expected["recall"])
+    assert report["recall_subset"] == pytest.approx(expected["recall_subset"])
+    assert report["average"] == pytest.approx((report["recall"]["R@5"] + report["recall_subset"]["Rsubset@1"]) / 2)
+
+
+@needs_cirr_files
+def test_eval_cirr_text_and_cached_features(capsys, cirr_root, tiny_checkpoint, tmp_path):
+    code, out, _ = run(capsys, "eval", "cirr", "--data-root", cirr_root, "--model", tiny_checkpoint,
+                       "--save-features", tmp_path, "--cache-reference-features", *COMMON)
+    assert code == 0
+    assert "cirr/val: 8 queries" in out and "R@50" in out and "Rsubset@3" in out and "(R@5 + Rsubset@1)/2" in out
+    assert (tmp_path / "cirr_val.pt").is_file()
+    code, cached_out, _ = run(capsys, "eval", "cirr", "--data-root", cirr_root, "--from-features", tmp_path,
+                              "--no-progress")
+    assert code == 0 and cached_out == out
+
+
+@needs_cirr_files
+def test_eval_errors_are_one_line(capsys, cirr_root, tmp_path):
+    code, _, err = run(capsys, "eval", "cirr", "--data-root", cirr_root, *COMMON)
+    assert code == 2 and "--model is required" in err
+    code, _, err = run(capsys, "eval", "cirr", "--data-root", tmp_path, "--model", "local-dir:/nowhere", *COMMON)
+    assert code == 2 and "cap.rc2.val.json is missing" in err and "Traceback" not in err
+    code, _, err = run(capsys, "eval", "cirr", "--data-root", cirr_root, "--from-features", tmp_path, *COMMON)
+    assert code == 2 and "cirr_val.pt does not exist" in err
+    code, _, err = run(capsys, "eval", "cirr", "--data-root", cirr_root, "--image-root", tmp_path,
+                       "--model", "local-dir:/nowhere", *COMMON)
+    assert code == 2 and f"10 of 10 images listed in cirr/image_splits/split.rc2.val.json are missing under {tmp_path}/dev" in err
+    code, _, err = run(capsys, "eval", "cirr", "--data-root", cirr_root, "--model", "local-dir:/nowhere", *COMMON)
+    assert code == 2 and "model folder /nowhere does not exist" in err
+    code, _, err = run(capsys, "eval", "fashioniq", "--data-root", tmp_path, "--model", "x", "--categories", "skirt")
+    assert code == 2 and "--categories must list some of dress, shirt, toptee" in err
+
+
+@needs_cirr_files
+def test_eval_cirr_reports_missing_images(capsys, tmp_path, tiny_checkpoint):
+    root = make_cirr_standin(tmp_path, query_sets=1, gallery_size=8)
+    next((root / "dev").iterdir()).unlink()
+    code, _, err = run(capsys, "eval", "cirr", "--data-root", root, "--model", tiny_checkpoint, *COMMON)
+    assert code == 2 and "1 of 8 images listed in cirr/image_splits/split.rc2.val.json are missing" in err
+
+
+@needs_fashioniq_files
+def test_eval_fashioniq_end_to_end(capsys, tmp_path, tiny_checkpoint, tiny_model):
+    root = make_fashioniq_standin(tmp_path, categories=("dress", "toptee"), queries=3, gallery_size=14)
+    args = ["eval", "fashioniq", "--data-root", root, "--model", tiny_checkpoint, "--categories", "dress,toptee", *COMMON]
+    code, out, _ = run(capsys, *args, "--json")
+    assert code == 0
+    report = json.loads(out)
+    splits = {c: read_fashioniq(root, c, "val") for c in ("dress", "toptee")}
+    expected = evaluate_fashioniq(tiny_model, splits, progress=False).to_dict()
+    assert report["num_queries"] == {"dress": 3, "toptee": 3}
+    for category in ("dress", "toptee"):
+        assert report["categories"][category] == pytest.approx(expected["categories"][category])
+    assert report["average"] == pytest.approx(expected["average"])
+    code, out, _ = run(capsys, *args)
+    lines = out.splitlines()
+    assert code == 0 and lines[0].split() == ["category", "queries", "R@10", "R@50"]
+    assert [line.split()[0] for line in lines[1:4]] == ["dress", "toptee", "average"]
+    assert lines[3].split()[1:] == ["6", f"{expected['recall']['R@10']:.2f}", f"{expected['recall']['R@50']:.2f}"]
+
+
+@needs_cirr_files
+def test_submit_cirr_writes_both_files(capsys, tmp_path, tiny_checkpoint):
+    root = make_cirr_standin(tmp_path / "data", query_sets=1, gallery_size=54, split="test1")
+    code, out, _ = run(capsys, "submit", "cirr", "--data-root", root, "--model", tiny_checkpoint,
+                       "--out", tmp_path / "out", "--name", "tiny", "--json", *COMMON)
+    assert code == 0
+    written = json.loads(out)
+    assert written["num_queries"] == 8
+    recall = json.loads((tmp_path / "out" / "recall_submission_tiny.json").read_text())
+    subset = json.loads((tmp_path / "out" / "recall_subset_submission_tiny.json").read_text())
+    assert written["recall_file"] == str(tmp_path / "out" / "recall_submission_tiny.json")
+    assert recall["metric"] == "recall" and subset["metric"] == "recall_subset"
+    assert len(recall) == len(subset) == 8 + 2
+    assert all(len(names) == 50 for key, names in recall.items() if key not in ("version", "metric"))
