@@ -278,3 +278,17 @@ def test_transformers_bad_inputs(lavis_file, tmp_path, capsys):
     corrupt = tmp_path / "model.safetensors"
     corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
     assert "truncated or corrupt" in _fails(tmp_path, str(corrupt), flag="--from-transformers", capsys=capsys)
+
+
+def test_float16_storage(lavis_file, lavis_state, tmp_path):
+    out = tmp_path / "half"
+    assert cir_main(["convert", "--from-lavis", str(lavis_file), "--preset", PRESET, "--out", str(out),
+                     "--dtype", "float16"]) == 0
+    from safetensors.torch import load_file
+
+    stored = load_file(str(out / "model.safetensors"))
+    assert {t.dtype for t in stored.values()} == {torch.float16}
+    model = cir_core.load_model(out)
+    assert torch.equal(model.vision_model.embeddings.patch_embedding.weight,
+                       lavis_state["visual_encoder.patch_embed.proj.weight"].float())
+    torch.testing.assert_close(model.query_tokens, lavis_state["query_tokens"], atol=1e-3, rtol=1e-3)
