@@ -299,3 +299,15 @@ def test_submission_needs_fifty_candidates(tmp_path, tiny_model):
         write_cirr_submission(tiny_model, split, tmp_path / "out", batch_size=64, progress=False)
     with pytest.raises(ValueError, match="submission name"):
         write_cirr_submission(tiny_model, split, tmp_path / "out", name="a/b", progress=False)
+
+
+def test_official_cirr_recipe_config():
+    from cir_core.train_config import TrainConfig
+
+    config = TrainConfig.from_file(Path(__file__).resolve().parents[1] / "configs" / "sprc_cirr.json")
+    assert (config.data.kind, config.batch_size, config.optim.lr) == ("cirr", 128, 1e-5)
+    assert (tuple(config.optim.betas), config.optim.eps, config.optim.weight_decay) == ((0.9, 0.98), 1e-7, 0.05)
+    steps_per_epoch = 28225 // 128  # rc2 train triplets, drop_last
+    assert config.max_steps == 50 * steps_per_epoch and config.eval_every == steps_per_epoch
+    assert config.optim.pct_start == pytest.approx(1.5 / 50) and config.optim.freeze_vision
+    assert config.model.overrides == {"loss.itc_weight": 1.0, "loss.rtc_weight": 0.4, "loss.align_weight": 0.4}

@@ -183,3 +183,18 @@ def test_evaluate_fashioniq_equals_a_direct_ranking(tmp_path, tiny_model):
     splits["dress"].exclude_reference = True
     with pytest.raises(ValueError, match="keeps the reference"):
         evaluate_fashioniq(tiny_model, splits, progress=False)
+    with pytest.raises(TypeError, match="per-category galleries"):
+        evaluate_fashioniq(tiny_model, splits["toptee"], progress=False)
+
+
+@needs_real_files
+def test_official_fashioniq_recipe_config():
+    from cir_core.train_config import TrainConfig
+
+    config = TrainConfig.from_file(Path(__file__).resolve().parents[1] / "configs" / "sprc_fiq.json")
+    assert (config.data.kind, tuple(config.data.categories)) == ("fashioniq", FASHIONIQ_CATEGORIES)
+    assert (config.batch_size, config.optim.lr, tuple(config.optim.betas), config.optim.eps) == (128, 2e-5, (0.9, 0.98), 1e-7)
+    steps_per_epoch = sum(len(real_fashioniq("captions", c, "train")) for c in FASHIONIQ_CATEGORIES) // 128
+    assert config.max_steps == 30 * steps_per_epoch and config.eval_every == steps_per_epoch
+    assert config.optim.pct_start == pytest.approx(1.5 / 30) and config.optim.weight_decay == 0.05
+    assert config.model.overrides == {"loss.itc_weight": 1.0, "loss.rtc_weight": 1.0, "loss.align_weight": 1.0}

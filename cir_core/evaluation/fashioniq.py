@@ -56,6 +56,9 @@ def evaluate_fashioniq(model: SPRCModel | None, splits_by_category: dict[str, Tr
                        progress: bool = True, features_by_category: dict[str, RetrievalFeatures] | None = None,
                        cache_reference_features: bool = False, num_workers: int = 0) -> FashionIQReport:
     """The official FashionIQ validation protocol over the given categories (cached features replace the model)."""
+    if not isinstance(splits_by_category, dict):
+        raise TypeError("evaluate_fashioniq takes {category: TripletSplit} (one read_fashioniq split per category); "
+                        "a merged split has lost the per-category galleries the protocol ranks against")
     recall_by_category, num_queries = {}, {}
     for category, split in splits_by_category.items():
         if split.exclude_reference:
