@@ -1,0 +1,375 @@
+"""The one training loop, for every dataset (shapes, CIRR, FashionIQ).
+
+`cir train --config FILE [--key=value ...] [--resume]`, or `main(argv)` from Python.
+A run folder holds `metrics.jsonl` (one JSON object per log line), `last/` (a model
+checkpoint plus `trainer_state.pt` for --resume) and `best/` (the checkpoint with the
+best validation metric so far).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from cir_core.checkpoints import load_model, save_model
+from cir_core.config import apply_overrides, load_preset
+from cir_core.data.triplets import Triplet, TripletSplit
+from cir_core.model import SPRCModel
+from cir_core.train_config import TrainConfig
+from cir_core.transforms import ImageTransform, to_rgb
+
+logger = logging.getLogger(__name__)
+
+TRAINER_STATE_FILE = "trainer_state.pt"
+
+
+# ---------------------------------------------------------------------- data
+def read_split(config: TrainConfig, split: str) -> TripletSplit:
+    """The dataset reader for `config.data.kind`."""
+    data = config.data
+    if data.kind == "shapes":
+        from cir_core.data.shapes import read_shapes_split
+
+        return read_shapes_split(data.root, split)
+    if data.kind == "cirr":
+        from cir_core.data.cirr import read_cirr
+
+        return read_cirr(data.root, split)
+    if data.kind == "fashioniq":
+        from cir_core.data.fashioniq import read_fashioniq
+
+        parts = [read_fashioniq(data.root, category, split) for category in data.categories]
+        return merge_splits(parts, f"fashioniq/{split}")
+    raise ValueError(f"unknown data kind {data.kind!r}; use shapes, cirr or fashioniq")
+
+
+def merge_splits(parts: list[TripletSplit], name: str) -> TripletSplit:
+    """Concatenate splits for joint training (pairids are prefixed to stay unique)."""
+    triplets, paths, gallery = [], {}, []
+    for part in parts:
+        for t in part.triplets:
+            triplets.append(Triplet(f"{part.name}:{t.pairid}", t.reference, t.caption, t.target, t.edit,
+                                    t.caption_variants, t.extras))
+        paths.update(part.image_paths)
+        gallery.extend(part.gallery)
+    return TripletSplit(name, triplets, paths, gallery, parts[0].exclude_reference if parts else True)
+
+
+def evaluate(config: TrainConfig, model: SPRCModel, split: TripletSplit) -> dict[str, float]:
+    """Run the dataset's own protocol; returns flat metrics (percent)."""
+    if config.data.kind == "shapes":
+        from cir_core.evaluation.shapes import evaluate_shapes
+
+        report = evaluate_shapes(model, split, progress=False)
+    elif config.data.kind == "cirr":
+        from cir_core.evaluation.cirr import evaluate_cirr
+
+        report = evaluate_cirr(model, split, progress=False)
+    else:
+        from cir_core.evaluation.fashioniq import evaluate_fashioniq
+
+        report = evaluate_fashioniq(model, split, progress=False)
+    return flatten_metrics(report.to_dict())
+
+
+def flatten_metrics(report: dict, prefix: str = "") -> dict[str, float]:
+    flat = {}
+    for key, value in report.items():
+        if isinstance(value, dict):
+            flat.update(flatten_metrics(value, f"{prefix}{key}/"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[f"{prefix}{key}"] = float(value)
+    return flat
+
+
+class ImageStore:
+    """Preprocessed training images as uint8 (3, S, S), decoded once and kept in memory."""
+
+    def __init__(self, split: TripletSplit, transform: ImageTransform, cache: bool, progress: bool):
+        self.split, self.transform, self.cache = split, transform, cache
+        self._images: dict[str, torch.Tensor] = {}
+        if cache:
+            ids = sorted({t.reference for t in split.triplets} | {t.target for t in split.triplets if t.target})
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                loaded = pool.map(self._load, ids)
+                for image_id, tensor in tqdm(zip(ids, loaded), total=len(ids), desc="loading images",
+                                             disable=not progress, unit="img"):
+                    self._images[image_id] = tensor
+        mean = torch.tensor(transform.config.mean).view(1, 3, 1, 1)
+        std = torch.tensor(transform.config.std).view(1, 3, 1, 1)
+        self._scale, self._shift = 1.0 / (255.0 * std), -mean / std
+
+    def _load(self, image_id: str) -> torch.Tensor:
+        path = self.split.path(image_id)
+        try:
+            with Image.open(path) as image:
+                rgb = self.transform.resize_and_crop(to_rgb(image))
+        except OSError as error:
+            raise ValueError(f"cannot read training image {path}: {error}") from error
+        return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+    def batch(self, image_ids: list[str]) -> torch.Tensor:
+        """(B, 3, S, S) normalised float pixels."""
+        images = [self._images[i] if i in self._images else self._load(i) for i in image_ids]
+        return torch.stack(images).float() * self._scale + self._shift
+
+
+class TripletSampler:
+    """Batches of `per_reference` triplets sharing a reference (hard negatives for each other)."""
+
+    def __init__(self, triplets: list[Triplet], batch_size: int, per_reference: int, seed: int):
+        self.batch_size, self.rng = batch_size, random.Random(seed)
+        self.targets = [t.target for t in triplets]
+        groups: dict[str, list[int]] = {}
+        for index, triplet in enumerate(triplets):
+            if triplet.target is not None:
+                groups.setdefault(triplet.reference, []).append(index)
+        self.groups = list(groups.values())
+        if not self.groups:
+            raise ValueError("no training triplets with targets")
+        distinct = len(set(self.targets) - {None})
+        if distinct < batch_size:
+            raise ValueError(f"batch size {batch_size} exceeds the {distinct} distinct training targets")
+        self.per_reference = max(1, per_reference)
+        self._order: list[int] = []
+
+    def _refill(self) -> None:
+        chunks = []
+        for group in self.groups:
+            group = group[:]
+            self.rng.shuffle(group)
+            chunks.extend(group[i:i + self.per_reference] for i in range(0, len(group), self.per_reference))
+        self.rng.shuffle(chunks)
+        self._order = [index for chunk in chunks for index in chunk]
+
+    def next_batch(self) -> list[int]:
+        """Indices of one batch; distinct targets only, since duplicates would be false negatives."""
+        batch, targets_seen = [], set()
+        while len(batch) < self.batch_size:
+            if not self._order:
+                self._refill()
+            index = self._order.pop()
+            if self.targets[index] not in targets_seen:
+                targets_seen.add(self.targets[index])
+                batch.append(index)
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.getstate(), "order": list(self._order)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.setstate(state["rng"])
+        self._order = list(state["order"])
+
+
+# ---------------------------------------------------------------------- model and optimiser
+def build_model(config: TrainConfig) -> tuple[SPRCModel, set[str]]:
+    """The model to train and the names of parameters that came pretrained."""
+    init = config.model
+    pretrained: set[str] = set()
+    if init.checkpoint:
+        model = load_model(init.checkpoint)
+        pretrained = {name for name, _ in model.named_parameters()}
+    else:
+        model_config = load_preset(init.preset)
+        if init.overrides:
+            model_config = apply_overrides(model_config, init.overrides)
+        model = SPRCModel(model_config)
+    if init.qformer_from_bert:
+        from cir_core.pretrained import init_qformer_from_bert
+
+        pretrained |= set(init_qformer_from_bert(model, None if init.qformer_from_bert == "minilm" else init.qformer_from_bert))
+    return model, pretrained
+
+
+def parameter_groups(model: SPRCModel, config: TrainConfig, pretrained: set[str]) -> list[dict]:
+    optim = config.optim
+    groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        frozen_vision = optim.freeze_vision and name.startswith("vision_model.") and "post_layernorm" not in name
+        frozen_words = optim.freeze_word_embeddings and name == "embeddings.word_embeddings.weight"
+        if frozen_vision or frozen_words:
+            param.requires_grad_(False)
+            continue
+        if name.startswith("vision_model."):
+            lr = optim.pretrained_lr if name in pretrained else optim.vision_lr
+        else:
+            lr = optim.pretrained_lr if name in pretrained else optim.lr
+        no_decay = param.dim() < 2 or "embeddings" in name or name in ("query_tokens", "prompt_tokens", "temp")
+        decay = 0.0 if no_decay else optim.weight_decay
+        groups.setdefault((lr, decay), []).append(param)
+    return [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in groups.items()]
+
+
+# ---------------------------------------------------------------------- the loop
+class Trainer:
+    def __init__(self, config: TrainConfig, resume: bool = False):
+        self.config = config
+        self.out_dir = Path(config.out_dir)
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        torch.manual_seed(config.seed)
+        self.model, pretrained = build_model(config)
+        self.model.to(config.device).train()
+        self.transform = ImageTransform(self.model.config.preprocess)
+        self.train_split = read_split(config, config.data.train_split)
+        self.val_split = self._validation_split()
+        self.images = ImageStore(self.train_split, self.transform, config.data.cache_images, config.progress)
+        self.sampler = TripletSampler(self.train_split.triplets, config.batch_size, config.edits_per_reference,
+                                      config.seed)
+        self.caption_rng = random.Random(config.seed + 1)
+        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, config, pretrained),
+                                           betas=tuple(config.optim.betas), eps=config.optim.eps)
+        self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            self.optimizer, max_lr=[g["lr"] for g in self.optimizer.param_groups],
+            total_steps=config.max_steps, pct_start=config.optim.pct_start)
+        self.step = 0
+        self.best = -math.inf
+        if resume:
+            self._resume()
+
+    def _validation_split(self) -> TripletSplit | None:
+        if not self.config.data.val_split or self.config.eval_every <= 0:
+            return None
+        split = read_split(self.config, self.config.data.val_split)
+        limit = self.config.data.val_max_queries
+        if limit and len(split.triplets) > limit:
+            chosen = random.Random(0).sample(range(len(split.triplets)), limit)
+            split = TripletSplit(split.name, [split.triplets[i] for i in sorted(chosen)], split.image_paths,
+                                 split.gallery, split.exclude_reference)
+        return split
+
+    def _autocast(self):
+        if self.config.precision == "bf16":
+            return torch.autocast(device_type=torch.device(self.config.device).type, dtype=torch.bfloat16)
+        if self.config.precision != "fp32":
+            raise ValueError(f"precision must be bf16 or fp32, got {self.config.precision!r}")
+        return nullcontext()
+
+    def train_step(self) -> dict[str, float]:
+        indices = self.sampler.next_batch()
+        triplets = [self.train_split.triplets[i] for i in indices]
+        reference = self.images.batch([t.reference for t in triplets]).to(self.config.device)
+        target = self.images.batch([t.target for t in triplets]).to(self.config.device)
+        captions = [t.training_caption(self.caption_rng) for t in triplets]
+        with self._autocast():
+            out = self.model(reference, captions, target)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        if self.config.optim.clip_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(
+                [p for g in self.optimizer.param_groups for p in g["params"]], self.config.optim.clip_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return {"loss": float(out.loss), "itc": float(out.itc), "rtc": float(out.rtc), "align": float(out.align),
+                "temp": float(self.model.temp), "lr": self.scheduler.get_last_lr()[0]}
+
+    def run(self) -> dict[str, float]:
+        config = self.config
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        start = time.monotonic()
+        last_metrics: dict[str, float] = {}
+        bar = tqdm(total=config.max_steps, initial=self.step, desc="training", disable=not config.progress,
+                   unit="step", dynamic_ncols=True)
+        while self.step < config.max_steps:
+            stats = self.train_step()
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", itc=f"{stats['itc']:.3f}")
+            if self.step % 25 == 0 or self.step == config.max_steps:
+                self._log({"step": self.step, "elapsed_s": round(time.monotonic() - start, 1), **stats})
+            if self.val_split is not None and (self.step % config.eval_every == 0 or self.step == config.max_steps):
+                last_metrics = self.validate(elapsed=time.monotonic() - start)
+            if self.step % config.checkpoint_every == 0 or self.step == config.max_steps:
+                self.save_last()
+        bar.close()
+        if self.val_split is None:
+            save_model(self.model, self.out_dir / "best", dtype=self._save_dtype())
+        return last_metrics
+
+    def validate(self, elapsed: float) -> dict[str, float]:
+        self.model.eval()
+        metrics = evaluate(self.config, self.model, self.val_split)
+        self.model.train()
+        value = metrics.get(self.config.best_metric)
+        if value is None:
+            raise ValueError(f"best_metric {self.config.best_metric!r} not among {sorted(metrics)}")
+        improved = value > self.best
+        if improved:
+            self.best = value
+            save_model(self.model, self.out_dir / "best", dtype=self._save_dtype())
+        self._log({"step": self.step, "elapsed_s": round(elapsed, 1), "val": metrics, "best": self.best,
+                   "improved": improved})
+        logger.info("step %d: val %s = %.2f (best %.2f)", self.step, self.config.best_metric, value, self.best)
+        return metrics
+
+    def _save_dtype(self):
+        return {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}[self.config.save_dtype]
+
+    def _log(self, record: dict) -> None:
+        with open(self.out_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def save_last(self) -> None:
+        folder = save_model(self.model, self.out_dir / "last")
+        state = {"step": self.step, "best": self.best, "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+                 "sampler": self.sampler.state_dict(), "caption_rng": self.caption_rng.getstate()}
+        tmp = folder / (TRAINER_STATE_FILE + ".tmp")
+        torch.save(state, tmp)
+        tmp.replace(folder / TRAINER_STATE_FILE)
+
+    def _resume(self) -> None:
+        folder = self.out_dir / "last"
+        state_path = folder / TRAINER_STATE_FILE
+        if not state_path.is_file():
+            raise FileNotFoundError(f"cannot resume: {state_path} does not exist")
+        resumed = load_model(folder)
+        self.model.load_state_dict(resumed.state_dict())
+        state = torch.load(state_path, weights_only=False)  # our own file: holds Python RNG states
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.caption_rng.setstate(state["caption_rng"])
+        self.step, self.best = state["step"], state["best"]
+        logger.info("resumed from %s at step %d", folder, self.step)
+
+
+def parse_args(argv: list[str] | None) -> tuple[TrainConfig, bool]:
+    parser = argparse.ArgumentParser(prog="cir train", description="Train SPRC with the one training loop.")
+    add_arguments(parser)
+    args, extra = parser.parse_known_args(argv)
+    return config_from_args(args, extra), args.resume
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="training config JSON (see configs/)")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last")
+
+
+def config_from_args(args: argparse.Namespace, extra: list[str]) -> TrainConfig:
+    overrides = {}
+    for item in extra:
+        if not item.startswith("--") or "=" not in item:
+            raise ValueError(f"unrecognised argument {item!r}; overrides look like --optim.lr=1e-4")
+        key, value = item[2:].split("=", 1)
+        overrides[key] = value
+    return TrainConfig.from_file(args.config).with_overrides(overrides)
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    config, resume = parse_args(argv)
+    return Trainer(config, resume=resume).run()

@@ -1,0 +1,108 @@
+"""Typed training configuration: one file describes a whole run (JSON).
+
+`cir train --config FILE --optim.lr=1e-4 ...` overrides any field by its dotted name.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cir_core.config import _build
+
+
+@dataclass
+class DataConfig:
+    """Which benchmark to train and validate on."""
+
+    kind: str = "shapes"  # "shapes", "cirr" or "fashioniq"
+    root: str = ""  # dataset folder (shapes: the `cir data shapes` output; cirr/fashioniq: --data-root)
+    train_split: str = "train"  # split read for training
+    val_split: str = "val"  # split evaluated during training
+    categories: tuple[str, ...] = ("dress", "shirt", "toptee")  # FashionIQ categories trained jointly
+    val_max_queries: int = 0  # evaluate on at most this many validation queries (0 = all)
+    cache_images: bool = True  # keep preprocessed training images in memory (uint8)
+
+
+@dataclass
+class ModelInitConfig:
+    """Where the weights of the model to train come from."""
+
+    preset: str = "shapes-mini"  # preset name for a fresh model
+    overrides: dict[str, Any] = field(default_factory=dict)  # dotted config overrides, e.g. {"qformer.num_query_tokens": 16}
+    checkpoint: str = ""  # start from this model URI instead of a fresh preset (e.g. converted BLIP-2 weights)
+    qformer_from_bert: str = ""  # "minilm" (bundled MiniLM-L6) or a BERT folder; "" = keep as built
+
+
+@dataclass
+class OptimConfig:
+    """AdamW + OneCycle as the official recipe, with per-group learning rates."""
+
+    lr: float = 2e-4  # peak learning rate of newly initialised Q-Former parts and projections
+    pretrained_lr: float = 5e-5  # peak learning rate of weights taken from a pretrained BERT / checkpoint
+    vision_lr: float = 3e-4  # peak learning rate of the vision encoder (when trained)
+    weight_decay: float = 0.05  # AdamW weight decay (not applied to norms, biases, embeddings)
+    betas: tuple[float, float] = (0.9, 0.98)  # AdamW betas
+    eps: float = 1e-7  # AdamW epsilon
+    pct_start: float = 0.1  # OneCycle warm-up share
+    clip_grad_norm: float = 1.0  # gradient clipping (0 = off)
+    freeze_vision: bool = False  # official: the ViT is frozen (ln_vision stays trainable)
+    freeze_word_embeddings: bool = True  # keep the pretrained vocabulary table fixed
+
+
+@dataclass
+class TrainConfig:
+    """A complete training run."""
+
+    out_dir: str = "runs/shapes-mini"  # checkpoints and metrics.jsonl go here
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelInitConfig = field(default_factory=ModelInitConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    batch_size: int = 64  # triplets per step
+    edits_per_reference: int = 4  # triplets sharing a reference in one batch (hard negatives); 1 = random batches
+    max_steps: int = 4000  # optimisation steps (the OneCycle length)
+    eval_every: int = 500  # steps between validations (and best-checkpoint checks)
+    checkpoint_every: int = 500  # steps between resumable checkpoints
+    best_metric: str = "R@1"  # validation metric that decides the best checkpoint (higher is better)
+    precision: str = "bf16"  # "bf16" autocast or "fp32"
+    num_threads: int = 0  # torch threads (0 = leave torch's default)
+    seed: int = 0  # sampling and initialisation seed
+    device: str = "cpu"  # "cpu" or "cuda"
+    progress: bool = True  # show progress bars
+    save_dtype: str = "float32"  # dtype of saved model weights ("float16" for shipping)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return _build(cls, data, "train config")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> TrainConfig:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"cannot read training config {path}: {error}") from error
+        return cls.from_dict(data)
+
+    def with_overrides(self, overrides: dict[str, str]) -> TrainConfig:
+        """Apply dotted `key=value` overrides; values are parsed as JSON when possible."""
+        data = self.to_dict()
+        for key, raw in overrides.items():
+            node = data
+            *parents, leaf = key.split(".")
+            for part in parents:
+                if not isinstance(node.get(part), dict):
+                    raise ValueError(f"unknown training option {key!r}")
+                node = node[part]
+            if leaf not in node and not (parents and parents[-1] == "overrides"):
+                raise ValueError(f"unknown training option {key!r}")
+            try:
+                node[leaf] = json.loads(raw)
+            except json.JSONDecodeError:
+                node[leaf] = raw
+        return TrainConfig.from_dict(data)
