@@ -109,3 +109,29 @@ def test_submit_cirr_writes_both_files(capsys, tmp_path, tiny_checkpoint):
     assert recall["metric"] == "recall" and subset["metric"] == "recall_subset"
     assert len(recall) == len(subset) == 8 + 2
     assert all(len(names) == 50 for key, names in recall.items() if key not in ("version", "metric"))
+
+
+def test_eval_shapes_end_to_end(capsys, tmp_path, tiny_checkpoint, tiny_model):
+    from cir_core.data.shapes import read_shapes_split, write_shapes_dataset
+    from cir_core.data.shapes_splits import ShapesCounts
+    from cir_core.evaluation.shapes import evaluate_shapes
+
+    data = tmp_path / "shapes"
+    write_shapes_dataset(data, seed=0, image_size=32, counts=ShapesCounts(train=4, val=2, test=6), progress=False,
+                         workers=1)
+    args = ["eval", "shapes", "--data", data, "--model", tiny_checkpoint, *COMMON]
+    code, out, _ = run(capsys, *args, "--json")
+    assert code == 0
+    report = json.loads(out)
+    expected = evaluate_shapes(tiny_model, read_shapes_split(data, "test"), progress=False).to_dict()
+    assert report["num_queries"] == expected["num_queries"] == 6
+    assert report["recall"] == pytest.approx(expected["recall"])
+    code, out, _ = run(capsys, *args)
+    lines = out.splitlines()
+    assert code == 0 and lines[0].startswith("shapes/test: 6 queries")
+    assert lines[1].split() == ["queries", "n", "R@1", "R@5", "R@10", "R@50"]
+    assert lines[2].split() == ["all", "6"] + [f"{expected['recall'][k]:.2f}" for k in ("R@1", "R@5", "R@10", "R@50")]
+    per_edit = {line.split()[0]: int(line.split()[1]) for line in lines[3:]}
+    assert {edit: per_edit[edit] for edit in expected["edit_counts"]} == expected["edit_counts"]
+    code, _, err = run(capsys, "eval", "shapes", "--data", tmp_path / "none", "--model", tiny_checkpoint, *COMMON)
+    assert code == 2 and str(tmp_path / "none") in err

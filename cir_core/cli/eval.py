@@ -144,15 +144,18 @@ def _eval_fashioniq(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_nested(values: dict, indent: str = "") -> None:
-    """Scalars on one line, nested groups (e.g. per edit type) below, whatever the report's depth."""
-    scalars = {k: v for k, v in values.items() if not isinstance(v, dict)}
-    if scalars:
-        print(indent + "  ".join(f"{k} {v:6.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in scalars.items()))
-    for key, value in values.items():
-        if isinstance(value, dict):
-            print(f"{indent}{key}:")
-            _print_nested(value, indent + "  ")
+def _print_shapes_table(report: dict) -> None:
+    """Rows: all queries, each edit type, then the novel/seen subsets; columns: queries and R@k."""
+    names = list(report["recall"])
+    print(f"{report['split']}: {report['num_queries']} queries, gallery {report['gallery_size']}")
+    print(f"{'queries':<16} {'n':>6} " + " ".join(f"{name:>7}" for name in names))
+    rows = [("all", report["num_queries"], report["recall"])]
+    rows += [(edit, report["edit_counts"][edit], recall) for edit, recall in report["per_edit"].items()]
+    rows += [("novel", report["num_novel"], report["novel"]),
+             ("seen", report["num_queries"] - report["num_novel"], report["seen"])]
+    for label, count, recall in rows:
+        if count:
+            print(f"{label:<16} {count:>6} " + " ".join(f"{recall[name]:7.2f}" for name in names))
 
 
 def _eval_shapes(args: argparse.Namespace) -> int:
@@ -166,5 +169,5 @@ def _eval_shapes(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
-        _print_nested(report.to_dict())
+        _print_shapes_table(report.to_dict())
     return 0
