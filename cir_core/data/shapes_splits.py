@@ -86,16 +86,22 @@ def plan_split(split: str, seed: int, counts: ShapesCounts, used_pairs: set[tupl
     with tqdm(total=wanted, desc=f"sampling shapes/{split}", unit="query", disable=not progress) as bar:
         while len(queries) < wanted:
             reference = sample_scene(rng, train=train)
-            added = 0
+            needed = min(edits_per_reference, wanted - len(queries))
+            edits, pairs = [], set()
             for edit_type in rng.sample(EDIT_TYPES, len(EDIT_TYPES)):
-                if added == edits_per_reference or len(queries) == wanted:
+                if len(edits) == needed:
                     break
                 edit = edit_scene(reference, edit_type, rng, train=train)
-                if edit is None or (reference.id, edit.target.id) in used_pairs:
+                pair = (reference.id, edit.target.id) if edit is not None else None
+                if edit is None or pair in used_pairs or pair in pairs:
                     continue
-                used_pairs.add((reference.id, edit.target.id))
-                queries.append(ShapesQuery(reference, edit.target, edit.caption, edit.edit_type, edit.novel))
-                added += 1
+                pairs.add(pair)
+                edits.append(ShapesQuery(reference, edit.target, edit.caption, edit.edit_type, edit.novel))
+            # A reference gets all its edits or none, so train references have exactly 4 different ones.
+            added = len(edits) if len(edits) == needed else 0
+            if added:
+                used_pairs.update(pairs)
+                queries.extend(edits)
             bar.update(added)
             stale = 0 if added else stale + 1
             if stale > _MAX_STALE_DRAWS:
