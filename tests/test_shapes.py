@@ -22,7 +22,6 @@ from cir_core.data.shapes import (
     NUM_CELL_CLASSES,
     PHRASINGS,
     SHAPES,
-    SIZES,
     SceneObject,
     ShapesCounts,
     ShapesScene,
@@ -101,7 +100,8 @@ def interpret(scene: ShapesScene, caption: str, edit: str) -> ShapesScene:
         (shape,) = re.findall(SHAPE_RE, rest)
     elif edit == "size":
         words = set((caption[:match.start()] + rest).split())
-        small, large = words & {"smaller", "shrink", "down", "small"}, words & {"larger", "bigger", "enlarge", "up", "large"}
+        small = words & {"smaller", "shrink", "down", "small"}
+        large = words & {"larger", "bigger", "enlarge", "up", "large"}
         assert bool(small) != bool(large), caption
         size = "small" if small else "large"
     elif edit == "move":
@@ -164,7 +164,8 @@ def test_cell_labels_hand_worked():
     scene = ShapesScene((obj(0, 0, "circle", "red", "small"), obj(1, 1, "square", "blue", "large"),
                          obj(2, 1, "triangle", "yellow", "large")))
     # class = 1 + (shape * 8 + colour) * 2 + size, shapes (square, circle, triangle), sizes (small, large)
-    expected = torch.tensor([1 + (1 * 8 + 1) * 2 + 0, 0, 0, 0, 1 + (0 * 8 + 2) * 2 + 1, 0, 0, 1 + (2 * 8 + 7) * 2 + 1, 0])
+    red_circle, blue_square, yellow_triangle = 1 + (1 * 8 + 1) * 2 + 0, 1 + (0 * 8 + 2) * 2 + 1, 1 + (2 * 8 + 7) * 2 + 1
+    expected = torch.tensor([red_circle, 0, 0, 0, blue_square, 0, 0, yellow_triangle, 0])
     assert torch.equal(cell_labels(scene), expected)
     assert cell_labels(scene).dtype == torch.long
     assert NUM_CELL_CLASSES == 49 and int(expected.max()) == NUM_CELL_CLASSES - 1
@@ -427,7 +428,8 @@ def test_written_format(dataset):
     for scene_id in list(scenes)[:10]:
         with Image.open(out / "images" / f"{scene_id}.png") as image:
             assert image.size == (32, 32) and image.mode == "RGB"
-            assert np.array_equal(np.asarray(image), np.asarray(render_scene(ShapesScene.from_dict(scenes[scene_id]), 32)))
+            expected = render_scene(ShapesScene.from_dict(scenes[scene_id]), 32)
+            assert np.array_equal(np.asarray(image), np.asarray(expected))
 
 
 def test_reader_round_trip(dataset):

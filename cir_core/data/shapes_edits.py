@@ -60,8 +60,10 @@ PHRASINGS: dict[str, tuple[str, ...]] = {
 HELD_OUT_PHRASINGS: dict[str, str] = {family: templates[-1] for family, templates in PHRASINGS.items()}
 
 _SIZE_WORDS = {
-    "small": {"comparative": "smaller", "bigger": "smaller", "verb": "shrink", "direction": "down", "adjective": "small"},
-    "large": {"comparative": "larger", "bigger": "bigger", "verb": "enlarge", "direction": "up", "adjective": "large"},
+    "small": {"comparative": "smaller", "bigger": "smaller", "verb": "shrink", "direction": "down",
+              "adjective": "small"},
+    "large": {"comparative": "larger", "bigger": "bigger", "verb": "enlarge", "direction": "up",
+              "adjective": "large"},
 }
 _ROTATIONS = (("rotate_cw", rotate_clockwise_cell), ("rotate_ccw", rotate_counterclockwise_cell),
               ("rotate_180", rotate_half_turn_cell))

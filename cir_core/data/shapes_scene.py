@@ -58,7 +58,7 @@ Cell = tuple[int, int]
 
 
 def position_name(row: int, col: int) -> str:
-    """"top left", "middle right", "center", ..."""
+    """The words for a cell: "top left", "middle right", "center", ..."""
     if (row, col) == (1, 1):
         return "center"
     return f"{ROW_WORDS[row]} {COLUMN_WORDS[col]}"
