@@ -1,0 +1,567 @@
+"""Engine: the one object an app calls to search, compare and explain composed queries.
+
+The engine loads a model and a gallery index once and only reads them afterwards, so
+one engine serves concurrent requests from several threads. The mutable parts (the LRU
+cache of gallery vision features, lazily computed vocabulary and benchmark ranks) are
+guarded by locks.
+
+Results are dataclasses: `RetrievalResult` (ranked `Hit`s, `StageTimings`, the
+ground truth's `GroundTruth` rank, an optional `explain.Explanation`), `Comparison`
+(three `MethodRanking`s) and `FailureCase` lists. Bad input raises `QueryError`, a
+ValueError whose message says what is wrong.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from cir_core.checkpoints import load_model, weights_fingerprint
+from cir_core.explain import Explanation, RelevanceMap, Vocabulary, attention_maps, result_relevance
+from cir_core.index import GalleryIndex, GalleryIndexError
+from cir_core.index_build import gallery_items
+from cir_core.model import SPRCModel
+from cir_core.text import TextBatch, clean_caption
+from cir_core.transforms import ImageTransform, to_rgb
+
+logger = logging.getLogger(__name__)
+
+MAX_QUERY_PIXELS = 40_000_000  # larger images are refused before decoding (decompression-bomb guard)
+VIEW_ANGLE_EDITS = ("mirror", "rotate")  # edits that change the viewpoint, listed first among failures
+DEFAULT_CACHE_ROOT = Path(os.environ.get("CIR_CACHE", "~/.cache/cir")).expanduser()
+
+
+class QueryError(ValueError):
+    """A query the engine cannot run; the message names the problem and what to do."""
+
+
+# ---------------------------------------------------------------------- result types
+@dataclass
+class Hit:
+    """One ranked gallery image."""
+
+    rank: int  # 1-based position in the ranking
+    id: str  # gallery image id
+    score: float  # max over the image's Q target vectors of the dot product with the query
+    path: str  # image file (the thumbnail shown for the hit)
+    label: str  # caption or label stored with the gallery image ("" when none)
+
+
+@dataclass
+class StageTimings:
+    """Wall-clock milliseconds of each stage of one query."""
+
+    image_encode_ms: float  # reference through the vision encoder (cache lookup only for cached gallery images)
+    prompt_ms: float  # sentence-level prompt pass (Q-Former over queries + caption, image cross-attention)
+    compose_ms: float  # tokenisation and compose pass (prompt + caption, no image)
+    search_ms: float  # index search, plus exact scoring when a ground truth is given
+    explain_ms: float = 0.0  # explanations (nearest tokens, attention maps, relevance); 0 when off
+
+    @property
+    def total_ms(self) -> float:
+        return self.image_encode_ms + self.prompt_ms + self.compose_ms + self.search_ms + self.explain_ms
+
+
+@dataclass
+class GroundTruth:
+    """Where the known target of a query lands in the full ranking."""
+
+    id: str  # gallery id of the target
+    rank: int  # 1-based rank among all gallery images (excluded images not counted); ties count against it
+    score: float  # its score for the query
+    in_top_k: bool  # whether it is among the returned hits
+
+
+@dataclass
+class RetrievalResult:
+    """The answer to one composed query."""
+
+    caption: str  # relative caption as given
+    reference_id: str | None  # gallery id of the reference when it came from the gallery
+    hits: list[Hit]  # best first, at most k
+    timings: StageTimings  # per-stage latency
+    query_vector: np.ndarray  # (D,) composed query, L2-normalised (for relevance maps of any hit)
+    notes: list[str] = field(default_factory=list)  # non-fatal remarks on the input (truncation, unknown words)
+    ground_truth: GroundTruth | None = None  # set when a ground-truth id was given
+    explanation: Explanation | None = None  # set when explanations were asked for
+
+    def to_json(self) -> dict:
+        """Plain-JSON summary: ranked ids and scores, ground truth, notes, timings."""
+        return {
+            "caption": self.caption,
+            "reference_id": self.reference_id,
+            "results": [{"rank": h.rank, "id": h.id, "score": round(h.score, 6), "label": h.label} for h in self.hits],
+            "ground_truth": None if self.ground_truth is None else {
+                "id": self.ground_truth.id, "rank": self.ground_truth.rank,
+                "score": round(self.ground_truth.score, 6), "in_top_k": self.ground_truth.in_top_k},
+            "notes": list(self.notes),
+            "timings_ms": {"image_encode": round(self.timings.image_encode_ms, 2),
+                           "prompt": round(self.timings.prompt_ms, 2),
+                           "compose": round(self.timings.compose_ms, 2),
+                           "search": round(self.timings.search_ms, 2),
+                           "explain": round(self.timings.explain_ms, 2),
+                           "total": round(self.timings.total_ms, 2)},
+        }
+
+
+@dataclass
+class MethodRanking:
+    """The ranking of one retrieval method in a comparison."""
+
+    name: str  # short name: "sprc", "text-only" or "image-only"
+    description: str  # what the method's query vector is
+    hits: list[Hit]  # best first
+    ground_truth: GroundTruth | None = None  # set when a ground-truth id was given
+
+
+@dataclass
+class Comparison:
+    """Text-only, image-only and SPRC rankings of the same query, side by side."""
+
+    caption: str  # relative caption as given
+    reference_id: str | None  # gallery id of the reference when it came from the gallery
+    rankings: list[MethodRanking]  # in the order text-only, image-only, sprc
+    notes: list[str] = field(default_factory=list)  # remarks on the input
+
+
+@dataclass
+class BenchmarkQuery:
+    """One benchmark triplet whose images are in the engine's gallery."""
+
+    pairid: str  # query id within its split
+    reference_id: str  # gallery id of the reference image
+    target_id: str  # gallery id of the target image
+    caption: str  # relative caption
+    edit: str  # edit type (e.g. "color", "mirror"); "" when the benchmark has none
+    novel: bool  # involves held-out combinations or phrasings
+
+
+@dataclass
+class FailureCase:
+    """A benchmark query whose target is not ranked first."""
+
+    query: BenchmarkQuery  # the triplet
+    rank: int  # 1-based rank of the target (reference excluded)
+    target_score: float  # the target's score
+    top_id: str  # gallery id ranked first instead
+    top_score: float  # its score
+
+
+@dataclass
+class CaptionCheck:
+    """A validated caption, tokenised for the model."""
+
+    text: TextBatch  # (1, L) tokens
+    notes: list[str]  # remarks for the user (truncation, unknown words)
+
+
+# ---------------------------------------------------------------------- input validation
+def load_query_image(source, max_pixels: int = MAX_QUERY_PIXELS) -> Image.Image:
+    """A PIL image, numpy array or image file -> RGB image; QueryError for anything unusable.
+
+    The pixel count is checked from the header before any pixel is decoded, so a forged
+    20000x20000 header is refused at once without allocating it.
+    """
+    if isinstance(source, np.ndarray):
+        try:
+            source = Image.fromarray(source)
+        except (TypeError, ValueError) as error:
+            raise QueryError(f"the array cannot be read as an image ({error})") from error
+    if isinstance(source, Image.Image):
+        _check_pixels(source.size, max_pixels)
+        return to_rgb(source)
+    path = Path(source)
+    if not path.is_file():
+        raise QueryError(f"image file {path} does not exist")
+    try:
+        with Image.open(path) as image:
+            _check_pixels(image.size, max_pixels)
+            image.load()
+            return to_rgb(image)
+    except Image.DecompressionBombError as error:
+        raise QueryError(f"{path.name}: the image is too large to process ({error})") from error
+    except UnidentifiedImageError as error:
+        raise QueryError(f"{path.name} is not an image file (or a format Pillow cannot read)") from error
+    except (OSError, SyntaxError, ValueError) as error:
+        if isinstance(error, QueryError):
+            raise
+        raise QueryError(f"{path.name}: the image file is corrupt or truncated ({error})") from error
+
+
+def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
+    width, height = size
+    if width < 1 or height < 1:
+        raise QueryError(f"the image has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise QueryError(f"the image is {width}x{height} = {width * height / 1e6:.0f} megapixels; "
+                         f"the limit is {max_pixels / 1e6:.0f} megapixels (downscale it first)")
+
+
+def check_caption(model: SPRCModel, caption) -> CaptionCheck:
+    """Refuse empty, wordless or unknown-word captions; note truncation and unknown words."""
+    if not isinstance(caption, str):
+        raise QueryError(f"the caption must be text, got {type(caption).__name__}")
+    if not caption.strip():
+        raise QueryError("the caption is empty: describe how the target differs from the reference")
+    preprocess = model.config.preprocess
+    words = caption.split()
+    cleaned = clean_caption(caption, preprocess.max_caption_words)
+    if not cleaned:
+        raise QueryError("the caption has no words once punctuation is removed")
+    text = model.tokenize(caption)
+    tokenizer = model.tokenizer
+    ids = text.input_ids[0].tolist()
+    content = [i for i in ids if i not in tokenizer.all_special_ids or i == tokenizer.unk_token_id]
+    unknown = sum(1 for i in content if i == tokenizer.unk_token_id)
+    if content and unknown == len(content):
+        raise QueryError("the model knows none of the caption's words (emoji and symbols read as unknown); "
+                         "use words, e.g. 'make the circle red'")
+    notes = []
+    full_length = len(tokenizer(cleaned)["input_ids"])
+    if len(words) > preprocess.max_caption_words or full_length > preprocess.max_caption_tokens:
+        notes.append(f"the caption was truncated: the model reads its first {preprocess.max_caption_tokens - 2} "
+                     f"word pieces (of {full_length - 2}; at most {preprocess.max_caption_words} words)")
+    if unknown:
+        notes.append(f"{unknown} word piece(s) are unknown to the model and read as [UNK]")
+    return CaptionCheck(text=text, notes=notes)
+
+
+# ---------------------------------------------------------------------- the engine
+class Engine:
+    """A loaded model and gallery index; every method is safe to call from several threads."""
+
+    def __init__(self, model: SPRCModel, index: GalleryIndex, benchmark_dir: str | Path | None = None,
+                 feature_cache_size: int = 256, num_threads: int | None = None):
+        """`index` was built with `model`; `benchmark_dir`, a shapes folder, provides benchmark queries."""
+        torch.set_num_threads(num_threads or max(1, min(4, os.cpu_count() or 1)))
+        self.model = model.eval()
+        self.index = index
+        self.benchmark_dir = Path(benchmark_dir) if benchmark_dir is not None else None
+        self.transform = ImageTransform(model.config.preprocess)
+        self._row_of = {image_id: row for row, image_id in enumerate(index.ids)}
+        self._feature_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._feature_cache_size = feature_cache_size
+        self._lock = threading.Lock()
+        self.cache_hits = 0  # gallery references served from the feature cache
+        self.cache_misses = 0  # gallery references that went through the vision encoder
+        self._vocabulary: Vocabulary | None = None
+        self._auxiliary_tokens = None
+        self._benchmark: dict[str, list[BenchmarkQuery]] = {}
+        self._failures: dict[str, list[FailureCase]] = {}
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_uris(cls, model_uri: str, index_dir: str | Path | None = None, gallery_data: str | Path | None = None,
+                  cache_root: str | Path | None = None, progress: bool = True, **kwargs) -> Engine:
+        """Load a model from a URI and its gallery index.
+
+        With `index_dir`, that index is loaded (refused if another model built it).
+        Without, the gallery in `gallery_data` (a shapes benchmark folder, whose test
+        gallery is used, or any folder of images) is indexed once and cached under
+        `cache_root` (default ~/.cache/cir, or $CIR_CACHE), keyed by the model's weights
+        fingerprint. Without either, the shapes benchmark is generated there (seed 0).
+        `gallery_data` that is a shapes folder also provides the benchmark queries.
+        """
+        model = load_model(model_uri)
+        cache_root = Path(cache_root) if cache_root is not None else DEFAULT_CACHE_ROOT
+        if index_dir is not None:
+            index = GalleryIndex.load(index_dir, model=model)
+        else:
+            if gallery_data is None:
+                gallery_data = default_shapes_gallery(cache_root, progress=progress)
+            index = default_gallery_index(model, gallery_data, cache_root, progress)
+        logger.info("engine ready: model %s, %d gallery images", model.config.name, len(index.ids))
+        return cls(model, index, benchmark_dir=gallery_data, **kwargs)
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def gallery_ids(self) -> list[str]:
+        return list(self.index.ids)
+
+    def gallery_path(self, image_id: str) -> str:
+        return str(self.index.paths[self._row(image_id)])
+
+    def gallery_label(self, image_id: str) -> str:
+        row = self._row(image_id)
+        return readable_label(self.index.captions[row], self.index.labels[row])
+
+    def file_roots(self) -> list[str]:
+        """Folders holding the gallery's images (an app must be allowed to serve them)."""
+        return sorted({str(Path(path).parent) for path in self.index.paths})
+
+    def search(self, image, caption: str, k: int = 10, explain: bool = False, exclude_reference: bool = True,
+               ground_truth_id: str | None = None) -> RetrievalResult:
+        """Rank the gallery for (reference image, caption); `image` is a PIL image, a file or a gallery id."""
+        k = self._check_k(k)
+        if ground_truth_id is not None:
+            self._row(ground_truth_id)
+        tokenize_started = time.perf_counter()
+        caption_check = check_caption(self.model, caption)  # before the image: bad captions fail fast
+        started = time.perf_counter()
+        tokenize_ms = 1000 * (started - tokenize_started)
+        reference_id, features, reference_image = self._reference(image, keep_image=explain)
+        encoded = time.perf_counter()
+        with torch.inference_mode():
+            if explain:
+                prompt, attentions = self.model.sentence_prompt(features, caption_check.text, output_attentions=True)
+            else:
+                prompt, attentions = self.model.sentence_prompt(features, caption_check.text), None
+            prompted = time.perf_counter()
+            query = self.model.compose(prompt, caption_check.text)[0]  # (D,)
+        composed = time.perf_counter()
+        excluded = [reference_id] if exclude_reference and reference_id is not None else []
+        hits = self._search(query, k, excluded)
+        truth = self._ground_truth(query, ground_truth_id, excluded, hits) if ground_truth_id is not None else None
+        searched = time.perf_counter()
+        explanation = None
+        if explain:
+            explanation = self._explain(prompt[0], attentions, reference_image, query, hits[0].id if hits else None)
+        timings = StageTimings(image_encode_ms=1000 * (encoded - started), prompt_ms=1000 * (prompted - encoded),
+                               compose_ms=tokenize_ms + 1000 * (composed - prompted),
+                               search_ms=1000 * (searched - composed),
+                               explain_ms=1000 * (time.perf_counter() - searched) if explain else 0.0)
+        return RetrievalResult(caption=caption, reference_id=reference_id, hits=hits, timings=timings,
+                               query_vector=query.float().cpu().numpy(), notes=caption_check.notes,
+                               ground_truth=truth, explanation=explanation)
+
+    def relevance(self, query_vector: np.ndarray, result_id: str) -> RelevanceMap:
+        """Gradient-weighted attention over a gallery image's patches for its score under a query."""
+        query = torch.as_tensor(np.asarray(query_vector), dtype=torch.float32)
+        if query.shape != (self.model.config.embed_dim,):
+            raise QueryError(f"a query vector has shape ({self.model.config.embed_dim},), got {tuple(query.shape)}")
+        return result_relevance(self.model, query, self._gallery_features(result_id)[0])
+
+    def compare(self, image, caption: str, k: int = 10, exclude_reference: bool = True,
+                ground_truth_id: str | None = None) -> Comparison:
+        """Text-only, image-only and SPRC rankings of one query.
+
+        - text-only: the model's auxiliary-prompt query (learned prompt P' + caption, no
+          image), SPRC's own caption-only query, trained against the same targets;
+        - image-only: the mean of the reference's own Q target vectors, renormalised,
+          scored like any query (max over each gallery image's Q vectors): "more like this";
+        - sprc: the composed query.
+        """
+        k = self._check_k(k)
+        if ground_truth_id is not None:
+            self._row(ground_truth_id)
+        caption_check = check_caption(self.model, caption)
+        reference_id, features, _ = self._reference(image, keep_image=False)
+        with torch.inference_mode():
+            text_query = self.model.auxiliary_query(caption_check.text)[0]
+            image_query = F.normalize(self.model.target_vectors(features)[0].mean(dim=0), dim=-1)
+            sprc_query = self.model.compose(self.model.sentence_prompt(features, caption_check.text),
+                                            caption_check.text)[0]
+        excluded = [reference_id] if exclude_reference and reference_id is not None else []
+        methods = [
+            ("text-only", "auxiliary-prompt query: learned prompt P' + caption, no image", text_query),
+            ("image-only", "mean of the reference's own target vectors", image_query),
+            ("sprc", "composed query: sentence-level prompt from image + caption", sprc_query),
+        ]
+        rankings = []
+        for name, description, query in methods:
+            hits = self._search(query, k, excluded)
+            truth = self._ground_truth(query, ground_truth_id, excluded, hits) if ground_truth_id else None
+            rankings.append(MethodRanking(name=name, description=description, hits=hits, ground_truth=truth))
+        return Comparison(caption=caption, reference_id=reference_id, rankings=rankings, notes=caption_check.notes)
+
+    def benchmark_queries(self, split: str = "test") -> list[BenchmarkQuery]:
+        """The benchmark split's triplets whose reference and target are in the gallery (read once)."""
+        with self._lock:
+            if split in self._benchmark:
+                return self._benchmark[split]
+        if self.benchmark_dir is None:
+            return []
+        from cir_core.data.shapes import read_shapes_split
+
+        try:
+            triplets = read_shapes_split(self.benchmark_dir, split).triplets
+        except (FileNotFoundError, ValueError) as error:
+            logger.info("no benchmark queries for this gallery: %s", error)
+            triplets = []
+        queries = [BenchmarkQuery(pairid=str(t.pairid), reference_id=t.reference, target_id=t.target,
+                                  caption=t.caption, edit=t.edit or "", novel=bool(t.extras.get("novel", False)))
+                   for t in triplets if t.target in self._row_of and t.reference in self._row_of]
+        with self._lock:
+            self._benchmark[split] = queries
+        return queries
+
+    def failure_cases(self, edit_type: str | None = None, keyword: str | None = None,
+                      split: str = "test") -> list[FailureCase]:
+        """Benchmark queries whose target is not first: view-angle edits first, then worst rank first."""
+        with self._lock:
+            failures = self._failures.get(split)
+        if failures is None:
+            failures = self._compute_failures(split)
+            with self._lock:
+                self._failures[split] = failures
+        keyword = (keyword or "").strip().lower()
+        return [case for case in failures
+                if (not edit_type or case.query.edit == edit_type) and keyword in case.query.caption.lower()]
+
+    # ------------------------------------------------------------------ internals
+    def _row(self, image_id: str) -> int:
+        try:
+            return self._row_of[image_id]
+        except KeyError:
+            raise QueryError(f"{image_id!r} is not an image of the gallery") from None
+
+    def _check_k(self, k) -> int:
+        try:
+            k = int(k)
+        except (TypeError, ValueError):
+            raise QueryError(f"k must be a whole number, got {k!r}") from None
+        if k < 1:
+            raise QueryError(f"k must be at least 1, got {k}")
+        return min(k, len(self._row_of))
+
+    def _reference(self, image, keep_image: bool) -> tuple[str | None, torch.Tensor, Image.Image | None]:
+        """(gallery id or None, vision features (1, T, W), the RGB image when asked for)."""
+        if image is None:
+            raise QueryError("no reference image: upload one or pick one from the gallery")
+        if isinstance(image, str) and image in self._row_of:
+            rgb = load_query_image(self.gallery_path(image)) if keep_image else None
+            return image, self._gallery_features(image), rgb
+        if isinstance(image, (str, Path)) and not Path(image).is_file():
+            raise QueryError(f"{str(image)!r} is neither a gallery image id nor an existing image file")
+        rgb = load_query_image(image)
+        with torch.inference_mode():
+            features = self.model.vision_features(self.transform(rgb).unsqueeze(0))
+        return None, features, rgb if keep_image else None
+
+    def _gallery_features(self, image_id: str) -> torch.Tensor:
+        """(1, T, W) vision features of a gallery image, from the LRU cache when possible."""
+        self._row(image_id)
+        with self._lock:
+            features = self._feature_cache.get(image_id)
+            if features is not None:
+                self._feature_cache.move_to_end(image_id)
+                self.cache_hits += 1
+                return features
+            self.cache_misses += 1
+        with torch.inference_mode():
+            pixels = self.transform(load_query_image(self.gallery_path(image_id))).unsqueeze(0)
+            features = self.model.vision_features(pixels)
+        with self._lock:
+            self._feature_cache[image_id] = features
+            while len(self._feature_cache) > self._feature_cache_size:
+                self._feature_cache.popitem(last=False)
+        return features
+
+    def _search(self, query: torch.Tensor, k: int, excluded: list[str]) -> list[Hit]:
+        found = self.index.search(query, k, exclude=excluded)
+        return [Hit(rank=position + 1, id=hit.id, score=float(hit.score), path=str(hit.path),
+                    label=readable_label(hit.caption, hit.label)) for position, hit in enumerate(found)]
+
+    def _ground_truth(self, query: torch.Tensor, truth_id: str, excluded: list[str], hits: list[Hit]) -> GroundTruth:
+        scores = torch.as_tensor(self.index.score_all(query), dtype=torch.float32).clone()  # (N,)
+        for image_id in excluded:
+            scores[self._row(image_id)] = float("-inf")
+        truth_score = scores[self._row(truth_id)]
+        rank = int((scores >= truth_score).sum())
+        return GroundTruth(id=truth_id, rank=rank, score=float(truth_score),
+                           in_top_k=any(hit.id == truth_id for hit in hits))
+
+    def _explain(self, prompt: torch.Tensor, attentions, reference: Image.Image, query: torch.Tensor,
+                 top_id: str | None) -> Explanation:
+        vocabulary, auxiliary_tokens = self._vocabulary_and_auxiliary()
+        relevance = self.relevance(query.float().cpu().numpy(), top_id) if top_id is not None else None
+        return Explanation(prompt_tokens=vocabulary.nearest(prompt), auxiliary_tokens=auxiliary_tokens,
+                           attention=attention_maps(attentions), reference=reference,
+                           relevance=relevance, relevance_id=top_id)
+
+    def _vocabulary_and_auxiliary(self):
+        with self._lock:
+            if self._vocabulary is None:
+                self._vocabulary = Vocabulary(self.model)
+                self._auxiliary_tokens = self._vocabulary.nearest(self.model.prompt_tokens[0])
+            return self._vocabulary, self._auxiliary_tokens
+
+    def _compute_failures(self, split_name: str) -> list[FailureCase]:
+        """Rank every benchmark query against this index and keep the misses (the shapes protocol's ranks)."""
+        queries = {q.pairid: q for q in self.benchmark_queries(split_name)}
+        if not queries:
+            return []
+        from cir_core.data.shapes import read_shapes_split
+        from cir_core.evaluation.features import encode_queries
+        from cir_core.evaluation.shapes import shapes_report_from_scores
+
+        split = read_shapes_split(self.benchmark_dir, split_name)
+        split.triplets = [t for t in split.triplets if str(t.pairid) in queries]
+        split.gallery = [image_id for image_id in split.gallery if image_id in self._row_of]
+        with torch.inference_mode():
+            vectors = encode_queries(self.model, split, progress=False)  # (Nq, D)
+            rows = torch.tensor([self._row_of[image_id] for image_id in split.gallery])
+            scores = torch.stack([torch.as_tensor(self.index.score_all(v), dtype=torch.float32)[rows] for v in vectors])
+        report = shapes_report_from_scores(scores, split)
+        cases = []
+        for position, (pairid, rank) in enumerate(zip(report.pairids, report.ranks)):
+            if rank == 0:
+                continue
+            query = queries[str(pairid)]
+            row_scores = scores[position].clone()
+            row_scores[split.gallery.index(query.reference_id)] = float("-inf")
+            top = int(row_scores.argmax())
+            cases.append(FailureCase(query=query, rank=rank + 1,
+                                     target_score=float(row_scores[split.gallery.index(query.target_id)]),
+                                     top_id=split.gallery[top], top_score=float(row_scores[top])))
+        cases.sort(key=lambda case: (case.query.edit not in VIEW_ANGLE_EDITS, -case.rank))
+        logger.info("%s: %d of %d benchmark queries miss their target at rank 1", split.name, len(cases), len(queries))
+        return cases
+
+
+def default_gallery_index(model: SPRCModel, gallery_data: str | Path, cache_root: str | Path,
+                          progress: bool = True) -> GalleryIndex:
+    """The index of `gallery_data` for `model`, built on first use and cached under `cache_root`.
+
+    The cache folder is named by the model's weights fingerprint, so a retrained model
+    gets a new index; `GalleryIndex.load` re-checks the fingerprint anyway.
+    """
+    gallery_data = Path(gallery_data).expanduser().resolve()
+    folder = Path(cache_root) / "indexes" / f"{model.config.name}-{weights_fingerprint(model)}-{gallery_data.name}"
+    if folder.is_dir():
+        try:
+            return GalleryIndex.load(folder, model=model)
+        except (GalleryIndexError, FileNotFoundError) as error:
+            logger.warning("rebuilding the cached gallery index: %s", error)
+    items = gallery_items(gallery_data)
+    logger.info("indexing %d gallery images of %s into %s (once)", len(items), gallery_data, folder)
+    return GalleryIndex.build(model, items, folder, progress=progress)
+
+
+def default_shapes_gallery(cache_root: str | Path, seed: int = 0, progress: bool = True) -> Path:
+    """The shapes benchmark (seed 0) under `cache_root`, generated on first use."""
+    from cir_core.data.shapes import write_shapes_dataset
+
+    folder = Path(cache_root) / f"shapes-seed{seed}"
+    if not (folder / "info.json").is_file():
+        logger.info("generating the shapes benchmark (seed %d) into %s (once)", seed, folder)
+        write_shapes_dataset(folder, seed=seed, progress=progress, overwrite=True)
+    return folder
+
+
+def readable_label(caption: str | None, label: str | None) -> str:
+    """The caption of a gallery image, else its label; a shapes scene label reads as words."""
+    if caption:
+        return caption
+    if not label:
+        return ""
+    try:
+        scene = json.loads(label)
+    except json.JSONDecodeError:
+        return label
+    if isinstance(scene, dict) and isinstance(scene.get("objects"), list):
+        from cir_core.data.shapes_scene import position_name
+
+        return "; ".join(f"{o['size']} {o['color']} {o['shape']} {position_name(o['row'], o['col'])}"
+                         for o in scene["objects"])
+    return label

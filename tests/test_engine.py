@@ -1,0 +1,308 @@
+"""Engine: rankings against brute force, ground truth, caches, comparisons, failures, bad input."""
+import io
+import struct
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cir_core.checkpoints import CheckpointError, load_model
+from cir_core.data.shapes import read_shapes_split
+from cir_core.engine import VIEW_ANGLE_EDITS, Engine, QueryError, load_query_image
+from cir_core.transforms import ImageTransform
+from tiny_gallery import tiny_engine, write_image_sensitive_checkpoint, write_tiny_shapes
+
+CAPTION = "make the red circle large"
+TOLERANCE = 2e-3  # index vectors may be stored in reduced precision
+
+
+@pytest.fixture(scope="module")
+def shapes_dir(tmp_path_factory):
+    return write_tiny_shapes(tmp_path_factory.mktemp("data") / "shapes")
+
+
+@pytest.fixture(scope="module")
+def cache_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return write_image_sensitive_checkpoint(tmp_path_factory.mktemp("model") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    """The same weights loaded separately from the engine's copy."""
+    return load_model(f"local-dir:{checkpoint}")
+
+
+@pytest.fixture(scope="module")
+def engine(checkpoint, shapes_dir, cache_root):
+    return tiny_engine(checkpoint, shapes_dir, cache_root)
+
+
+@pytest.fixture(scope="module")
+def brute_force(model, engine):
+    """Independent reference: every gallery image encoded and scored directly with the model."""
+    transform = ImageTransform(model.config.preprocess)
+    pixels = torch.stack([transform(Image.open(engine.gallery_path(i))) for i in engine.gallery_ids])
+    encoding = model.encode_images(pixels)
+
+    def scores(row: int, caption: str) -> torch.Tensor:
+        query = model.encode_query(pixels[row:row + 1], caption).query
+        result = model.score(query, encoding.targets)[0].clone()
+        result[row] = float("-inf")
+        return result
+
+    return scores
+
+
+def image_file(tmp_path, name, image, **save_args):
+    path = tmp_path / name
+    image.save(path, **save_args)
+    return path
+
+
+def scene_image(size=(40, 28)):
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+
+
+# ---------------------------------------------------------------------- rankings
+def test_ranking_equals_brute_force_over_the_gallery(engine, brute_force):
+    row = 3
+    reference = engine.gallery_ids[row]
+    result = engine.search(reference, CAPTION, k=5)
+    expected = brute_force(row, CAPTION)
+    assert [h.rank for h in result.hits] == [1, 2, 3, 4, 5]
+    assert reference not in [h.id for h in result.hits]
+    for hit in result.hits:
+        assert hit.score == pytest.approx(float(expected[engine.gallery_ids.index(hit.id)]), abs=TOLERANCE)
+    fifth_best = float(expected.topk(5).values[-1])
+    assert min(h.score for h in result.hits) >= fifth_best - TOLERANCE
+    assert [h.score for h in result.hits] == sorted((h.score for h in result.hits), reverse=True)
+    assert result.reference_id == reference and result.query_vector.shape == (engine.model.config.embed_dim,)
+
+
+def test_ground_truth_rank_outside_top_k_comes_from_exact_scores(engine, brute_force):
+    row = 5
+    expected = brute_force(row, CAPTION)
+    worst_row = int(torch.where(torch.isinf(expected), torch.tensor(float("inf")), expected).argmin())
+    truth = engine.gallery_ids[worst_row]
+    result = engine.search(engine.gallery_ids[row], CAPTION, k=2, ground_truth_id=truth)
+    assert result.ground_truth.id == truth and not result.ground_truth.in_top_k
+    assert result.ground_truth.rank == len(engine.gallery_ids) - 1  # last, with the reference excluded
+    assert result.ground_truth.score == pytest.approx(float(expected[worst_row]), abs=TOLERANCE)
+    first = engine.search(engine.gallery_ids[row], CAPTION, k=2, ground_truth_id=result.hits[0].id)
+    assert first.ground_truth.rank == 1 and first.ground_truth.in_top_k
+
+
+def test_gallery_reference_uses_the_feature_cache_and_matches_the_file(engine):
+    reference = engine.gallery_ids[7]
+    engine.search(reference, CAPTION, k=4, exclude_reference=False)
+    hits_before = engine.cache_hits
+    by_id = engine.search(reference, CAPTION, k=4, exclude_reference=False)
+    assert engine.cache_hits == hits_before + 1
+    by_file = engine.search(engine.gallery_path(reference), CAPTION, k=4, exclude_reference=False)
+    assert by_file.reference_id is None
+    assert [h.id for h in by_id.hits] == [h.id for h in by_file.hits]
+    assert np.allclose([h.score for h in by_id.hits], [h.score for h in by_file.hits], atol=1e-5)
+    assert np.allclose(by_id.query_vector, by_file.query_vector, atol=1e-5)
+    other = engine.search(engine.gallery_ids[8], CAPTION, k=4, exclude_reference=False)
+    assert np.abs(other.query_vector - by_id.query_vector).max() > 1e-4  # the comparison above can fail
+
+
+def test_timings_cover_every_stage(engine):
+    result = engine.search(engine.gallery_ids[0], CAPTION, k=3)
+    t = result.timings
+    assert min(t.image_encode_ms, t.prompt_ms, t.compose_ms, t.search_ms) >= 0 and t.explain_ms == 0
+    assert t.total_ms == pytest.approx(t.image_encode_ms + t.prompt_ms + t.compose_ms + t.search_ms)
+    summary = result.to_json()
+    assert [r["id"] for r in summary["results"]] == [h.id for h in result.hits]
+    assert set(summary["timings_ms"]) == {"image_encode", "prompt", "compose", "search", "explain", "total"}
+
+
+def test_explanations_come_with_the_result(engine):
+    result = engine.search(engine.gallery_ids[2], CAPTION, k=3, explain=True)
+    explanation = result.explanation
+    q = engine.model.num_query_tokens
+    assert len(explanation.prompt_tokens) == q and len(explanation.auxiliary_tokens) == q
+    assert explanation.attention.per_token.shape == (q, 4, 4)
+    assert explanation.relevance_id == result.hits[0].id
+    assert explanation.relevance.score == pytest.approx(result.hits[0].score, abs=TOLERANCE)
+    assert result.timings.explain_ms > 0
+
+
+def test_k_is_clamped_and_checked(engine):
+    assert len(engine.search(engine.gallery_ids[0], CAPTION, k=10_000).hits) == len(engine.gallery_ids) - 1
+    with pytest.raises(QueryError, match="at least 1"):
+        engine.search(engine.gallery_ids[0], CAPTION, k=0)
+
+
+def test_unknown_gallery_id_or_missing_file_is_named(engine):
+    with pytest.raises(QueryError, match="neither a gallery image id nor an existing image file"):
+        engine.search("no-such-image", CAPTION)
+    with pytest.raises(QueryError, match="not an image of the gallery"):
+        engine.search(engine.gallery_ids[0], CAPTION, ground_truth_id="no-such-image")
+    with pytest.raises(QueryError, match="no reference image"):
+        engine.search(None, CAPTION)
+
+
+def test_concurrent_searches_match_sequential_ones(engine):
+    jobs = [(engine.gallery_ids[i % 6], f"make the circle {c}") for i, c in enumerate(["red", "blue", "green"] * 4)]
+    sequential = [[h.id for h in engine.search(ref, cap, k=5).hits] for ref, cap in jobs]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        parallel = list(pool.map(lambda job: [h.id for h in engine.search(*job, k=5).hits], jobs))
+    assert parallel == sequential
+
+
+# ---------------------------------------------------------------------- comparison and failures
+def test_compare_gives_three_rankings_and_sprc_equals_search(engine, model):
+    reference = engine.gallery_ids[4]
+    comparison = engine.compare(reference, CAPTION, k=5, ground_truth_id=engine.gallery_ids[9])
+    assert [r.name for r in comparison.rankings] == ["text-only", "image-only", "sprc"]
+    sprc = comparison.rankings[2]
+    assert [h.id for h in sprc.hits] == [h.id for h in engine.search(reference, CAPTION, k=5).hits]
+    text_only = model.auxiliary_query(model.tokenize(CAPTION))[0]
+    expected = float(engine.index.score_all(text_only)[engine.gallery_ids.index(comparison.rankings[0].hits[0].id)])
+    assert comparison.rankings[0].hits[0].score == pytest.approx(expected, abs=TOLERANCE)
+    assert all(r.ground_truth.id == engine.gallery_ids[9] for r in comparison.rankings)
+    assert all(reference not in [h.id for h in r.hits] for r in comparison.rankings)
+
+
+def test_benchmark_queries_and_failure_cases(engine, shapes_dir):
+    queries = engine.benchmark_queries()
+    assert len(queries) == len(read_shapes_split(shapes_dir, "test"))
+    failures = engine.failure_cases()
+    assert failures, "a random tiny model misses most targets"
+    view_angle = [f.query.edit in VIEW_ANGLE_EDITS for f in failures]
+    assert view_angle == sorted(view_angle, reverse=True)  # view-angle edits first
+    case = failures[0]
+    check = engine.search(case.query.reference_id, case.query.caption, k=1, ground_truth_id=case.query.target_id)
+    assert check.ground_truth.rank == case.rank > 1
+    assert case.top_id == check.hits[0].id
+    edit = failures[-1].query.edit
+    assert {f.query.edit for f in engine.failure_cases(edit_type=edit)} == {edit}
+    word = failures[0].query.caption.split()[0]
+    assert all(word in f.query.caption for f in engine.failure_cases(keyword=word.upper()))
+    assert engine.failure_cases(keyword="no such words here") == []
+
+
+# ---------------------------------------------------------------------- construction
+def test_index_is_cached_and_reused(checkpoint, shapes_dir, cache_root, engine):
+    folders = list((cache_root / "indexes").iterdir())
+    assert len(folders) == 1
+    stamp = max(p.stat().st_mtime_ns for p in folders[0].iterdir())
+    again = tiny_engine(checkpoint, shapes_dir, cache_root)
+    assert max(p.stat().st_mtime_ns for p in folders[0].iterdir()) == stamp
+    assert again.gallery_ids == engine.gallery_ids
+
+
+def test_an_index_of_another_model_is_refused(tmp_path, shapes_dir, cache_root, engine):
+    other = write_image_sensitive_checkpoint(tmp_path / "other", seed=123)
+    index_dir = next((cache_root / "indexes").iterdir())
+    with pytest.raises(ValueError, match="(?i)model|fingerprint"):
+        Engine.from_uris(f"local-dir:{other}", index_dir=index_dir)
+
+
+def test_missing_model_is_reported_clearly(tmp_path, shapes_dir):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        Engine.from_uris(f"local-dir:{tmp_path / 'nothing'}", gallery_data=shapes_dir)
+
+
+# ---------------------------------------------------------------------- bad input
+def png_with_forged_size(width: int, height: int) -> bytes:
+    """A valid 1x1 PNG whose IHDR claims another size (never decoded, never allocated)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    pixels = zlib.compress(b"\x00\xff\x00\x00")
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+def test_non_image_bytes_are_refused(engine, tmp_path):
+    path = tmp_path / "notes.png"
+    path.write_bytes(b"this is a text file, not a picture\n" * 10)
+    with pytest.raises(QueryError, match="not an image file"):
+        engine.search(path, CAPTION)
+
+
+def test_truncated_png_is_refused(engine, tmp_path):
+    buffer = io.BytesIO()
+    scene_image((64, 64)).save(buffer, format="PNG")
+    path = tmp_path / "truncated.png"
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    with pytest.raises(QueryError, match="corrupt or truncated"):
+        engine.search(path, CAPTION)
+
+
+def test_decompression_bomb_is_refused_fast_before_decoding(engine, tmp_path):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_with_forged_size(20000, 20000))
+    started = time.perf_counter()
+    with pytest.raises(QueryError, match="too large|megapixels"):
+        engine.search(path, CAPTION)
+    assert time.perf_counter() - started < 1.0
+    path.write_bytes(png_with_forged_size(8000, 6000))  # 48 MP: under Pillow's own limit, over ours
+    with pytest.raises(QueryError, match="48 megapixels"):
+        engine.search(path, CAPTION)
+
+
+@pytest.mark.parametrize("name, make", [
+    ("rgba.png", lambda: scene_image().convert("RGBA")),
+    ("grey.png", lambda: scene_image().convert("L")),
+    ("sixteen.png", lambda: Image.fromarray((np.arange(40 * 28, dtype=np.uint16).reshape(28, 40) * 50))),
+    ("cmyk.jpg", lambda: scene_image().convert("CMYK")),
+])
+def test_unusual_image_modes_are_accepted(engine, tmp_path, name, make):
+    image = make()
+    path = image_file(tmp_path, name, image)
+    with Image.open(path) as check:
+        assert check.mode == image.mode or (name == "sixteen.png" and check.mode.startswith("I"))
+    result = engine.search(path, CAPTION, k=3)
+    assert len(result.hits) == 3
+
+
+def test_exif_rotation_is_applied(engine, tmp_path):
+    image = scene_image((48, 24))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    path = image_file(tmp_path, "rotated.jpg", image, exif=exif, quality=95)
+    with Image.open(path) as stored:
+        raw = Image.fromarray(np.asarray(stored))  # the pixels as stored, without the EXIF tag
+    assert raw.size == (48, 24)
+    upright = raw.transpose(Image.Transpose.ROTATE_270)
+    loaded = load_query_image(path)
+    assert loaded.size == (24, 48) and np.array_equal(np.asarray(loaded), np.asarray(upright))
+    assert len(engine.search(path, CAPTION, k=5).hits) == 5
+
+
+@pytest.mark.parametrize("caption, message", [
+    ("", "caption is empty"),
+    ("   \t\n ", "caption is empty"),
+    ("😀🎉🚀", "knows none of the caption's words"),
+    ("... !!! ;;", "no words"),
+])
+def test_bad_captions_are_refused(engine, caption, message):
+    with pytest.raises(QueryError, match=message):
+        engine.search(engine.gallery_ids[0], caption)
+
+
+def test_long_caption_is_truncated_with_a_note(engine):
+    caption = " ".join(["make the red circle large"] * 200)  # 1000 words
+    result = engine.search(engine.gallery_ids[0], caption, k=3)
+    assert len(result.hits) == 3
+    assert any("truncated" in note for note in result.notes)
+    assert not engine.search(engine.gallery_ids[0], CAPTION, k=3).notes
+
+
+def test_partly_unknown_caption_is_accepted_with_a_note(engine):
+    result = engine.search(engine.gallery_ids[0], "make it red 😀", k=3)
+    assert any("unknown" in note for note in result.notes)
+
