@@ -1,8 +1,9 @@
 """Sampling the splits of the shapes benchmark in memory: queries and galleries, as scene labels.
 
 Each split draws from its own random stream (seeded by the seed and the split name), so
-changing one split's size leaves the other splits' sampling alone. A (reference, target)
-pair used by an earlier split (train, then val, then test) is never reused.
+changing one split's size leaves the other splits' random streams alone. A (reference,
+target) pair used by an earlier split (train, then val, then test) is never reused; that
+rare skip is the only way one split's sampling can depend on another's.
 """
 from __future__ import annotations
 
