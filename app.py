@@ -1,0 +1,53 @@
+"""Launch the SPRC composed image retrieval app.
+
+    python app.py [--model URI] [--index DIR] [--gallery DIR]
+
+Environment: CIR_MODEL, CIR_INDEX, CIR_GALLERY (flags win), GRADIO_SERVER_NAME (default
+127.0.0.1), GRADIO_SERVER_PORT (default 7860). Models are `local-dir:PATH` or
+`hf-hub:org/name` URIs. The default is the embedded shapes-mini model with the shapes
+benchmark's test gallery (assets/shapes when shipped, else generated once with seed 0),
+indexed on first start.
+"""
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from cir_core.checkpoints import CheckpointError
+from cir_core.engine import Engine
+
+DEFAULT_MODEL = "local-dir:checkpoints/shapes-mini"
+SHIPPED_GALLERY = Path("assets/shapes")
+EXAMPLES_FILE = Path("assets/examples.json")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=os.environ.get("CIR_MODEL", DEFAULT_MODEL), help="model URI")
+    parser.add_argument("--index", default=os.environ.get("CIR_INDEX"), help="gallery index folder (cir build-index)")
+    parser.add_argument("--gallery", default=os.environ.get("CIR_GALLERY"),
+                        help="gallery data: a shapes benchmark folder or a folder of images")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    gallery = args.gallery or (SHIPPED_GALLERY if (SHIPPED_GALLERY / "info.json").is_file() else None)
+    try:
+        engine = Engine.from_uris(args.model, index_dir=args.index, gallery_data=gallery)
+    except (CheckpointError, FileNotFoundError, ValueError) as error:
+        hint = ("\nThe default model is missing: train it into checkpoints/shapes-mini (see README), "
+                "or point CIR_MODEL / --model at another checkpoint." if args.model == DEFAULT_MODEL else "")
+        print(f"cannot start the app: {error}{hint}", file=sys.stderr)
+        return 2
+    from demo import launch
+
+    launch(engine, examples_file=EXAMPLES_FILE, server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+           server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,310 @@
+"""The Gradio layout: query, results, decoded prompt, attention maps, comparison, failure inspection.
+
+Every event calls the one `Engine` and hands its dataclasses to `demo.render`. Per-user
+data (the reference's gallery id, the benchmark ground truth, the last result) lives
+in a `gr.State`, so concurrent users never see each other's queries. Every event has
+an `api_name`; `/search` takes an image file, a caption and k and answers JSON.
+"""
+# No `from __future__ import annotations`: gradio reads the handlers' annotations (gr.SelectData).
+import dataclasses
+import functools
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import gradio as gr
+from PIL import Image
+
+from cir_core.engine import VIEW_ANGLE_EDITS, BenchmarkQuery, Engine, QueryError, RetrievalResult, load_query_image
+from demo import render
+
+logger = logging.getLogger(__name__)
+
+MAX_K = 50
+EXAMPLES_PER_EDIT = 2  # benchmark examples shown per edit type when no curated list matches the gallery
+CSS = """
+.cir-chip-row {display: flex; flex-wrap: wrap; align-items: center; gap: 4px; margin: 2px 0;}
+.cir-chip {border-radius: 10px; padding: 1px 8px; font-family: monospace; color: #111;}
+.cir-position {width: 2.5em; font-weight: bold;}
+"""
+
+
+@dataclass
+class ViewState:
+    """Per-user state of the app."""
+
+    reference_id: str | None = None  # gallery id of the reference when picked from the gallery
+    ground_truth_id: str | None = None  # the target of a benchmark query, when one was loaded
+    result: RetrievalResult | None = None  # the last search result (with its explanation)
+
+
+class ReferenceImage(gr.Image):
+    """gr.Image that hands the uploaded file itself to the engine.
+
+    gr.Image would open the file first and fail with a bare "Error" on corrupt files or
+    decompression bombs; the engine's checks give messages that name the problem.
+    """
+
+    is_template = True  # rendered by the standard image frontend
+
+    def preprocess(self, payload):
+        if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
+            return str(payload.path)
+        return super().preprocess(payload)
+
+
+def user_errors(handler):
+    """Show bad input as a visible error message; the app keeps serving."""
+
+    @functools.wraps(handler)
+    def wrapped(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except gr.Error:
+            raise
+        except (QueryError, ValueError, FileNotFoundError) as error:
+            raise gr.Error(str(error), title="Cannot run this query") from error
+        except Exception as error:
+            logger.exception("unexpected failure in %s", handler.__name__)
+            raise gr.Error(f"internal error ({type(error).__name__}): {error}") from error
+
+    return wrapped
+
+
+def load_curated_examples(path: str | Path | None) -> list[str]:
+    """Pairids listed in a curated examples file ({"pairids": [...]}); [] when absent."""
+    if path is None or not Path(path).is_file():
+        return []
+    data = json.loads(Path(path).read_text())
+    return [str(pairid) for pairid in data.get("pairids", [])]
+
+
+def choose_examples(queries: list[BenchmarkQuery], curated: list[str]) -> list[BenchmarkQuery]:
+    """The curated benchmark queries present in this gallery, else a few per edit type (view-angle first)."""
+    by_pairid = {q.pairid: q for q in queries}
+    chosen = [by_pairid[p] for p in curated if p in by_pairid]
+    if chosen:
+        return chosen
+    edits = sorted({q.edit for q in queries}, key=lambda edit: (edit not in VIEW_ANGLE_EDITS, edit))
+    return [q for edit in edits for q in [q for q in queries if q.edit == edit][:EXAMPLES_PER_EDIT]]
+
+
+def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str = "SPRC composed image retrieval"
+             ) -> gr.Blocks:
+    """The whole app as gr.Blocks (call .queue() and .launch() on it, as app.py does)."""
+    examples = choose_examples(engine.benchmark_queries(), load_curated_examples(examples_file))
+    edit_types = sorted({q.edit for q in engine.benchmark_queries()},
+                        key=lambda edit: (edit not in VIEW_ANGLE_EDITS, edit))
+    num_prompt_tokens = engine.model.num_query_tokens
+
+    with gr.Blocks(title=title) as app:
+        state = gr.State(ViewState())
+        gr.Markdown(f"# {title}\nModel **{engine.model.config.name}**, gallery of {len(engine.gallery_ids)} images. "
+                    "Give a reference image and a relative caption (\"make the circle red\").")
+        with gr.Row():
+            with gr.Column(scale=1):
+                reference = ReferenceImage(label="Reference image", sources=["upload", "clipboard", "webcam"],
+                                           type="filepath", image_mode=None, height=260, elem_id="reference")
+                reference_info = gr.Markdown("Reference: upload an image or pick one below.")
+                caption = gr.Textbox(label="Relative caption", placeholder="e.g. make the red circle large",
+                                     max_lines=4, elem_id="caption")
+                top_k = gr.Slider(1, MAX_K, value=10, step=1, label="Top k")
+                explain = gr.Checkbox(value=True, label="Explanations (prompt tokens, attention, relevance)")
+                search_button = gr.Button("Search", variant="primary", elem_id="search")
+                with gr.Accordion("Pick a reference from the gallery", open=False):
+                    gallery_pick = gr.Dropdown(choices=engine.gallery_ids, label="Gallery image id",
+                                               value=None, filterable=True)
+                examples_table = gr.Dataset(
+                    label="Benchmark examples (click to load; the target is marked in the results)",
+                    components=["image", "textbox", "textbox"],
+                    headers=["reference", "caption", "edit"], type="index",
+                    samples=[[engine.gallery_path(q.reference_id), q.caption, q.edit] for q in examples],
+                    samples_per_page=8, visible=bool(examples))
+            with gr.Column(scale=2):
+                summary = gr.Markdown(elem_id="summary")
+                results = gr.Gallery(label="Results (click one to make it the new reference)", columns=5,
+                                     height=420, allow_preview=False, elem_id="results")
+                with gr.Accordion("Latency per stage and raw JSON", open=False):
+                    latency = gr.Markdown()
+                    raw_json = gr.JSON(label="/search answer")
+        with gr.Tabs():
+            with gr.Tab("Sentence prompt"):
+                prompt_chips = gr.HTML(elem_id="prompt-chips")
+                auxiliary_chips = gr.HTML(elem_id="auxiliary-chips")
+            with gr.Tab("Attention maps"):
+                with gr.Row():
+                    average_map = gr.Image(label="Mean attention of the prompt tokens over the reference",
+                                           type="pil", interactive=False, elem_id="attention-average")
+                    with gr.Column():
+                        token_choice = gr.Slider(1, num_prompt_tokens, value=1, step=1, label="Prompt token")
+                        token_map = gr.Image(label="Selected prompt token over the reference", type="pil",
+                                             interactive=False)
+                    with gr.Column():
+                        relevance_choice = gr.Dropdown(label="Result to explain", choices=[], value=None)
+                        relevance_map = gr.Image(label="Relevance of the result's patches for its score",
+                                                 type="pil", interactive=False)
+            with gr.Tab("Compare"):
+                compare_button = gr.Button("Compare text-only, image-only and SPRC")
+                compare_summary = gr.Markdown()
+                with gr.Row():
+                    compare_galleries = [gr.Gallery(label=name, columns=2, height=360, allow_preview=False)
+                                         for name in ("text-only", "image-only", "SPRC")]
+            with gr.Tab("Failure inspection"):
+                gr.Markdown("Benchmark queries whose target is not ranked first (computed once, on first use). "
+                            "View-angle edits (mirror, rotate) come first. Click a row to load it.")
+                with gr.Row():
+                    edit_filter = gr.Dropdown(choices=["all", *edit_types], value="all", label="Edit type")
+                    keyword = gr.Textbox(label="Caption keyword")
+                    find_button = gr.Button("Find failures")
+                failure_count = gr.Markdown()
+                failures = gr.Dataframe(headers=render.FAILURE_HEADERS, interactive=False, wrap=True)
+                failure_ids = gr.State([])
+
+        # -------------------------------------------------------------- handlers
+        def reference_outputs(image_id: str):
+            label = engine.gallery_label(image_id)
+            info = f"Reference: gallery image `{image_id}`" + (f" ({label})" if label else "")
+            return engine.gallery_path(image_id), info
+
+        @user_errors
+        def run_search(image, text, k, with_explanations, view: ViewState):
+            source = view.reference_id or image
+            if source is None:
+                raise QueryError("no reference image: upload one, paste one or pick one from the gallery")
+            result = engine.search(source, text, int(k), explain=bool(with_explanations),
+                                   ground_truth_id=view.ground_truth_id)
+            for note in result.notes:
+                gr.Warning(note)
+            return result.to_json(), dataclasses.replace(view, result=result)
+
+        def show_result(view: ViewState, token):
+            result = view.result
+            if result is None:
+                return [gr.skip()] * 9
+            truth_id = result.ground_truth.id if result.ground_truth else None
+            chips, auxiliary = render.prompt_html(result.explanation)
+            explanation = result.explanation
+            average = token_image = relevance = None
+            if explanation is not None:
+                average = render.attention_overlay(explanation, engine.transform, None)
+                token_image = render.attention_overlay(explanation, engine.transform, int(token) - 1)
+                if explanation.relevance is not None:
+                    relevance = render.relevance_overlay(
+                        Image.open(engine.gallery_path(explanation.relevance_id)), explanation.relevance.grid,
+                        engine.transform, explanation.relevance_id, explanation.relevance.score)
+            hit_ids = [hit.id for hit in result.hits]
+            choice = gr.update(choices=hit_ids, value=explanation.relevance_id if explanation else None)
+            return (render.result_summary(result), render.gallery_items(result.hits, truth_id),
+                    render.latency_markdown(result.timings), chips, auxiliary, average, token_image, choice, relevance)
+
+        @user_errors
+        def show_token(view: ViewState, token):
+            if view.result is None or view.result.explanation is None:
+                return None
+            return render.attention_overlay(view.result.explanation, engine.transform, int(token) - 1)
+
+        @user_errors
+        def explain_result(view: ViewState, result_id):
+            if view.result is None or not result_id or view.result.explanation is None:
+                return gr.skip()
+            if view.result.explanation.relevance_id == result_id:
+                grid, score = view.result.explanation.relevance.grid, view.result.explanation.relevance.score
+            else:
+                relevance = engine.relevance(view.result.query_vector, result_id)
+                grid, score = relevance.grid, relevance.score
+            image = load_query_image(engine.gallery_path(result_id))
+            return render.relevance_overlay(image, grid, engine.transform, result_id, score)
+
+        @user_errors
+        def use_result_as_reference(view: ViewState, event: gr.SelectData):
+            if view.result is None or event.index is None or event.index >= len(view.result.hits):
+                return gr.skip(), gr.skip(), view
+            image_id = view.result.hits[event.index].id
+            path, info = reference_outputs(image_id)
+            return (path, info + " (from the results: type a new caption to refine)",
+                    dataclasses.replace(view, reference_id=image_id, ground_truth_id=None))
+
+        @user_errors
+        def pick_from_gallery(image_id, view: ViewState):
+            if not image_id:
+                return gr.skip(), gr.skip(), view
+            path, info = reference_outputs(image_id)
+            return path, info, dataclasses.replace(view, reference_id=image_id, ground_truth_id=None)
+
+        def forget_gallery_reference(view: ViewState):
+            return "Reference: your image", dataclasses.replace(view, reference_id=None, ground_truth_id=None)
+
+        def load_query(query: BenchmarkQuery):
+            path, info = reference_outputs(query.reference_id)
+            info += f"; benchmark query {query.pairid} ({query.edit}), target `{query.target_id}`"
+            return path, info, query.caption, ViewState(reference_id=query.reference_id,
+                                                        ground_truth_id=query.target_id)
+
+        @user_errors
+        def load_example(index):
+            return load_query(examples[int(index)])
+
+        @user_errors
+        def run_compare(image, text, k, view: ViewState):
+            source = view.reference_id or image
+            if source is None:
+                raise QueryError("no reference image: upload one, paste one or pick one from the gallery")
+            comparison = engine.compare(source, text, int(k), ground_truth_id=view.ground_truth_id)
+            return (render.comparison_summary(comparison), *render.comparison_galleries(comparison))
+
+        @user_errors
+        def find_failures(edit, word):
+            cases = engine.failure_cases(edit_type=None if edit in (None, "", "all") else edit, keyword=word)
+            count = f"{len(cases)} failure(s)" if engine.benchmark_queries() else "No benchmark for this gallery."
+            return count, render.failure_rows(cases), [case.query.pairid for case in cases]
+
+        @user_errors
+        def load_failure(pairids, event: gr.SelectData):
+            row = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
+            by_pairid = {q.pairid: q for q in engine.benchmark_queries()}
+            if row is None or row >= len(pairids) or pairids[row] not in by_pairid:
+                raise QueryError("that row is not a benchmark query of this gallery")
+            return load_query(by_pairid[pairids[row]])
+
+        # -------------------------------------------------------------- wiring
+        query_inputs = [reference, caption, top_k, explain, state]
+        view_outputs = [summary, results, latency, prompt_chips, auxiliary_chips, average_map, token_map,
+                        relevance_choice, relevance_map]
+        search_outputs = [raw_json, state]
+        search_button.click(run_search, query_inputs, search_outputs, api_name="search").success(
+            show_result, [state, token_choice], view_outputs, api_name="show_result", api_visibility="undocumented")
+        caption.submit(run_search, query_inputs, search_outputs, api_name="search_on_enter",
+                       api_visibility="undocumented").success(
+            show_result, [state, token_choice], view_outputs, api_name="show_result_on_enter",
+            api_visibility="undocumented")
+        token_choice.release(show_token, [state, token_choice], token_map, api_name="attention_token")
+        relevance_choice.input(explain_result, [state, relevance_choice], relevance_map, api_name="relevance")
+        results.select(use_result_as_reference, [state], [reference, reference_info, state],
+                       api_name="use_result_as_reference")
+        gallery_pick.input(pick_from_gallery, [gallery_pick, state], [reference, reference_info, state],
+                           api_name="pick_gallery_image")
+        reference.input(forget_gallery_reference, [state], [reference_info, state], api_name="new_reference")
+        examples_table.click(load_example, [examples_table], [reference, reference_info, caption, state],
+                             api_name="load_example")
+        compare_button.click(run_compare, [reference, caption, top_k, state], [compare_summary, *compare_galleries],
+                             api_name="compare")
+        find_button.click(find_failures, [edit_filter, keyword], [failure_count, failures, failure_ids],
+                          api_name="failures")
+        failures.select(load_failure, [failure_ids], [reference, reference_info, caption, state],
+                        api_name="load_failure").success(
+            run_search, query_inputs, search_outputs, api_name="search_failure", api_visibility="undocumented"
+        ).success(show_result, [state, token_choice], view_outputs, api_name="show_failure",
+                  api_visibility="undocumented")
+    return app
+
+
+def launch(engine: Engine, examples_file: str | Path | None = None, server_name: str = "127.0.0.1",
+           server_port: int | None = None, concurrency: int = 4, max_file_size: str = "10mb",
+           prevent_thread_lock: bool = False) -> gr.Blocks:
+    """Build the app, set its queue and serve it; the one launch path for app.py and the tests."""
+    app = build_ui(engine, examples_file=examples_file)
+    app.queue(default_concurrency_limit=concurrency, max_size=64)
+    app.launch(server_name=server_name, server_port=server_port, max_file_size=max_file_size,
+               allowed_paths=engine.file_roots(), prevent_thread_lock=prevent_thread_lock, css=CSS, quiet=True)
+    return app

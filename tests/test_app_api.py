@@ -1,0 +1,107 @@
+"""The app launched in-process and called through gradio_client, as an API user would."""
+import os
+import socket
+from concurrent.futures import ThreadPoolExecutor
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+from demo import launch
+from tiny_gallery import tiny_engine, write_image_sensitive_checkpoint, write_tiny_shapes
+
+CAPTION = "make the blue square small"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("app")
+    checkpoint = write_image_sensitive_checkpoint(root / "model")
+    engine = tiny_engine(checkpoint, write_tiny_shapes(root / "shapes"), root / "cache")
+    port = free_port()
+    app = launch(engine, server_port=port, prevent_thread_lock=True)
+    yield engine, f"http://127.0.0.1:{port}/"
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def client(served):
+    return Client(served[1], verbose=False)
+
+
+@pytest.fixture(scope="module")
+def upload(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("upload") / "query.png"
+    Image.fromarray(rng.integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_search_endpoint_returns_ranked_ids_and_scores(served, client, upload):
+    engine, _ = served
+    answer = client.predict(handle_file(str(upload)), CAPTION, 5, False, api_name="/search")
+    results = answer["results"]
+    assert [r["rank"] for r in results] == [1, 2, 3, 4, 5]
+    assert all(r["id"] in engine.gallery_ids for r in results)
+    scores = [r["score"] for r in results]
+    assert scores == sorted(scores, reverse=True)
+    direct = engine.search(str(upload), CAPTION, k=5)
+    assert [r["id"] for r in results] == [h.id for h in direct.hits]
+    assert answer["reference_id"] is None and answer["timings_ms"]["total"] > 0
+
+
+def test_search_with_explanations_over_the_api(client, upload):
+    answer = client.predict(handle_file(str(upload)), CAPTION, 3, True, api_name="/search")
+    assert len(answer["results"]) == 3 and answer["timings_ms"]["explain"] > 0
+
+
+def test_bad_input_is_a_visible_error_and_the_app_keeps_serving(client, upload, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"definitely not a png")
+    with pytest.raises(Exception, match="not an image file"):
+        client.predict(handle_file(str(broken)), CAPTION, 3, False, api_name="/search")
+    with pytest.raises(Exception, match="caption is empty"):
+        client.predict(handle_file(str(upload)), "   ", 3, False, api_name="/search")
+    answer = client.predict(handle_file(str(upload)), CAPTION, 3, False, api_name="/search")
+    assert len(answer["results"]) == 3
+
+
+def test_uploads_over_the_size_limit_are_refused(client, tmp_path):
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG" + os.urandom(11 * 1024 * 1024))
+    with pytest.raises(Exception, match="(?i)maximum file size|too large|413"):
+        client.predict(handle_file(str(big)), CAPTION, 3, False, api_name="/search")
+
+
+def test_every_event_has_an_api_name(served, client):
+    info = client.view_api(print_info=False, return_format="dict")
+    assert {"/search", "/compare", "/failures"} <= set(info["named_endpoints"])
+    app_config = client.config
+    dependencies = app_config["dependencies"]
+    assert all(d.get("api_name") for d in dependencies), [d.get("api_name") for d in dependencies]
+
+
+def test_eight_clients_five_queries_each_concurrently(served, upload):
+    engine, url = served
+    captions = ["make the red circle large", "remove the green triangle", "add a blue square at the center",
+                "mirror the scene", "rotate the scene clockwise"]
+
+    def one_user(user: int) -> list[list[str]]:
+        user_client = Client(url, verbose=False)
+        return [[r["id"] for r in user_client.predict(handle_file(str(upload)), caption, 4, False,
+                                                        api_name="/search")["results"]]
+                for caption in captions]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(one_user, range(8)))
+    expected = [[h.id for h in engine.search(str(upload), caption, k=4).hits] for caption in captions]
+    assert answers == [expected] * 8

@@ -1,0 +1,71 @@
+"""A real browser drives the app: upload, caption, Search, then results, token chips and heatmaps."""
+import os
+import socket
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).parent / "artifacts"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed (run_tests.sh installs it)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory):
+    from demo import launch
+    from tiny_gallery import tiny_engine, write_image_sensitive_checkpoint, write_tiny_shapes
+
+    root = tmp_path_factory.mktemp("browser")
+    checkpoint = write_image_sensitive_checkpoint(root / "model")
+    engine = tiny_engine(checkpoint, write_tiny_shapes(root / "shapes"), root / "cache")
+    port = free_port()
+    app = launch(engine, server_port=port, prevent_thread_lock=True)
+    yield f"http://127.0.0.1:{port}/"
+    app.close()
+
+
+def test_upload_caption_search_shows_results_tokens_and_heatmaps(app_url, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    upload = tmp_path / "query.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(upload)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1600})
+            page.goto(app_url, wait_until="load")
+            # A benchmark example first puts a gallery reference in place; the upload must replace it.
+            page.locator(".gallery-item, tr.tr-body").first.click()
+            expect(page.locator("#reference img").first).to_be_visible(timeout=20_000)
+            page.locator("#reference input[type=file]").set_input_files(str(upload))
+            page.locator("#caption textarea").fill("make the red circle large")
+            page.locator("#search").click()
+            expect(page.locator("#results img").first).to_be_visible(timeout=60_000)
+            expect(page.locator("#summary")).to_contain_text("an uploaded image", timeout=30_000)
+            expect(page.locator("#prompt-chips .cir-chip").first).to_be_visible(timeout=30_000)
+            assert page.locator("#results img").count() == 10
+            page.get_by_role("tab", name="Attention maps").click()
+            expect(page.locator("#attention-average img").first).to_be_visible(timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "browser_attention.png"), full_page=True)
+            page.get_by_role("tab", name="Sentence prompt").click()
+            page.screenshot(path=str(ARTIFACTS / "browser_search.png"), full_page=True)
+        finally:
+            browser.close()
