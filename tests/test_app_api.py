@@ -1,7 +1,9 @@
 """The app launched in-process and called through gradio_client, as an API user would."""
+import importlib.util
 import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -105,3 +107,31 @@ def test_eight_clients_five_queries_each_concurrently(served, upload):
         answers = list(pool.map(one_user, range(8)))
     expected = [[h.id for h in engine.search(str(upload), caption, k=4).hits] for caption in captions]
     assert answers == [expected] * 8
+
+
+def load_app_module():
+    spec = importlib.util.spec_from_file_location("app_under_test", Path(__file__).parent.parent / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_app_reports_a_missing_default_model_clearly(tmp_path, monkeypatch, capsys):
+    app = load_app_module()
+    monkeypatch.chdir(tmp_path)  # no checkpoints/shapes-mini here
+    monkeypatch.delenv("CIR_MODEL", raising=False)
+    monkeypatch.setattr("cir_core.engine.DEFAULT_CACHE_ROOT", tmp_path / "cache")
+    assert app.main([]) == 2
+    message = capsys.readouterr().err
+    assert "checkpoints/shapes-mini does not exist" in message and "default model is missing" in message
+    assert not (tmp_path / "cache").exists()  # failed before generating or indexing a gallery
+
+
+def test_app_reads_model_index_and_gallery_from_env_and_flags(monkeypatch):
+    app = load_app_module()
+    monkeypatch.setenv("CIR_MODEL", "hf-hub:org/model")
+    monkeypatch.setenv("CIR_INDEX", "/some/index")
+    args = app.parse_args([])
+    assert (args.model, args.index, args.gallery) == ("hf-hub:org/model", "/some/index", None)
+    args = app.parse_args(["--model", "local-dir:elsewhere", "--gallery", "pics"])
+    assert (args.model, args.index, args.gallery) == ("local-dir:elsewhere", "/some/index", "pics")
