@@ -72,18 +72,31 @@ def user_errors(handler):
     return wrapped
 
 
-def load_curated_examples(path: str | Path | None) -> list[str]:
-    """Pairids listed in a curated examples file ({"pairids": [...]}); [] when absent."""
+def load_curated_examples(path: str | Path | None) -> list[dict]:
+    """The entries of a curated examples file ({"queries": [{pairid, reference, target, caption}, ...]})."""
     if path is None or not Path(path).is_file():
         return []
-    data = json.loads(Path(path).read_text())
-    return [str(pairid) for pairid in data.get("pairids", [])]
+    try:
+        entries = json.loads(Path(path).read_text()).get("queries", [])
+    except (OSError, ValueError, AttributeError) as error:
+        logger.warning("ignoring the examples file %s: %s", path, error)
+        return []
+    return [entry for entry in entries if isinstance(entry, dict)]
 
 
-def choose_examples(queries: list[BenchmarkQuery], curated: list[str]) -> list[BenchmarkQuery]:
-    """The curated benchmark queries present in this gallery, else a few per edit type (view-angle first)."""
+def choose_examples(queries: list[BenchmarkQuery], curated: list[dict]) -> list[BenchmarkQuery]:
+    """The curated queries that match this gallery's benchmark exactly, else a few per edit type.
+
+    A curated entry matches when its pairid, reference, target and caption are those of a
+    benchmark query, so examples never point at the wrong images of another benchmark.
+    """
     by_pairid = {q.pairid: q for q in queries}
-    chosen = [by_pairid[p] for p in curated if p in by_pairid]
+    chosen = []
+    for entry in curated:
+        query = by_pairid.get(str(entry.get("pairid")))
+        if query is not None and (query.reference_id, query.target_id, query.caption) == (
+                entry.get("reference"), entry.get("target"), entry.get("caption")):
+            chosen.append(query)
     if chosen:
         return chosen
     edits = sorted({q.edit for q in queries}, key=lambda edit: (edit not in VIEW_ANGLE_EDITS, edit))

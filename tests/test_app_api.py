@@ -1,5 +1,6 @@
 """The app launched in-process and called through gradio_client, as an API user would."""
 import importlib.util
+import json
 import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
@@ -135,3 +136,23 @@ def test_app_reads_model_index_and_gallery_from_env_and_flags(monkeypatch):
     assert (args.model, args.index, args.gallery) == ("hf-hub:org/model", "/some/index", None)
     args = app.parse_args(["--model", "local-dir:elsewhere", "--gallery", "pics"])
     assert (args.model, args.index, args.gallery) == ("local-dir:elsewhere", "/some/index", "pics")
+
+
+def test_curated_examples_are_used_only_when_they_match_the_benchmark(served, tmp_path):
+    from demo.ui import choose_examples, load_curated_examples
+
+    engine, _ = served
+    queries = engine.benchmark_queries()
+    wanted = queries[3]
+    entries = [{"pairid": wanted.pairid, "reference": wanted.reference_id, "target": wanted.target_id,
+                "caption": wanted.caption},
+               {"pairid": queries[4].pairid, "reference": "another-image", "target": queries[4].target_id,
+                "caption": queries[4].caption}]
+    path = tmp_path / "examples.json"
+    path.write_text(json.dumps({"queries": entries}))
+    assert choose_examples(queries, load_curated_examples(path)) == [wanted]
+    fallback = choose_examples(queries, [entries[1]])  # nothing matches: a few per edit type, view-angle first
+    assert fallback and fallback[0].edit in ("mirror", "rotate")
+    assert len({q.edit for q in fallback}) == len({q.edit for q in queries})
+    shipped = load_curated_examples(Path(__file__).parent.parent / "assets" / "examples.json")
+    assert len(shipped) >= 8 and {"mirror", "rotate"} <= {entry["edit"] for entry in shipped}
