@@ -119,7 +119,7 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
             with gr.Column(scale=1):
                 reference = ReferenceImage(label="Reference image", sources=["upload", "clipboard", "webcam"],
                                            type="filepath", image_mode=None, height=260, elem_id="reference")
-                reference_info = gr.Markdown("Reference: upload an image or pick one below.")
+                reference_info = gr.Markdown("Reference: upload an image or pick one below.", elem_id="reference-info")
                 caption = gr.Textbox(label="Relative caption", placeholder="e.g. make the red circle large",
                                      max_lines=4, elem_id="caption")
                 top_k = gr.Slider(1, MAX_K, value=10, step=1, label="Top k")
@@ -170,8 +170,9 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
                     edit_filter = gr.Dropdown(choices=["all", *edit_types], value="all", label="Edit type")
                     keyword = gr.Textbox(label="Caption keyword")
                     find_button = gr.Button("Find failures")
-                failure_count = gr.Markdown()
-                failures = gr.Dataframe(headers=render.FAILURE_HEADERS, interactive=False, wrap=True)
+                failure_count = gr.Markdown(elem_id="failure-count")
+                failures = gr.Dataframe(headers=render.FAILURE_HEADERS, interactive=False, wrap=True,
+                                        elem_id="failures")
                 failure_ids = gr.State([])
 
         # -------------------------------------------------------------- handlers

@@ -1,4 +1,5 @@
-"""A real browser drives the app: upload, caption, Search, then results, token chips and heatmaps."""
+"""A real browser drives the app: upload, caption, Search, then results, token chips and heatmaps;
+a result clicked as the new reference; a failure case loaded with one click."""
 import os
 import socket
 from pathlib import Path
@@ -67,5 +68,16 @@ def test_upload_caption_search_shows_results_tokens_and_heatmaps(app_url, tmp_pa
             page.screenshot(path=str(ARTIFACTS / "browser_attention.png"), full_page=True)
             page.get_by_role("tab", name="Sentence prompt").click()
             page.screenshot(path=str(ARTIFACTS / "browser_search.png"), full_page=True)
+
+            # Iterative refinement: a clicked result becomes the reference.
+            page.locator("#results button.thumbnail-item").first.click()
+            expect(page.locator("#reference-info")).to_contain_text("from the results", timeout=30_000)
+
+            # Failure inspection: one click loads a benchmark case and shows its ground truth.
+            page.get_by_role("tab", name="Failure inspection").click()
+            page.get_by_role("button", name="Find failures").click()
+            expect(page.locator("#failure-count")).to_contain_text("failure(s)", timeout=60_000)
+            page.locator("#failures .body-cell").nth(2).click()
+            expect(page.locator("#summary")).to_contain_text("Ground truth", timeout=60_000)
         finally:
             browser.close()
