@@ -161,6 +161,23 @@ def test_concurrent_searches_match_sequential_ones(engine):
     assert parallel == sequential
 
 
+def test_concurrent_explanations_match_sequential_ones(engine):
+    jobs = [(engine.gallery_ids[i], caption) for i, caption in enumerate(["make the circle red", "mirror the scene",
+                                                                           "remove the blue square"] * 2)]
+
+    def explain(job):
+        explanation = engine.search(*job, k=3, explain=True).explanation
+        return explanation.attention.per_token, explanation.relevance.grid, explanation.prompt_tokens
+
+    sequential = [explain(job) for job in jobs]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        parallel = list(pool.map(explain, jobs))
+    for (attention, relevance, tokens), (attention_p, relevance_p, tokens_p) in zip(sequential, parallel):
+        assert np.allclose(attention, attention_p, atol=1e-5) and np.allclose(relevance, relevance_p, atol=1e-4)
+        assert [[m.token for m in row] for row in tokens] == [[m.token for m in row] for row in tokens_p]
+    assert not np.allclose(sequential[0][0], sequential[1][0])  # different queries, different maps
+
+
 # ---------------------------------------------------------------------- comparison and failures
 def test_compare_gives_three_rankings_and_sprc_equals_search(engine, model):
     reference = engine.gallery_ids[4]
