@@ -26,6 +26,7 @@ from cir_core.checkpoints import load_model, save_model
 from cir_core.config import apply_overrides, load_preset
 from cir_core.data.triplets import Triplet, TripletSplit
 from cir_core.model import SPRCModel
+from cir_core.region_supervision import RegionHead
 from cir_core.train_config import TrainConfig
 from cir_core.transforms import ImageTransform, to_rgb
 
@@ -35,13 +36,13 @@ TRAINER_STATE_FILE = "trainer_state.pt"
 
 
 # ---------------------------------------------------------------------- data
-def read_split(config: TrainConfig, split: str) -> TripletSplit:
+def read_split(config: TrainConfig, split: str, for_training: bool = False) -> TripletSplit:
     """The dataset reader for `config.data.kind`."""
     data = config.data
     if data.kind == "shapes":
         from cir_core.data.shapes import read_shapes_split
 
-        return read_shapes_split(data.root, split)
+        return read_shapes_split(data.root, split, with_region_labels=for_training and config.region_weight > 0)
     if data.kind == "cirr":
         from cir_core.data.cirr import read_cirr
 
@@ -66,20 +67,44 @@ def merge_splits(parts: list[TripletSplit], name: str) -> TripletSplit:
     return TripletSplit(name, triplets, paths, gallery, parts[0].exclude_reference if parts else True)
 
 
-def evaluate(config: TrainConfig, model: SPRCModel, split: TripletSplit) -> dict[str, float]:
+# The validation number that picks the best checkpoint, per dataset (higher is better).
+DEFAULT_BEST_METRIC = {"shapes": "recall/R@1", "cirr": "average", "fashioniq": "average"}
+
+
+def read_validation(config: TrainConfig):
+    """What `evaluate` takes: a split, or for FashionIQ one split per category (each has its own gallery)."""
+    data = config.data
+    limit = data.val_max_queries
+    if data.kind == "fashioniq":
+        from cir_core.data.fashioniq import read_fashioniq
+
+        return {c: subsample(read_fashioniq(data.root, c, data.val_split), limit) for c in data.categories}
+    return subsample(read_split(config, data.val_split), limit)
+
+
+def subsample(split: TripletSplit, limit: int) -> TripletSplit:
+    """At most `limit` queries (a fixed random choice), same gallery; 0 keeps all."""
+    if not limit or len(split.triplets) <= limit:
+        return split
+    chosen = sorted(random.Random(0).sample(range(len(split.triplets)), limit))
+    return TripletSplit(split.name, [split.triplets[i] for i in chosen], split.image_paths, split.gallery,
+                        split.exclude_reference)
+
+
+def evaluate(config: TrainConfig, model: SPRCModel, validation) -> dict[str, float]:
     """Run the dataset's own protocol; returns flat metrics (percent)."""
     if config.data.kind == "shapes":
         from cir_core.evaluation.shapes import evaluate_shapes
 
-        report = evaluate_shapes(model, split, progress=False)
+        report = evaluate_shapes(model, validation, progress=False)
     elif config.data.kind == "cirr":
         from cir_core.evaluation.cirr import evaluate_cirr
 
-        report = evaluate_cirr(model, split, progress=False)
+        report = evaluate_cirr(model, validation, progress=False)
     else:
         from cir_core.evaluation.fashioniq import evaluate_fashioniq
 
-        report = evaluate_fashioniq(model, split, progress=False)
+        report = evaluate_fashioniq(model, validation, progress=False)
     return flatten_metrics(report.to_dict())
 
 
@@ -181,6 +206,8 @@ def build_model(config: TrainConfig) -> tuple[SPRCModel, set[str]]:
     if init.checkpoint:
         model = load_model(init.checkpoint)
         pretrained = {name for name, _ in model.named_parameters()}
+        if init.overrides:
+            model.config = checkpoint_overrides(model.config, init.overrides)
     else:
         model_config = load_preset(init.preset)
         if init.overrides:
@@ -191,6 +218,15 @@ def build_model(config: TrainConfig) -> tuple[SPRCModel, set[str]]:
 
         pretrained |= set(init_qformer_from_bert(model, None if init.qformer_from_bert == "minilm" else init.qformer_from_bert))
     return model, pretrained
+
+
+def checkpoint_overrides(config, overrides: dict):
+    """Loss weights may change when fine-tuning a checkpoint; its architecture may not."""
+    allowed = ("loss.", "name")
+    fixed = [key for key in overrides if not key.startswith(allowed)]
+    if fixed:
+        raise ValueError(f"cannot override {fixed} when starting from a checkpoint (architecture is fixed)")
+    return apply_overrides(config, overrides)
 
 
 def parameter_groups(model: SPRCModel, config: TrainConfig, pretrained: set[str]) -> list[dict]:
@@ -223,13 +259,17 @@ class Trainer:
         self.model, pretrained = build_model(config)
         self.model.to(config.device).train()
         self.transform = ImageTransform(self.model.config.preprocess)
-        self.train_split = read_split(config, config.data.train_split)
+        self.train_split = read_split(config, config.data.train_split, for_training=True)
+        self.region_head = self._region_head()
         self.val_split = self._validation_split()
         self.images = ImageStore(self.train_split, self.transform, config.data.cache_images, config.progress)
         self.sampler = TripletSampler(self.train_split.triplets, config.batch_size, config.edits_per_reference,
                                       config.seed)
         self.caption_rng = random.Random(config.seed + 1)
-        self.optimizer = torch.optim.AdamW(parameter_groups(self.model, config, pretrained),
+        groups = parameter_groups(self.model, config, pretrained)
+        if self.region_head is not None:
+            groups.append({"params": list(self.region_head.parameters()), "lr": config.optim.lr, "weight_decay": 0.0})
+        self.optimizer = torch.optim.AdamW(groups,
                                            betas=tuple(config.optim.betas), eps=config.optim.eps)
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
             self.optimizer, max_lr=[g["lr"] for g in self.optimizer.param_groups],
@@ -239,16 +279,19 @@ class Trainer:
         if resume:
             self._resume()
 
-    def _validation_split(self) -> TripletSplit | None:
+    def _region_head(self) -> RegionHead | None:
+        if self.config.region_weight <= 0:
+            return None
+        split = self.train_split
+        if not split.region_labels:
+            raise ValueError(f"region_weight is set but {split.name} provides no region labels")
+        head = RegionHead(self.model.config.vision.hidden_size, split.region_grid, split.region_classes)
+        return head.to(self.config.device)
+
+    def _validation_split(self):
         if not self.config.data.val_split or self.config.eval_every <= 0:
             return None
-        split = read_split(self.config, self.config.data.val_split)
-        limit = self.config.data.val_max_queries
-        if limit and len(split.triplets) > limit:
-            chosen = random.Random(0).sample(range(len(split.triplets)), limit)
-            split = TripletSplit(split.name, [split.triplets[i] for i in sorted(chosen)], split.image_paths,
-                                 split.gallery, split.exclude_reference)
-        return split
+        return read_validation(self.config)
 
     def _autocast(self):
         if self.config.precision == "bf16":
@@ -263,18 +306,30 @@ class Trainer:
         reference = self.images.batch([t.reference for t in triplets]).to(self.config.device)
         target = self.images.batch([t.target for t in triplets]).to(self.config.device)
         captions = [t.training_caption(self.caption_rng) for t in triplets]
+        extra = {}
         with self._autocast():
-            out = self.model(reference, captions, target)
+            if self.region_head is None:
+                out = self.model(reference, captions, target)
+                loss = out.loss
+            else:
+                features = self.model.vision_features(torch.cat([reference, target]))  # (2B, T, W)
+                ids = [t.reference for t in triplets] + [t.target for t in triplets]
+                labels = torch.stack([self.train_split.region_labels[i] for i in ids]).to(self.config.device)
+                region = self.region_head.loss(features, labels)
+                out = self.model(features[:len(triplets)], captions, features[len(triplets):])
+                loss = out.loss + self.config.region_weight * region
+                extra["region"] = float(region.detach())
         self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
         if self.config.optim.clip_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(
                 [p for g in self.optimizer.param_groups for p in g["params"]], self.config.optim.clip_grad_norm)
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        return {"loss": float(out.loss), "itc": float(out.itc), "rtc": float(out.rtc), "align": float(out.align),
-                "temp": float(self.model.temp), "lr": self.scheduler.get_last_lr()[0]}
+        return {"loss": float(loss.detach()), "itc": float(out.itc.detach()), "rtc": float(out.rtc.detach()),
+                "align": float(out.align.detach()), **extra, "temp": float(self.model.temp.detach()),
+                "lr": self.scheduler.get_last_lr()[0]}
 
     def run(self) -> dict[str, float]:
         config = self.config
@@ -303,16 +358,17 @@ class Trainer:
         self.model.eval()
         metrics = evaluate(self.config, self.model, self.val_split)
         self.model.train()
-        value = metrics.get(self.config.best_metric)
+        name = self.config.best_metric or DEFAULT_BEST_METRIC[self.config.data.kind]
+        value = metrics.get(name)
         if value is None:
-            raise ValueError(f"best_metric {self.config.best_metric!r} not among {sorted(metrics)}")
+            raise ValueError(f"best_metric {name!r} not among {sorted(metrics)}")
         improved = value > self.best
         if improved:
             self.best = value
             save_model(self.model, self.out_dir / "best", dtype=self._save_dtype())
         self._log({"step": self.step, "elapsed_s": round(elapsed, 1), "val": metrics, "best": self.best,
                    "improved": improved})
-        logger.info("step %d: val %s = %.2f (best %.2f)", self.step, self.config.best_metric, value, self.best)
+        logger.info("step %d: val %s = %.2f (best %.2f)", self.step, name, value, self.best)
         return metrics
 
     def _save_dtype(self):
@@ -326,7 +382,8 @@ class Trainer:
         folder = save_model(self.model, self.out_dir / "last")
         state = {"step": self.step, "best": self.best, "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-                 "sampler": self.sampler.state_dict(), "caption_rng": self.caption_rng.getstate()}
+                 "sampler": self.sampler.state_dict(), "caption_rng": self.caption_rng.getstate(),
+                 "region_head": self.region_head.state_dict() if self.region_head is not None else None}
         tmp = folder / (TRAINER_STATE_FILE + ".tmp")
         torch.save(state, tmp)
         tmp.replace(folder / TRAINER_STATE_FILE)
@@ -344,6 +401,8 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         self.sampler.load_state_dict(state["sampler"])
         self.caption_rng.setstate(state["caption_rng"])
+        if self.region_head is not None and state.get("region_head") is not None:
+            self.region_head.load_state_dict(state["region_head"])
         self.step, self.best = state["step"], state["best"]
         logger.info("resumed from %s at step %d", folder, self.step)
 

@@ -65,7 +65,8 @@ class TrainConfig:
     max_steps: int = 4000  # optimisation steps (the OneCycle length)
     eval_every: int = 500  # steps between validations (and best-checkpoint checks)
     checkpoint_every: int = 500  # steps between resumable checkpoints
-    best_metric: str = "R@1"  # validation metric that decides the best checkpoint (higher is better)
+    region_weight: float = 0.0  # weight of the auxiliary per-region vision loss (datasets with region labels)
+    best_metric: str = ""  # flat validation metric deciding the best checkpoint ("" = the dataset's headline)
     precision: str = "bf16"  # "bf16" autocast or "fp32"
     num_threads: int = 0  # torch threads (0 = leave torch's default)
     seed: int = 0  # sampling and initialisation seed

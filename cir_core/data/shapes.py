@@ -38,15 +38,18 @@ from cir_core.data.shapes_edits import (
 from cir_core.data.shapes_scene import (
     COLORS,
     DEFAULT_IMAGE_SIZE,
+    GRID,
     HELD_OUT_COMBINATIONS,
     MIN_IMAGE_SIZE,
     NUM_CELL_CLASSES,
     POSITIONS,
+    REGION_CLASSES,
     SHAPES,
     SIZES,
     SceneObject,
     ShapesScene,
     cell_labels,
+    region_attributes,
     render_scene,
     sample_scene,
 )
@@ -261,8 +264,11 @@ def _triplet(entry: Any, index: int, path: Path) -> Triplet:
                    target=entry["target"], edit=entry["edit"], extras={"novel": bool(entry["novel"])})
 
 
-def read_shapes_split(data_dir: str | Path, split: str) -> TripletSplit:
+def read_shapes_split(data_dir: str | Path, split: str, with_region_labels: bool = False) -> TripletSplit:
     """One split of a shapes folder: its queries, absolute image paths and its gallery.
+
+    `with_region_labels` also attaches per-cell attribute labels (shape, colour, size)
+    of every query image, for auxiliary supervision of the vision encoder.
 
     Raises FileNotFoundError naming the missing file (or counting missing images) and
     ValueError for a folder that is not a shapes dataset or an unknown split.
@@ -298,6 +304,11 @@ def read_shapes_split(data_dir: str | Path, split: str) -> TripletSplit:
     if missing:
         raise FileNotFoundError(f"{len(missing)} of {len(gallery)} images of {result.name} are missing under "
                                 f"{images_dir} (first: {missing[0]}.png)")
+    if with_region_labels:
+        scenes = read_shapes_scenes(data_dir)
+        used = {image_id for t in triplets for image_id in (t.reference, t.target)}
+        result.region_labels = {image_id: region_attributes(scenes[image_id]) for image_id in used}
+        result.region_grid, result.region_classes = GRID, REGION_CLASSES
     return result
 
 

@@ -201,6 +201,23 @@ def cell_labels(scene: ShapesScene) -> torch.Tensor:
     return torch.tensor([cell_class(scene.at(r, c)) for r in range(GRID) for c in range(GRID)], dtype=torch.long)
 
 
+# Per-cell attributes for dense supervision: (shape or empty, colour, size); -100 = not applicable.
+REGION_CLASSES = (1 + len(SHAPES), len(COLORS), len(SIZES))
+
+
+def region_attributes(scene: ShapesScene) -> torch.Tensor:
+    """(9, 3) long: per cell (row-major) its shape (0 = empty), colour and size (-100 when empty)."""
+    rows = []
+    for r in range(GRID):
+        for c in range(GRID):
+            obj = scene.at(r, c)
+            if obj is None:
+                rows.append((0, -100, -100))
+            else:
+                rows.append((1 + SHAPES.index(obj.shape), list(COLORS).index(obj.color), SIZES.index(obj.size)))
+    return torch.tensor(rows, dtype=torch.long)
+
+
 # ---------------------------------------------------------------------------------------- rendering
 def cell_box(row: int, col: int, image_size: int) -> tuple[int, int, int, int]:
     """Pixel box (left, top, right, bottom) covering the cell, rounded outwards."""

@@ -32,6 +32,9 @@ class TripletSplit:
     image_paths: dict[str, Path]  # image id -> image file
     gallery: list[str]  # image ids ranked at evaluation, in a fixed order
     exclude_reference: bool = True  # whether a query's reference is removed from its own ranking
+    region_labels: dict[str, Any] | None = None  # optional image id -> (regions, attributes) long labels
+    region_grid: int = 0  # regions form a region_grid x region_grid grid over the image
+    region_classes: tuple[int, ...] = ()  # number of classes of each labelled attribute
 
     def __len__(self) -> int:
         return len(self.triplets)

@@ -1,0 +1,136 @@
+import json
+import math
+
+import pytest
+import torch
+
+import cir_core
+from cir_core.data.shapes import ShapesCounts, write_shapes_dataset
+from cir_core.region_supervision import IGNORE, RegionHead
+from cir_core.train import TripletSampler, main
+from cir_core.train_config import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def shapes_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shapes") / "data"
+    counts = ShapesCounts(train=96, val=16, test=16)
+    write_shapes_dataset(out, seed=1, image_size=32, counts=counts, progress=False, workers=1)
+    return out
+
+
+def write_config(tmp_path, shapes_dir, **changes):
+    config = {
+        "out_dir": str(tmp_path / "run"),
+        "data": {"kind": "shapes", "root": str(shapes_dir), "val_max_queries": 8},
+        "model": {"preset": "tiny-test"},
+        "batch_size": 8, "edits_per_reference": 4, "max_steps": 6, "eval_every": 3, "checkpoint_every": 3,
+        "precision": "fp32", "progress": False, "num_threads": 1,
+    }
+    for key, value in changes.items():
+        config[key] = value
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def read_log(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_writes_metrics_and_loadable_best(tmp_path, shapes_dir):
+    config = write_config(tmp_path, shapes_dir)
+    metrics = main(["--config", str(config)])
+    assert "recall/R@1" in metrics
+    run = tmp_path / "run"
+    log = read_log(run)
+    assert [r["step"] for r in log if "val" in r] == [3, 6]
+    assert log[-1]["step"] == 6
+    model = cir_core.load_model(run / "best")
+    assert model.config.name == "tiny-test"
+    saved = TrainConfig.from_file(run / "train_config.json")
+    assert saved.max_steps == 6
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, shapes_dir):
+    from cir_core.train import Trainer
+
+    base = TrainConfig.from_file(write_config(tmp_path, shapes_dir)).with_overrides({"eval_every": "0"})
+    straight = Trainer(base.with_overrides({"out_dir": str(tmp_path / "straight")}))
+    straight.run()
+
+    interrupted_config = base.with_overrides({"out_dir": str(tmp_path / "interrupted")})
+    interrupted = Trainer(interrupted_config)
+    (tmp_path / "interrupted").mkdir()
+    for _ in range(3):
+        interrupted.train_step()
+    interrupted.save_last()  # then the process dies
+    resumed = Trainer(interrupted_config, resume=True)
+    assert resumed.step == 3
+    resumed.run()
+    assert [r["step"] for r in read_log(tmp_path / "interrupted") if "loss" in r] == [6]
+    for (name, a), b in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_overrides_and_bad_options(tmp_path, shapes_dir):
+    config = write_config(tmp_path, shapes_dir)
+    with pytest.raises(ValueError, match="unknown training option"):
+        main(["--config", str(config), "--optim.learning_rate=1"])
+    with pytest.raises(ValueError, match="overrides look like"):
+        main(["--config", str(config), "stray"])
+    with pytest.raises(FileNotFoundError, match="cannot resume"):
+        main(["--config", str(config), "--resume", "--out_dir=" + str(tmp_path / "fresh")])
+    with pytest.raises(ValueError, match="cannot read training config"):
+        main(["--config", str(tmp_path / "missing.json")])
+
+
+def test_loss_falls_when_overfitting_one_batch(tmp_path, shapes_dir):
+    config = write_config(tmp_path, shapes_dir)
+    from cir_core.train import Trainer
+
+    no_dropout = '{"qformer.hidden_dropout_prob": 0.0, "qformer.attention_probs_dropout_prob": 0.0}'
+    trainer = Trainer(TrainConfig.from_file(config).with_overrides(
+        {"max_steps": "80", "optim.lr": "0.003", "optim.vision_lr": "0.003", "optim.pct_start": "0.05",
+         "model.overrides": no_dropout}))
+    fixed = trainer.sampler.next_batch()
+    trainer.sampler.next_batch = lambda: list(fixed)
+    losses = [trainer.train_step()["itc"] for _ in range(80)]
+    assert losses[0] == pytest.approx(math.log(8), abs=0.05)  # chance level: 8 look-alike targets
+    assert sum(losses[-5:]) / 5 < 0.75 * math.log(8)
+
+
+def test_region_supervision_learns_cells(tmp_path, shapes_dir):
+    config = write_config(tmp_path, shapes_dir, region_weight=1.0)
+    from cir_core.train import Trainer
+
+    trainer = Trainer(TrainConfig.from_file(config).with_overrides({"max_steps": "30", "optim.lr": "0.003",
+                                                                       "optim.vision_lr": "0.003"}))
+    assert trainer.region_head is not None and trainer.train_split.region_classes == (4, 8, 2)
+    fixed = trainer.sampler.next_batch()
+    trainer.sampler.next_batch = lambda: list(fixed)
+    regions = [trainer.train_step()["region"] for _ in range(30)]
+    assert regions[-1] < 0.6 * regions[0]
+
+
+def test_region_head_ignores_missing_attributes():
+    head = RegionHead(width=8, grid=3, classes=(4, 8, 2))
+    features = torch.randn(2, 1 + 16, 8)
+    labels = torch.full((2, 9, 3), IGNORE)
+    labels[..., 0] = 0  # every cell empty: colour and size do not apply
+    loss = head.loss(features, labels)
+    expected = torch.nn.functional.cross_entropy(head(features)[0].flatten(0, 1), labels[..., 0].flatten())
+    assert torch.allclose(loss, expected)
+
+
+def test_sampler_groups_edits_and_never_repeats_a_target():
+    from cir_core.data.triplets import Triplet
+
+    triplets = [Triplet(i, f"r{i // 4}", "c", f"t{i}") for i in range(32)] + [Triplet(99, "r0", "c", "t0")]
+    sampler = TripletSampler(triplets, batch_size=8, per_reference=4, seed=0)
+    for _ in range(10):
+        batch = sampler.next_batch()
+        targets = [triplets[i].target for i in batch]
+        assert len(batch) == 8 and len(set(targets)) == 8
+    with pytest.raises(ValueError, match="exceeds"):
+        TripletSampler(triplets[:4], batch_size=8, per_reference=4, seed=0)
