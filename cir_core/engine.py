@@ -227,10 +227,10 @@ def check_caption(model: SPRCModel, caption) -> CaptionCheck:
         raise QueryError("the model knows none of the caption's words (emoji and symbols read as unknown); "
                          "use words, e.g. 'make the circle red'")
     notes = []
-    full_length = len(tokenizer(cleaned)["input_ids"])
-    if len(words) > preprocess.max_caption_words or full_length > preprocess.max_caption_tokens:
-        notes.append(f"the caption was truncated: the model reads its first {preprocess.max_caption_tokens - 2} "
-                     f"word pieces (of {full_length - 2}; at most {preprocess.max_caption_words} words)")
+    pieces = len(tokenizer(cleaned)["input_ids"])  # of the words kept after cleaning, [CLS] and [SEP] included
+    if len(words) > preprocess.max_caption_words or pieces > preprocess.max_caption_tokens:
+        notes.append(f"the caption ({len(words)} words) was truncated: the model reads at most "
+                     f"{preprocess.max_caption_words} words and {preprocess.max_caption_tokens - 2} word pieces")
     if unknown:
         notes.append(f"{unknown} word piece(s) are unknown to the model and read as [UNK]")
     return CaptionCheck(text=text, notes=notes)
@@ -303,7 +303,14 @@ class Engine:
 
     def search(self, image, caption: str, k: int = 10, explain: bool = False, exclude_reference: bool = True,
                ground_truth_id: str | None = None) -> RetrievalResult:
-        """Rank the gallery for (reference image, caption); `image` is a PIL image, a file or a gallery id."""
+        """Rank the gallery for (reference image, caption).
+
+        `image` is a PIL image, a numpy array, an image file or a gallery id (a string
+        naming a gallery image is taken as its id, whose cached vision features are reused).
+        The reference is left out of its own ranking when it is a gallery image and
+        `exclude_reference` is set. With `ground_truth_id`, that image's exact rank and score
+        come back even when it is outside the top k; with `explain`, the explanation.
+        """
         k = self._check_k(k)
         if ground_truth_id is not None:
             self._row(ground_truth_id)
@@ -505,16 +512,16 @@ class Engine:
             rows = torch.tensor([self._row_of[image_id] for image_id in split.gallery])
             scores = torch.stack([torch.as_tensor(self.index.score_all(v), dtype=torch.float32)[rows] for v in vectors])
         report = shapes_report_from_scores(scores, split)
+        column = {image_id: position for position, image_id in enumerate(split.gallery)}
         cases = []
         for position, (pairid, rank) in enumerate(zip(report.pairids, report.ranks)):
             if rank == 0:
                 continue
             query = queries[str(pairid)]
             row_scores = scores[position].clone()
-            row_scores[split.gallery.index(query.reference_id)] = float("-inf")
+            row_scores[column[query.reference_id]] = float("-inf")
             top = int(row_scores.argmax())
-            cases.append(FailureCase(query=query, rank=rank + 1,
-                                     target_score=float(row_scores[split.gallery.index(query.target_id)]),
+            cases.append(FailureCase(query=query, rank=rank + 1, target_score=float(row_scores[column[query.target_id]]),
                                      top_id=split.gallery[top], top_score=float(row_scores[top])))
         cases.sort(key=lambda case: (case.query.edit not in VIEW_ANGLE_EDITS, -case.rank))
         logger.info("%s: %d of %d benchmark queries miss their target at rank 1", split.name, len(cases), len(queries))
