@@ -17,6 +17,13 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
+# "sprc": sentence-level prompt from image + caption, then composed without the image (the method).
+# "static_prompt": one learned prompt shared by all queries, reading the image by cross-attention (BLIP4CIR+Bi-like).
+# "pseudo_word": the image mapped to one token inside the caption (Pic2Word / SEARLE-like).
+# "image_only", "text_only", "late_fusion": the reference alone, the caption alone (auxiliary-prompt text
+# query), and the normalised sum of both.
+QUERY_MODES = ("sprc", "static_prompt", "pseudo_word", "image_only", "text_only", "late_fusion")
+
 
 @dataclass
 class VisionConfig:
@@ -91,6 +98,7 @@ class SPRCConfig:
     embed_dim: int = 256  # width of the projected retrieval vectors
     temp_init: float = 0.07  # initial contrastive temperature (learned, not clamped)
     attn_implementation: str = "eager"  # "eager" (attention maps available) or "sdpa"
+    query_mode: str = "sprc"  # how the composed query is formed; see QUERY_MODES (baselines use the others)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -124,6 +132,7 @@ class SPRCConfig:
              "qformer.max_position_embeddings must cover the auxiliary prompt plus a caption"),
             (p.max_caption_tokens >= 3, "preprocess.max_caption_tokens must be >= 3"),
             (self.attn_implementation in ("eager", "sdpa"), "attn_implementation must be 'eager' or 'sdpa'"),
+            (self.query_mode in QUERY_MODES, f"query_mode must be one of {QUERY_MODES}"),
         ]
         for ok, message in checks:
             if not ok:

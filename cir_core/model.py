@@ -30,7 +30,7 @@ class QueryEncoding:
     """Output of `SPRCModel.encode_query`."""
 
     query: torch.Tensor  # (B, D) L2-normalised composed query vectors
-    prompt: torch.Tensor  # (B, Q, H) sentence-level prompt
+    prompt: torch.Tensor | None  # (B, Q, H) sentence-level prompt (None for query modes without one)
     cross_attentions: tuple[torch.Tensor, ...] | None = None  # per cross-attention layer (B, heads, Q, T)
 
 
@@ -101,6 +101,9 @@ class SPRCModel(nn.Module):
         self.vision_projection = nn.Linear(q.hidden_size, config.embed_dim)
         self.text_projection = nn.Linear(q.hidden_size, config.embed_dim)
         self.temp = nn.Parameter(torch.tensor(float(config.temp_init)))
+        if config.query_mode == "pseudo_word":
+            self.pseudo_word_projection = nn.Sequential(
+                nn.Linear(q.hidden_size, q.hidden_size), nn.GELU(), nn.Linear(q.hidden_size, q.hidden_size))
         nn.init.normal_(self.embeddings.word_embeddings.weight, std=0.02)
         nn.init.normal_(self.embeddings.position_embeddings.weight, std=0.02)
         self.set_attn_implementation(config.attn_implementation)
@@ -217,32 +220,79 @@ class SPRCModel(nn.Module):
         text = self._as_text(captions)
         if text.input_ids.shape[0] != features.shape[0]:
             raise ValueError(f"{features.shape[0]} references but {text.input_ids.shape[0]} captions")
-        attentions = None
-        if output_attentions:
-            if self.qformer.config._attn_implementation != "eager":
-                raise ValueError("attention maps need attn_implementation='eager'")
-            prompt, attentions = self.sentence_prompt(features, text, output_attentions=True)
-        else:
-            prompt = self.sentence_prompt(features, text)
-        return QueryEncoding(query=self.compose(prompt, text), prompt=prompt, cross_attentions=attentions)
+        if output_attentions and self.qformer.config._attn_implementation != "eager":
+            raise ValueError("attention maps need attn_implementation='eager'")
+        return self.compose_query(features, text, output_attentions)
+
+    def compose_query(self, features: torch.Tensor, text: TextBatch, output_attentions: bool = False) -> QueryEncoding:
+        """The composed query of `config.query_mode` (grad-enabled; `encode_query` is the inference wrapper)."""
+        mode = self.config.query_mode
+        if mode == "sprc":
+            if output_attentions:
+                prompt, attentions = self.sentence_prompt(features, text, output_attentions=True)
+            else:
+                prompt, attentions = self.sentence_prompt(features, text), None
+            return QueryEncoding(query=self.compose(prompt, text), prompt=prompt, cross_attentions=attentions)
+        if mode == "static_prompt":
+            return QueryEncoding(query=self.static_prompt_query(features, text), prompt=None)
+        if mode == "pseudo_word":
+            return QueryEncoding(query=self.pseudo_word_query(features, text), prompt=None)
+        image = F.normalize(self.target_vectors(features).mean(dim=1), dim=-1)
+        if mode == "image_only":
+            return QueryEncoding(query=image, prompt=None)
+        words = self.auxiliary_query(text)
+        if mode == "text_only":
+            return QueryEncoding(query=words, prompt=None)
+        return QueryEncoding(query=F.normalize(image + words, dim=-1), prompt=None)  # late_fusion
+
+    def static_prompt_query(self, features: torch.Tensor, text: TextBatch) -> torch.Tensor:
+        """Baseline: the learned prompt P' (shared) reads the image; output at the caption's [CLS] -> (B, D)."""
+        batch, num_queries = features.shape[0], self.num_query_tokens
+        embeds = self.embeddings(input_ids=text.input_ids, query_embeds=self.prompt_tokens.expand(batch, -1, -1))
+        mask = torch.cat([torch.ones(batch, num_queries, dtype=text.attention_mask.dtype, device=self.device),
+                          text.attention_mask], dim=1)
+        hidden = self.qformer(query_embeds=embeds, query_length=num_queries, attention_mask=mask,
+                              encoder_hidden_states=features).last_hidden_state
+        return F.normalize(self.text_projection(hidden[:, num_queries]), dim=-1)
+
+    def pseudo_word_query(self, features: torch.Tensor, text: TextBatch) -> torch.Tensor:
+        """Baseline: [CLS ; image pseudo-word ; caption words], no image cross-attention -> (B, D)."""
+        batch = features.shape[0]
+        queries = self.query_tokens.expand(batch, -1, -1)
+        image = self.qformer(query_embeds=queries, query_length=self.num_query_tokens,
+                             encoder_hidden_states=features).last_hidden_state.mean(dim=1)  # (B, H)
+        words = self.embeddings.word_embeddings(text.input_ids)  # (B, L, H)
+        pseudo = self.pseudo_word_projection(image).unsqueeze(1).to(words.dtype)
+        sequence = torch.cat([words[:, :1], pseudo, words[:, 1:]], dim=1)
+        positions = torch.arange(sequence.shape[1], device=self.device)
+        sequence = sequence + self.embeddings.position_embeddings(positions)[None]
+        mask = torch.cat([text.attention_mask[:, :1], torch.ones_like(text.attention_mask[:, :1]),
+                          text.attention_mask[:, 1:]], dim=1)
+        hidden = self.qformer(query_embeds=sequence, query_length=0, attention_mask=mask).last_hidden_state
+        return F.normalize(self.text_projection(hidden[:, 0]), dim=-1)
 
     # ------------------------------------------------------------------ training
     def forward(self, reference: torch.Tensor, captions: list[str] | TextBatch, target: torch.Tensor) -> SPRCLossOutput:
-        """Training forward over B aligned (reference, caption, target) triplets."""
+        """Training forward over B aligned (reference, caption, target) triplets.
+
+        Only the "sprc" query mode has the auxiliary-prompt (rtc) and alignment losses;
+        the baseline modes train their query with the contrastive loss alone.
+        """
         text = self._as_text(captions)
         reference_features = self._as_vision_features(reference)
-        target_features = self._as_vision_features(target)
-        targets = self.target_vectors(target_features)  # (B, Q, D)
-        prompt = self.sentence_prompt(reference_features, text)  # (B, Q, H)
-        query = self.compose(prompt, text)  # (B, D)
-        labels = torch.arange(query.shape[0], device=self.device)
-        logits = self.score(query, targets) / self.temp
+        targets = self.target_vectors(self._as_vision_features(target))  # (B, Q, D)
+        encoding = self.compose_query(reference_features, text)
+        labels = torch.arange(encoding.query.shape[0], device=self.device)
+        logits = self.score(encoding.query, targets) / self.temp
         itc = F.cross_entropy(logits, labels)
+        weights = self.config.loss
+        if self.config.query_mode != "sprc":
+            zero = itc.new_zeros(())
+            return SPRCLossOutput(loss=weights.itc_weight * itc, itc=itc, rtc=zero, align=zero, logits=logits)
         auxiliary = self.auxiliary_query(text)
         rtc = F.cross_entropy(self.score(auxiliary, targets) / self.temp, labels)
-        prompt_mean = prompt.mean(dim=1)  # (B, H)
+        prompt_mean = encoding.prompt.mean(dim=1)  # (B, H)
         auxiliary_mean = self.prompt_tokens.mean(dim=1).detach().expand_as(prompt_mean)
         align = F.mse_loss(prompt_mean, auxiliary_mean.to(prompt_mean.dtype))
-        weights = self.config.loss
         loss = weights.itc_weight * itc + weights.rtc_weight * rtc + weights.align_weight * align
         return SPRCLossOutput(loss=loss, itc=itc, rtc=rtc, align=align, logits=logits)

@@ -120,3 +120,36 @@ def test_textbatch_input_equals_strings(tiny_model):
     a = tiny_model.encode_query(images(1), text).query
     b = tiny_model.encode_query(images(1), ["make it red"]).query
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("mode", ["static_prompt", "pseudo_word", "image_only", "text_only", "late_fusion"])
+def test_baseline_query_modes_train_and_encode(mode):
+    torch.manual_seed(2)
+    model = cir_core.create_model("tiny-test", query_mode=mode)
+    out = model(images(2), ["make it red", "remove it"], images(2, seed=1))
+    assert float(out.rtc) == 0.0 and float(out.align) == 0.0
+    out.loss.backward()
+    model.eval()
+    encoding = model.encode_query(images(2), ["make it red", "remove it"])
+    assert encoding.query.shape == (2, 16) and encoding.prompt is None
+    assert torch.allclose(encoding.query.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+
+def test_inference_baselines_are_what_they_claim(tiny_model):
+    import copy
+    import dataclasses
+
+    pixels, other = images(2, seed=9), images(2, seed=10)
+    captions = ["make it red", "remove the circle"]
+    modes = {}
+    for mode in ("image_only", "text_only", "late_fusion"):
+        model = copy.copy(tiny_model)
+        model.config = dataclasses.replace(tiny_model.config, query_mode=mode)
+        modes[mode] = (model.encode_query(pixels, captions).query, model.encode_query(other, captions).query,
+                       model.encode_query(pixels, ["something else", "else"]).query)
+    image_mean = F.normalize(tiny_model.encode_target(pixels).mean(dim=1), dim=-1)
+    assert torch.allclose(modes["image_only"][0], image_mean, atol=1e-6)
+    assert torch.allclose(modes["image_only"][0], modes["image_only"][2])  # ignores the caption
+    assert torch.allclose(modes["text_only"][0], modes["text_only"][1])  # ignores the image
+    fused = F.normalize(modes["image_only"][0] + modes["text_only"][0], dim=-1)
+    assert torch.allclose(modes["late_fusion"][0], fused, atol=1e-6)
