@@ -50,7 +50,7 @@ class SPRCLossOutput:
     itc: torch.Tensor  # () composed query -> target cross-entropy
     rtc: torch.Tensor  # () auxiliary-prompt query -> target cross-entropy
     align: torch.Tensor  # () MSE(mean P, mean P'.detach())
-    logits: torch.Tensor  # (B, B) query x target similarities divided by temp
+    logits: torch.Tensor  # (B, B + H) query x (target + negative) similarities divided by temp
 
 
 def _vision_hf_config(config: SPRCConfig) -> Blip2VisionConfig:
@@ -272,15 +272,20 @@ class SPRCModel(nn.Module):
         return F.normalize(self.text_projection(hidden[:, 0]), dim=-1)
 
     # ------------------------------------------------------------------ training
-    def forward(self, reference: torch.Tensor, captions: list[str] | TextBatch, target: torch.Tensor) -> SPRCLossOutput:
+    def forward(self, reference: torch.Tensor, captions: list[str] | TextBatch, target: torch.Tensor,
+                negatives: torch.Tensor | None = None) -> SPRCLossOutput:
         """Training forward over B aligned (reference, caption, target) triplets.
+
+        `negatives` (pixels or vision features of H extra images) are added to every
+        query's candidates as non-matches, e.g. look-alikes of the targets.
 
         Only the "sprc" query mode has the auxiliary-prompt (rtc) and alignment losses;
         the baseline modes train their query with the contrastive loss alone.
         """
         text = self._as_text(captions)
         reference_features = self._as_vision_features(reference)
-        targets = self.target_vectors(self._as_vision_features(target))  # (B, Q, D)
+        candidates = target if negatives is None else torch.cat([target, negatives.to(target.dtype)])
+        targets = self.target_vectors(self._as_vision_features(candidates))  # (B [+ H], Q, D)
         encoding = self.compose_query(reference_features, text)
         labels = torch.arange(encoding.query.shape[0], device=self.device)
         logits = self.score(encoding.query, targets) / self.temp

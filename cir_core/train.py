@@ -42,7 +42,8 @@ def read_split(config: TrainConfig, split: str, for_training: bool = False) -> T
     if data.kind == "shapes":
         from cir_core.data.shapes import read_shapes_split
 
-        return read_shapes_split(data.root, split, with_region_labels=for_training and config.region_weight > 0)
+        return read_shapes_split(data.root, split, with_region_labels=for_training and config.region_weight > 0,
+                                 with_hard_negatives=for_training and config.hard_negatives > 0)
     if data.kind == "cirr":
         from cir_core.data.cirr import read_cirr
 
@@ -125,7 +126,8 @@ class ImageStore:
         self.split, self.transform, self.cache = split, transform, cache
         self._images: dict[str, torch.Tensor] = {}
         if cache:
-            ids = sorted({t.reference for t in split.triplets} | {t.target for t in split.triplets if t.target})
+            ids = sorted({t.reference for t in split.triplets} | {t.target for t in split.triplets if t.target}
+                         | {i for look_alikes in (split.hard_negatives or {}).values() for i in look_alikes})
             with ThreadPoolExecutor(max_workers=4) as pool:
                 loaded = pool.map(self._load, ids)
                 for image_id, tensor in tqdm(zip(ids, loaded), total=len(ids), desc="loading images",
@@ -306,17 +308,22 @@ class Trainer:
         reference = self.images.batch([t.reference for t in triplets]).to(self.config.device)
         target = self.images.batch([t.target for t in triplets]).to(self.config.device)
         captions = [t.training_caption(self.caption_rng) for t in triplets]
+        negative_ids = self._hard_negatives(triplets)
+        negatives = self.images.batch(negative_ids).to(self.config.device) if negative_ids else None
         extra = {}
         with self._autocast():
             if self.region_head is None:
-                out = self.model(reference, captions, target)
+                out = self.model(reference, captions, target, negatives=negatives)
                 loss = out.loss
             else:
-                features = self.model.vision_features(torch.cat([reference, target]))  # (2B, T, W)
+                batch = len(triplets)
+                pixels = torch.cat([reference, target] + ([negatives] if negatives is not None else []))
+                features = self.model.vision_features(pixels)  # (2B + H, T, W)
                 ids = [t.reference for t in triplets] + [t.target for t in triplets]
                 labels = torch.stack([self.train_split.region_labels[i] for i in ids]).to(self.config.device)
-                region = self.region_head.loss(features, labels)
-                out = self.model(features[:len(triplets)], captions, features[len(triplets):])
+                region = self.region_head.loss(features[:2 * batch], labels)
+                out = self.model(features[:batch], captions, features[batch:2 * batch],
+                                 negatives=features[2 * batch:] if negatives is not None else None)
                 loss = out.loss + self.config.region_weight * region
                 extra["region"] = float(region.detach())
         self.optimizer.zero_grad(set_to_none=True)
@@ -330,6 +337,23 @@ class Trainer:
         return {"loss": float(loss.detach()), "itc": float(out.itc.detach()), "rtc": float(out.rtc.detach()),
                 "align": float(out.align.detach()), **extra, "temp": float(self.model.temp.detach()),
                 "lr": self.scheduler.get_last_lr()[0]}
+
+    def _hard_negatives(self, triplets: list[Triplet]) -> list[str]:
+        """Up to `config.hard_negatives` look-alikes of this batch's targets that are no batch target."""
+        look_alikes = self.train_split.hard_negatives
+        if not self.config.hard_negatives or not look_alikes:
+            return []
+        in_batch = {t.target for t in triplets}
+        chosen: list[str] = []
+        for triplet in self.caption_rng.sample(triplets, len(triplets)):
+            options = [i for i in look_alikes.get(triplet.target, ()) if i not in in_batch]
+            if options:
+                pick = self.caption_rng.choice(options)
+                chosen.append(pick)
+                in_batch.add(pick)
+            if len(chosen) == self.config.hard_negatives:
+                break
+        return chosen
 
     def run(self) -> dict[str, float]:
         config = self.config

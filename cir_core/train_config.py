@@ -65,6 +65,7 @@ class TrainConfig:
     max_steps: int = 4000  # optimisation steps (the OneCycle length)
     eval_every: int = 500  # steps between validations (and best-checkpoint checks)
     checkpoint_every: int = 500  # steps between resumable checkpoints
+    hard_negatives: int = 0  # extra look-alike negative targets per batch (datasets that list them)
     region_weight: float = 0.0  # weight of the auxiliary per-region vision loss (datasets with region labels)
     best_metric: str = ""  # flat validation metric deciding the best checkpoint ("" = the dataset's headline)
     precision: str = "bf16"  # "bf16" autocast or "fp32"

@@ -134,3 +134,36 @@ def test_sampler_groups_edits_and_never_repeats_a_target():
         assert len(batch) == 8 and len(set(targets)) == 8
     with pytest.raises(ValueError, match="exceeds"):
         TripletSampler(triplets[:4], batch_size=8, per_reference=4, seed=0)
+
+
+def test_hard_negatives_join_the_candidates(tmp_path, shapes_dir):
+    from cir_core.train import Trainer
+
+    config = write_config(tmp_path, shapes_dir, hard_negatives=4, region_weight=0.5)
+    trainer = Trainer(TrainConfig.from_file(config))
+    assert trainer.train_split.hard_negatives
+    for _ in range(20):  # some batches of this small set have no look-alike outside the batch
+        triplets = [trainer.train_split.triplets[i] for i in trainer.sampler.next_batch()]
+        negatives = trainer._hard_negatives(triplets)
+        if negatives:
+            break
+    targets = {t.target for t in triplets}
+    assert negatives and len(negatives) <= 4 and not targets & set(negatives)
+    look_alikes = trainer.train_split.hard_negatives
+    assert all(any(n in look_alikes.get(t.target, ()) for t in triplets) for n in negatives)
+    stats = trainer.train_step()
+    assert math.isfinite(stats["loss"]) and "region" in stats
+
+
+def test_near_duplicates_are_one_attribute_apart():
+    from cir_core.data.shapes_negatives import near_duplicates
+    from cir_core.data.shapes_scene import SceneObject, ShapesScene
+
+    base = ShapesScene((SceneObject(0, 0, "circle", "red", "large"), SceneObject(1, 1, "square", "blue", "small")))
+    recoloured = base.replace(base.objects[0], SceneObject(0, 0, "circle", "green", "large"))
+    moved = base.replace(base.objects[1], SceneObject(2, 2, "square", "blue", "small"))
+    two_changes = base.replace(base.objects[0], SceneObject(0, 0, "triangle", "green", "large"))
+    fewer = ShapesScene((base.objects[0],))
+    scenes = {s.id: s for s in (base, recoloured, moved, two_changes, fewer)}
+    found = near_duplicates(scenes, {base.id})
+    assert found == {base.id: sorted([recoloured.id, moved.id])}

@@ -35,6 +35,7 @@ class TripletSplit:
     region_labels: dict[str, Any] | None = None  # optional image id -> (regions, attributes) long labels
     region_grid: int = 0  # regions form a region_grid x region_grid grid over the image
     region_classes: tuple[int, ...] = ()  # number of classes of each labelled attribute
+    hard_negatives: dict[str, list[str]] | None = None  # optional target id -> look-alike image ids (not matches)
 
     def __len__(self) -> int:
         return len(self.triplets)
