@@ -19,6 +19,8 @@ COMMAND_MODULES = [
     "eval",
     "submit",
     "convert",
+    "build_index",
+    "bench",
 ]
 
 

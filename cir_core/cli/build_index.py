@@ -1,0 +1,81 @@
+"""`cir build-index (--images DIR | --data DIR [--split test]) --model URI --out INDEX_DIR`."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from cir_core.cli import CommandError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "build-index", help="encode a gallery into a searchable index folder",
+        description="Encode every gallery image with a model's target encoder and write an index folder "
+                    "(vectors, metadata, info.json with checksums). An interrupted build resumes where it stopped; "
+                    "unreadable files are skipped and listed.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", type=Path, metavar="DIR", help="index every image file under DIR (recursively)")
+    source.add_argument("--data", type=Path, metavar="DIR", help="a shapes benchmark folder: index one split's gallery")
+    parser.add_argument("--split", default="test", help="split of --data whose gallery is indexed (default: test)")
+    parser.add_argument("--model", required=True, help="model URI: local-dir:PATH, hf-hub:org/name or a folder")
+    parser.add_argument("--out", type=Path, required=True, metavar="INDEX_DIR", help="index folder to write")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--kind", choices=("flat", "hnsw", "ivfpq"), default="flat",
+                        help="flat: exact search; hnsw/ivfpq: approximate candidates re-scored exactly (large galleries)")
+    parser.add_argument("--candidates", type=int, help="hnsw/ivfpq: images re-scored exactly per query (default 400)")
+    parser.add_argument("--nlist", type=int, help="ivfpq: IVF lists (default: a power of two near sqrt(N*Q), <= 1024)")
+    parser.add_argument("--nprobe", type=int, help="ivfpq: lists visited per query (default 16)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--no-resume", action="store_true", help="discard the encoded batches of an interrupted build")
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    parser.add_argument("--json", action="store_true", help="print the build summary as JSON")
+    parser.set_defaults(handler=run)
+
+
+def _check_destination(out: Path) -> None:
+    """Refuse to replace a folder that holds something other than an index."""
+    from cir_core.index_store import INFO_FILE
+
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / INFO_FILE).is_file():
+        raise CommandError(f"--out {out} is a non-empty folder without {INFO_FILE}, so it is not a gallery index; "
+                           "refusing to replace it (choose another folder)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from cir_core.checkpoints import load_model
+    from cir_core.index import GalleryIndex, IndexParams
+    from cir_core.index_build import items_from_images, items_from_shapes
+
+    if args.batch_size < 1:
+        raise CommandError("--batch-size must be at least 1")
+    _check_destination(args.out)
+    items = items_from_images(args.images) if args.images else items_from_shapes(args.data, args.split)
+    overrides = {name: getattr(args, name) for name in ("candidates", "nlist", "nprobe") if getattr(args, name) is not None}
+    params = IndexParams(kind=args.kind, **overrides)
+    params.validate()
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CommandError("--device cuda was asked for but no CUDA device is available")
+    model = load_model(args.model, device=args.device)
+    index = GalleryIndex.build(model, items, args.out, batch_size=args.batch_size, progress=not args.no_progress,
+                               resume=not args.no_resume, model_id=args.model, params=params)
+    report = index.report
+    summary = {"index": str(args.out), "kind": index.kind, "images": len(index), "skipped": report.skipped_count,
+               "skipped_files": [{"path": s.path, "reason": s.reason} for s in report.skipped],
+               "vectors_per_image": index.num_query_tokens, "dim": index.dim, "fingerprint": index.fingerprint,
+               "resumed_batches": report.resumed_batches}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"indexed {len(index)} images into {args.out} ({index.kind}, {index.num_query_tokens} x {index.dim} "
+              f"vectors per image, model fingerprint {index.fingerprint})")
+        if report.skipped:
+            print(f"skipped {report.skipped_count} unreadable files:")
+            for skipped in report.skipped:
+                print(f"  {skipped.path}: {skipped.reason}")
+    return 0

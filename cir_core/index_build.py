@@ -1,0 +1,292 @@
+"""Encoding a gallery into an index folder: item lists, resumable batched encoding, the build report.
+
+The build encodes images in batches with the model's own preprocessing and
+`model.encode_target`, and persists every finished batch in a work folder beside the
+destination (`.<name>.work/`). A rerun of an interrupted build with the same model and
+items continues after the last finished batch. When every batch is encoded, the index
+is written atomically (`index_store.write_index`) and the work folder removed.
+
+Files that cannot be read as images are skipped, logged and listed in the build report
+(stored in info.json); a gallery with no readable image is an error.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from cir_core.index_store import IndexContents, IndexParams, write_index
+from cir_core.transforms import ImageTransform, to_rgb
+
+logger = logging.getLogger(__name__)
+
+WORK_VERSION = 1
+_MANIFEST = "manifest.json"
+# Errors PIL raises for files that are not (complete, sane) images.
+_UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+_SKIPS_LOGGED = 20
+
+
+@dataclass
+class GalleryItem:
+    """One image to index."""
+
+    id: str  # unique gallery id
+    path: str | Path  # image file
+    caption: str | None = None  # free-text caption shown with the image
+    label: str | None = None  # free text or JSON text (e.g. a shapes scene)
+
+
+@dataclass
+class SkippedImage:
+    """A gallery item left out of the index."""
+
+    id: str  # gallery id of the item
+    path: str  # its file
+    reason: str  # why it could not be read
+
+
+@dataclass
+class BuildReport:
+    """What a build indexed and what it skipped (stored in info.json under "build")."""
+
+    indexed: int = 0  # images in the index
+    skipped: list[SkippedImage] = field(default_factory=list)  # unreadable or non-image files
+    seconds: float = 0.0  # wall time spent reading and encoding the images (this run)
+    resumed_batches: int = 0  # batches reused from an interrupted earlier run
+
+    @property
+    def skipped_count(self) -> int:
+        return len(self.skipped)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "skipped_count": self.skipped_count}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BuildReport:
+        return cls(indexed=int(data.get("indexed", 0)), skipped=[SkippedImage(**s) for s in data.get("skipped", [])],
+                   seconds=float(data.get("seconds", 0.0)), resumed_batches=int(data.get("resumed_batches", 0)))
+
+
+# ------------------------------------------------------------------------------------------- items
+def items_from_images(folder: str | Path) -> list[GalleryItem]:
+    """Every non-hidden file under `folder` (recursively, sorted); id = path relative to the folder.
+
+    Files that turn out not to be images are skipped (and reported) by the build.
+    """
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist")
+    files = sorted(path for path in folder.rglob("*")
+                   if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts))
+    if not files:
+        raise ValueError(f"image folder {folder} is empty: no files to index")
+    return [GalleryItem(id=path.relative_to(folder).as_posix(), path=str(path.resolve())) for path in files]
+
+
+def items_from_shapes(data_dir: str | Path, split: str = "test") -> list[GalleryItem]:
+    """The gallery of one split of a shapes benchmark folder; each scene's JSON is its label."""
+    from cir_core.data.shapes import IMAGES_DIR, read_shapes_info, read_shapes_scenes
+
+    data_dir = Path(data_dir).expanduser().resolve()
+    info = read_shapes_info(data_dir)
+    available = sorted(info.get("splits", {}))
+    if split not in available:
+        raise ValueError(f"{data_dir} has no shapes split {split!r}; available: {available}")
+    gallery_path = data_dir / f"gallery_{split}.json"
+    if not gallery_path.is_file():
+        raise FileNotFoundError(f"shapes gallery {gallery_path} is missing")
+    try:
+        gallery = json.loads(gallery_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read shapes gallery {gallery_path}: {error}") from error
+    if not isinstance(gallery, list) or not all(isinstance(image_id, str) for image_id in gallery):
+        raise ValueError(f"{gallery_path}: expected a list of image ids")
+    if not gallery:
+        raise ValueError(f"{gallery_path} lists no images")
+    scenes = read_shapes_scenes(data_dir)
+    return [GalleryItem(id=image_id, path=str(data_dir / IMAGES_DIR / f"{image_id}.png"),
+                        label=json.dumps(scenes[image_id].to_dict(), sort_keys=True) if image_id in scenes else None)
+            for image_id in gallery]
+
+
+def gallery_items(source: str | Path, split: str = "test") -> list[GalleryItem]:
+    """Items of a shapes benchmark folder (one with a shapes info.json), else of any folder of images."""
+    source = Path(source).expanduser()
+    info_path = source / "info.json"
+    if info_path.is_file():
+        try:
+            is_shapes = json.loads(info_path.read_text()).get("benchmark") == "shapes"
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            is_shapes = False
+        if is_shapes:
+            return items_from_shapes(source, split)
+    return items_from_images(source)
+
+
+# ------------------------------------------------------------------------------------------- build
+def build_gallery_index(model, items: list[GalleryItem], out_dir: Path, params: IndexParams, batch_size: int = 64,
+                        progress: bool = True, resume: bool = True, model_id: str | None = None) -> str:
+    """Encode `items` with `model` and write the index folder; returns the model's weights fingerprint."""
+    from cir_core.checkpoints import weights_fingerprint
+
+    started = time.perf_counter()
+    params.validate()
+    if not items:
+        raise ValueError("no gallery items to index (the folder or list is empty)")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    _check_unique_ids(items)
+    config = model.config
+    q, d = config.qformer.num_query_tokens, config.embed_dim
+    dtype = np.float32 if params.kind == "flat" else np.float16
+    fingerprint = weights_fingerprint(model)
+    manifest = {"version": WORK_VERSION, "fingerprint": fingerprint, "items": _items_digest(items),
+                "batch_size": batch_size, "dtype": np.dtype(dtype).name, "shape": [q, d]}
+    work = out_dir.parent / f".{out_dir.name}.work"
+    resumed = _prepare_work_folder(work, manifest, resume)
+    batches = [items[start:start + batch_size] for start in range(0, len(items), batch_size)]
+    _encode_missing(model, batches, work, dtype, progress)
+
+    skipped: list[SkippedImage] = []
+    records: list[dict[str, Any]] = []
+    for number, batch in enumerate(batches):
+        done = json.loads((work / f"{_batch_name(number)}.json").read_text())
+        skipped += [SkippedImage(**entry) for entry in done["skipped"]]
+        records += [{"id": batch[i].id, "path": str(batch[i].path), "caption": batch[i].caption,
+                     "label": batch[i].label, "size": size} for i, size in zip(done["kept"], done["sizes"])]
+    _log_skipped(skipped)
+    if not records:
+        shutil.rmtree(work, ignore_errors=True)
+        first = skipped[0]
+        raise ValueError(f"no readable images among {len(items)} gallery items "
+                         f"(e.g. {first.path}: {first.reason})")
+    report = BuildReport(indexed=len(records), skipped=skipped, resumed_batches=resumed)
+    info = {"model": model_id or getattr(model, "source", None) or config.name, "model_config": config.name,
+            "fingerprint": fingerprint, "preprocess": dataclasses.asdict(config.preprocess),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    contents = IndexContents(records=records, num_query_tokens=q, dim=d, info=info)
+    report.seconds = round(time.perf_counter() - started, 3)
+    contents.info["build"] = report.to_dict()
+    write_index(out_dir, _stored_chunks(work, len(batches)), contents, params, progress=progress)
+    shutil.rmtree(work, ignore_errors=True)
+    logger.info("indexed %d images (%d skipped, %d batches resumed) in %.1fs", report.indexed,
+                report.skipped_count, resumed, time.perf_counter() - started)
+    return fingerprint
+
+
+def _check_unique_ids(items: list[GalleryItem]) -> None:
+    seen: set[str] = set()
+    for item in items:
+        if item.id in seen:
+            raise ValueError(f"gallery item ids must be unique; {item.id!r} appears more than once")
+        seen.add(item.id)
+
+
+def _items_digest(items: list[GalleryItem]) -> str:
+    digest = hashlib.sha256()
+    for item in items:
+        digest.update(json.dumps([item.id, str(item.path), item.caption, item.label]).encode())
+    return digest.hexdigest()
+
+
+def _batch_name(number: int) -> str:
+    return f"batch_{number:07d}"
+
+
+def _prepare_work_folder(work: Path, manifest: dict[str, Any], resume: bool) -> int:
+    """Reuse a matching work folder (returns its finished batch count) or start a fresh one."""
+    manifest_path = work / _MANIFEST
+    if resume and manifest_path.is_file():
+        try:
+            previous = json.loads(manifest_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            previous = None
+        if previous == manifest:
+            finished = len(list(work.glob("batch_*.json")))
+            logger.info("resuming the build in %s: %d batches already encoded", work, finished)
+            return finished
+        logger.info("discarding %s: it was made for another model, item list or batch size", work)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    _write_atomic(manifest_path, json.dumps(manifest).encode())
+    return 0
+
+
+def _encode_missing(model, batches: list[list[GalleryItem]], work: Path, dtype, progress: bool) -> None:
+    transform = ImageTransform(model.config.preprocess)
+    pending = [number for number in range(len(batches)) if not (work / f"{_batch_name(number)}.json").is_file()]
+    total = sum(len(batch) for batch in batches)
+    with tqdm(total=total, initial=total - sum(len(batches[n]) for n in pending), desc="encoding gallery", unit="img",
+              disable=not progress) as bar:
+        for number in pending:
+            batch = batches[number]
+            pixels, kept, sizes, skipped = [], [], [], []
+            for position, item in enumerate(batch):
+                try:
+                    tensor, size = _read_image(item.path, transform)
+                except _UNREADABLE as error:
+                    skipped.append({"id": item.id, "path": str(item.path), "reason": f"{type(error).__name__}: {error}"})
+                    continue
+                pixels.append(tensor)
+                kept.append(position)
+                sizes.append(size)
+            if pixels:
+                vectors = _encode_batch(model, torch.stack(pixels)).astype(dtype)
+            else:
+                vectors = np.zeros((0, model.config.qformer.num_query_tokens, model.config.embed_dim), dtype=dtype)
+            name = _batch_name(number)
+            with open(work / f"{name}.npy.tmp", "wb") as handle:
+                np.save(handle, vectors)
+            os.replace(work / f"{name}.npy.tmp", work / f"{name}.npy")
+            # The JSON marks the batch finished, so it is written after its vectors.
+            _write_atomic(work / f"{name}.json", json.dumps({"kept": kept, "sizes": sizes, "skipped": skipped}).encode())
+            bar.update(len(batch))
+
+
+def _read_image(path: str | Path, transform: ImageTransform) -> tuple[torch.Tensor, list[int]]:
+    with Image.open(path) as image:
+        image.load()
+        rgb = to_rgb(image)
+    return transform(rgb), list(rgb.size)
+
+
+def _encode_batch(model, pixels: torch.Tensor) -> np.ndarray:
+    """(B, 3, S, S) pixels -> (B, Q, D) float32 target vectors."""
+    return model.encode_target(pixels.to(model.device)).float().cpu().numpy()
+
+
+def _stored_chunks(work: Path, count: int) -> Iterator[np.ndarray]:
+    for number in range(count):
+        vectors = np.load(work / f"{_batch_name(number)}.npy")
+        if len(vectors):
+            yield vectors
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
+
+
+def _log_skipped(skipped: list[SkippedImage]) -> None:
+    for entry in skipped[:_SKIPS_LOGGED]:
+        logger.warning("skipped %s: %s", entry.path, entry.reason)
+    if len(skipped) > _SKIPS_LOGGED:
+        logger.warning("... and %d more unreadable files", len(skipped) - _SKIPS_LOGGED)
+    if skipped:
+        logger.warning("%d gallery files were skipped as unreadable", len(skipped))

@@ -1,0 +1,287 @@
+"""On-disk layout of a gallery index and the one writer that produces it.
+
+An index folder holds:
+
+    info.json          how the index was made (model, weights fingerprint, preprocessing,
+                       Q, D, count, kind, parameters, format version) and the sha256 and
+                       byte size of every data file below
+    metadata.jsonl     one JSON object per image, in row order: {"row", "id", "path",
+                       "caption", "label", "size": [width, height]}
+    vectors.faiss      kind "flat": a faiss IndexFlatIP over all N*Q target vectors (fp32)
+    vectors_fp16.npy   kinds "ivfpq"/"hnsw": the (N, Q, D) target vectors in fp16, memory-mapped
+                       at load time for exact re-scoring of candidates
+    coarse.faiss       kinds "ivfpq"/"hnsw": an approximate faiss index over the same N*Q vectors
+
+Vector row r (in vectors.faiss and coarse.faiss) belongs to image row r // Q; vector
+r % Q of that image. The folder is written into a staging folder beside the destination
+and renamed into place, so a crash never leaves a half-written index at the destination.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+INFO_FILE = "info.json"
+METADATA_FILE = "metadata.jsonl"
+FLAT_FILE = "vectors.faiss"
+STORE_FILE = "vectors_fp16.npy"
+COARSE_FILE = "coarse.faiss"
+KINDS = ("flat", "ivfpq", "hnsw")
+LAYOUT = "vector row r belongs to image row r // Q"
+# An IVF-PQ index trains k-means codebooks; below this many vectors they cannot be trained.
+MIN_IVFPQ_VECTORS = 1024
+_HASH_BLOCK = 1 << 22
+# Vectors added to a faiss index per call while building (bounds the fp32 working copy).
+_ADD_BATCH_VECTORS = 1 << 18
+
+
+class GalleryIndexError(ValueError):
+    """An index folder that cannot be used; the message names the problem."""
+
+
+@dataclass
+class IndexParams:
+    """How the vectors are indexed; the approximate kinds re-score candidates exactly."""
+
+    kind: str = "flat"  # "flat" (exact), "ivfpq" or "hnsw" (approximate candidates, exact fp16 re-scoring)
+    nlist: int = 0  # IVF lists; 0 = a power of two near sqrt(N*Q), between 16 and 1024 (build time grows with it)
+    nprobe: int = 16  # IVF lists visited per query
+    pq_m: int = 0  # PQ sub-quantizers (bytes per vector at 8 bits); 0 = D // 8
+    pq_bits: int = 8  # bits per PQ sub-quantizer code
+    hnsw_m: int = 32  # HNSW graph neighbours per node (vectors stored as 8-bit scalar-quantized)
+    ef_construction: int = 80  # HNSW candidate list while inserting
+    ef_search: int = 128  # HNSW candidate list while searching (raised to the number of vectors fetched)
+    candidates: int = 400  # distinct images re-scored exactly per query (approximate kinds)
+    train_size: int = 0  # vectors sampled to train the approximate index; 0 = max(40 * nlist, 16384)
+
+    def validate(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown index kind {self.kind!r}; choose from {list(KINDS)}")
+        positive = {"nprobe": self.nprobe, "hnsw_m": self.hnsw_m, "ef_construction": self.ef_construction,
+                    "ef_search": self.ef_search, "candidates": self.candidates}
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"index parameter {name} must be at least 1, got {value}")
+        if self.nlist < 0 or self.pq_m < 0 or self.train_size < 0:
+            raise ValueError("index parameters nlist, pq_m and train_size must be >= 0 (0 = automatic)")
+        if not 1 <= self.pq_bits <= 16:
+            raise ValueError(f"pq_bits must be between 1 and 16, got {self.pq_bits}")
+
+    def resolved(self, num_vectors: int, dim: int) -> IndexParams:
+        """A copy with the automatic (0) values replaced by those used for this many vectors."""
+        nlist = self.nlist or int(min(1024, max(16, 2 ** round(math.log2(math.sqrt(max(num_vectors, 1)))))))
+        pq_m = self.pq_m or max(1, dim // 8)
+        if dim % pq_m:
+            raise ValueError(f"pq_m={pq_m} must divide the vector width D={dim}")
+        train_size = self.train_size or max(40 * nlist, 16384)
+        return dataclasses.replace(self, nlist=nlist, pq_m=pq_m, train_size=min(train_size, num_vectors))
+
+    def factory(self) -> str:
+        """The faiss index_factory string of the approximate index (after `resolved`)."""
+        if self.kind == "ivfpq":
+            return f"IVF{self.nlist},PQ{self.pq_m}x{self.pq_bits}"
+        if self.kind == "hnsw":
+            return f"HNSW{self.hnsw_m},SQ8"
+        return "Flat"
+
+
+# ------------------------------------------------------------------------------------------- files
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class _HashingWriter:
+    """A binary file written front to back whose sha256 is computed on the way."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._handle = open(path, "wb")
+        self._digest = hashlib.sha256()
+        self.bytes = 0
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        self._digest.update(view)
+        self.bytes += len(view)
+        return self._handle.write(view)
+
+    def close(self) -> dict[str, Any]:
+        self._handle.close()
+        return {"sha256": self._digest.hexdigest(), "bytes": self.bytes}
+
+
+def file_entry(path: Path) -> dict[str, Any]:
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def publish_folder(staging: Path, out_dir: Path) -> None:
+    """Rename a finished staging folder to `out_dir`, replacing an older index there."""
+    if out_dir.exists():
+        retired = out_dir.with_name(f".{out_dir.name}.old")
+        shutil.rmtree(retired, ignore_errors=True)
+        out_dir.rename(retired)
+        staging.rename(out_dir)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        staging.rename(out_dir)
+
+
+# ------------------------------------------------------------------------------------------- writer
+@dataclass
+class IndexContents:
+    """What goes into an index besides its vectors."""
+
+    records: list[dict[str, Any]]  # per image in row order: id, path, caption, label, size
+    num_query_tokens: int  # Q: vectors per image
+    dim: int  # D: vector width
+    info: dict[str, Any]  # model, fingerprint, preprocess, build report... merged into info.json
+
+
+def write_index(out_dir: str | Path, chunks: Iterable[np.ndarray], contents: IndexContents,
+                params: IndexParams, progress: bool = True) -> Path:
+    """Write an index folder atomically from (n, Q, D) vector chunks in row order.
+
+    The chunks must hold exactly len(contents.records) images in total.
+    """
+    params.validate()
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    count, q, d = len(contents.records), contents.num_query_tokens, contents.dim
+    if count == 0:
+        raise ValueError("an index needs at least one image")
+    seen_ids: set[str] = set()
+    for record in contents.records:
+        if record["id"] in seen_ids:
+            raise ValueError(f"gallery image ids must be unique; {record['id']!r} appears more than once")
+        seen_ids.add(record["id"])
+    resolved = params.resolved(count * q, d) if params.kind != "flat" else params
+    if params.kind == "ivfpq" and count * q < MIN_IVFPQ_VECTORS:
+        raise ValueError(f"kind 'ivfpq' needs at least {MIN_IVFPQ_VECTORS} vectors to train its codebooks "
+                         f"(this gallery has {count} images x {q} = {count * q}); use kind 'flat'")
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        files = {}
+        if params.kind == "flat":
+            files[FLAT_FILE] = _write_flat(staging / FLAT_FILE, chunks, count, q, d, progress)
+        else:
+            files[STORE_FILE] = _write_store(staging / STORE_FILE, chunks, count, q, d, progress)
+            files[COARSE_FILE] = _write_coarse(staging / COARSE_FILE, staging / STORE_FILE, resolved, progress)
+        files[METADATA_FILE] = _write_metadata(staging / METADATA_FILE, contents.records)
+        info = {
+            "format_version": FORMAT_VERSION,
+            "kind": params.kind,
+            **contents.info,
+            "num_query_tokens": q,
+            "embed_dim": d,
+            "count": count,
+            "layout": LAYOUT,
+            "params": dataclasses.asdict(resolved),
+            "faiss_factory": resolved.factory(),
+            "files": files,
+        }
+        (staging / INFO_FILE).write_text(json.dumps(info, indent=2))
+        publish_folder(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    logger.info("wrote %s index of %d images (%d vectors) to %s", params.kind, count, count * q, out_dir)
+    return out_dir
+
+
+def _checked_chunks(chunks: Iterable[np.ndarray], count: int, q: int, d: int, progress: bool,
+                    desc: str) -> Iterator[np.ndarray]:
+    seen = 0
+    with tqdm(total=count, desc=desc, unit="img", disable=not progress) as bar:
+        for chunk in chunks:
+            if chunk.ndim != 3 or chunk.shape[1:] != (q, d):
+                raise ValueError(f"vector chunk of shape {tuple(chunk.shape)} does not match (n, {q}, {d})")
+            seen += chunk.shape[0]
+            if seen > count:
+                raise ValueError(f"more vectors than the {count} images described")
+            bar.update(chunk.shape[0])
+            yield chunk
+    if seen != count:
+        raise ValueError(f"vectors for {seen} images but {count} images described")
+
+
+def _write_flat(path: Path, chunks, count: int, q: int, d: int, progress: bool) -> dict[str, Any]:
+    index = faiss.IndexFlatIP(d)
+    for chunk in _checked_chunks(chunks, count, q, d, progress, "flat index"):
+        index.add(np.ascontiguousarray(chunk.reshape(-1, d), dtype=np.float32))
+    faiss.write_index(index, str(path))
+    return file_entry(path)
+
+
+def _write_store(path: Path, chunks, count: int, q: int, d: int, progress: bool) -> dict[str, Any]:
+    writer = _HashingWriter(path)
+    try:
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False,
+                  "shape": (count, q, d)}
+        np.lib.format.write_array_header_1_0(writer, header)
+        for chunk in _checked_chunks(chunks, count, q, d, progress, "fp16 store"):
+            writer.write(np.ascontiguousarray(chunk, dtype=np.float16))
+    finally:
+        entry = writer.close()
+    return entry
+
+
+def _write_coarse(path: Path, store_path: Path, params: IndexParams, progress: bool) -> dict[str, Any]:
+    store = np.load(store_path, mmap_mode="r")
+    count, q, d = store.shape
+    total = count * q
+    flat_store = store.reshape(total, d)
+    index = faiss.index_factory(d, params.factory(), faiss.METRIC_INNER_PRODUCT)
+    concrete = faiss.downcast_index(index)
+    if params.kind == "hnsw":
+        concrete.hnsw.efConstruction = params.ef_construction
+    else:
+        # Polysemous codes only serve Hamming-distance filtering, which search does not use, and
+        # cost most of the training time; candidates are re-scored exactly, so 10 PQ k-means
+        # iterations (instead of 25) are enough.
+        concrete.do_polysemous_training = False
+        concrete.pq.cp.niter = 10
+    rng = np.random.default_rng(0)
+    sample_rows = np.sort(rng.choice(total, size=params.train_size, replace=False))
+    logger.info("training %s on %d of %d vectors", params.factory(), len(sample_rows), total)
+    index.train(np.asarray(flat_store[sample_rows], dtype=np.float32))
+    with tqdm(total=total, desc=f"{params.kind} index", unit="vec", unit_scale=True, disable=not progress) as bar:
+        for start in range(0, total, _ADD_BATCH_VECTORS):
+            batch = np.asarray(flat_store[start:start + _ADD_BATCH_VECTORS], dtype=np.float32)
+            index.add(batch)
+            bar.update(len(batch))
+    faiss.write_index(index, str(path))
+    return file_entry(path)
+
+
+def _write_metadata(path: Path, records: list[dict[str, Any]]) -> dict[str, Any]:
+    writer = _HashingWriter(path)
+    try:
+        for row, record in enumerate(records):
+            size = record.get("size")
+            line = {"row": row, "id": str(record["id"]), "path": str(record.get("path") or ""),
+                    "caption": record.get("caption"), "label": record.get("label"),
+                    "size": list(size) if size is not None else None}
+            writer.write((json.dumps(line, ensure_ascii=False) + "\n").encode())
+    finally:
+        entry = writer.close()
+    return entry
