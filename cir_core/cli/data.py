@@ -30,6 +30,14 @@ def register(subparsers) -> None:
     shapes.add_argument("--overwrite", action="store_true", help="replace an existing shapes dataset at --out")
     shapes.add_argument("--no-progress", action="store_true", help="hide progress bars")
     shapes.set_defaults(handler=_shapes)
+    export = kinds.add_parser(
+        "export-split", help="copy one split of a shapes folder (queries, gallery images, labels) to a new folder",
+        description="Copy one split of a shapes benchmark folder into a new, smaller folder (e.g. the test split "
+                    "that the app ships under assets/shapes).")
+    export.add_argument("--data", type=Path, required=True, metavar="DIR", help="shapes benchmark folder")
+    export.add_argument("--split", default="test", help="split to copy (default test)")
+    export.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to create")
+    export.set_defaults(handler=_export)
 
 
 def _shapes(args: argparse.Namespace) -> int:
@@ -46,4 +54,13 @@ def _shapes(args: argparse.Namespace) -> int:
                        for name in summary.triplets)
     print(f"wrote {summary.path}: {summary.images} images ({summary.images_per_second:.0f} images/s), {splits}; "
           f"{summary.total_seconds:.1f} s in all")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from cir_core.data.shapes import export_split, read_shapes_split
+
+    out = export_split(args.data, args.split, args.out)
+    split = read_shapes_split(out, args.split)
+    print(f"wrote {out}: {len(split)} queries, {len(split.gallery)} gallery images")
     return 0

@@ -257,6 +257,36 @@ def read_shapes_scenes(data_dir: str | Path) -> dict[str, ShapesScene]:
     return scenes
 
 
+def export_split(data_dir: str | Path, split: str, out_dir: str | Path) -> Path:
+    """Copy one split (queries, gallery images, their labels) into a new, smaller shapes folder.
+
+    The result reads like any shapes folder that has only this split; the app ships the
+    test split this way. Written atomically, like `write_shapes_dataset`.
+    """
+    data_dir, out_dir = Path(data_dir).expanduser().resolve(), Path(out_dir).expanduser().resolve()
+    info = read_shapes_info(data_dir)
+    source = read_shapes_split(data_dir, split)
+    _check_destination(out_dir, overwrite=False)
+    scenes = read_shapes_scenes(data_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        (staging / IMAGES_DIR).mkdir()
+        for image_id in source.gallery:
+            shutil.copyfile(source.path(image_id), staging / IMAGES_DIR / f"{image_id}.png")
+        _write_json(staging / SCENES_FILE, {i: scenes[i].to_dict() for i in source.gallery})
+        shutil.copyfile(data_dir / f"{split}.json", staging / f"{split}.json")
+        shutil.copyfile(data_dir / f"gallery_{split}.json", staging / f"gallery_{split}.json")
+        info = {**info, "splits": {split: info["splits"][split]}, "images": len(source.gallery),
+                "exported_from": {"split": split, "seed": info.get("seed")}}
+        (staging / INFO_FILE).write_text(json.dumps(info, indent=2))
+        _move_into_place(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out_dir
+
+
 def _triplet(entry: Any, index: int, path: Path) -> Triplet:
     missing = [key for key in TRIPLET_KEYS if key not in entry] if isinstance(entry, dict) else list(TRIPLET_KEYS)
     if missing:
