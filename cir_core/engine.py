@@ -21,10 +21,12 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
+from threadpoolctl import threadpool_limits
 
 from cir_core.checkpoints import load_model, weights_fingerprint
 from cir_core.explain import Explanation, RelevanceMap, Vocabulary, attention_maps, result_relevance
@@ -237,15 +239,27 @@ def check_caption(model: SPRCModel, caption) -> CaptionCheck:
 
 
 # ---------------------------------------------------------------------- the engine
+def limit_threads(count: int = 1) -> None:
+    """Cap torch, faiss and BLAS/OpenMP threads of this process (a process-wide setting).
+
+    A server gets its parallelism from concurrent requests; threads inside each request
+    oversubscribe a small CPU, worst when it is shared. Measured on 2 busy cores: a tiny
+    query 10 ms with one torch thread vs 1.6 s with two; shapes-mini gallery encoding 112
+    vs 15 images/s; one exact scoring of 5270 images 16 vs 38 ms.
+    """
+    count = max(1, int(count))
+    torch.set_num_threads(count)
+    faiss.omp_set_num_threads(count)
+    threadpool_limits(limits=count)
+
+
 class Engine:
     """A loaded model and gallery index; every method is safe to call from several threads."""
 
     def __init__(self, model: SPRCModel, index: GalleryIndex, benchmark_dir: str | Path | None = None,
                  feature_cache_size: int = 256, num_threads: int = 1):
         """`index` was built with `model`; `benchmark_dir`, a shapes folder, provides benchmark queries."""
-        # One intra-op thread per request: concurrent requests already use the cores, and on a
-        # busy CPU more threads oversubscribe it (measured: 10 ms vs 1.6 s per tiny query).
-        torch.set_num_threads(max(1, num_threads))
+        limit_threads(num_threads)
         self.model = model.eval()
         self.index = index
         self.benchmark_dir = Path(benchmark_dir) if benchmark_dir is not None else None
@@ -264,7 +278,8 @@ class Engine:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_uris(cls, model_uri: str, index_dir: str | Path | None = None, gallery_data: str | Path | None = None,
-                  cache_root: str | Path | None = None, progress: bool = True, **kwargs) -> Engine:
+                  cache_root: str | Path | None = None, progress: bool = True, num_threads: int = 1,
+                  **kwargs) -> Engine:
         """Load a model from a URI and its gallery index.
 
         With `index_dir`, that index is loaded (refused if another model built it).
@@ -274,6 +289,7 @@ class Engine:
         fingerprint. Without either, the shapes benchmark is generated there (seed 0).
         `gallery_data` that is a shapes folder also provides the benchmark queries.
         """
+        limit_threads(num_threads)  # the gallery build below too
         model = load_model(model_uri)
         cache_root = Path(cache_root) if cache_root is not None else DEFAULT_CACHE_ROOT
         if index_dir is not None:
@@ -283,7 +299,7 @@ class Engine:
                 gallery_data = default_shapes_gallery(cache_root, progress=progress)
             index = default_gallery_index(model, gallery_data, cache_root, progress)
         logger.info("engine ready: model %s, %d gallery images", model.config.name, len(index.ids))
-        return cls(model, index, benchmark_dir=gallery_data, **kwargs)
+        return cls(model, index, benchmark_dir=gallery_data, num_threads=num_threads, **kwargs)
 
     # ------------------------------------------------------------------ public API
     @property
@@ -509,8 +525,8 @@ class Engine:
         split.gallery = [image_id for image_id in split.gallery if image_id in self._row_of]
         with torch.inference_mode():
             vectors = encode_queries(self.model, split, progress=False)  # (Nq, D)
-            rows = torch.tensor([self._row_of[image_id] for image_id in split.gallery])
-            scores = torch.stack([torch.as_tensor(self.index.score_all(v), dtype=torch.float32)[rows] for v in vectors])
+        rows = [self._row_of[image_id] for image_id in split.gallery]
+        scores = torch.from_numpy(self.index.score_all(vectors.numpy())[:, rows])  # (Nq, Ng) in split.gallery order
         report = shapes_report_from_scores(scores, split)
         column = {image_id: position for position, image_id in enumerate(split.gallery)}
         cases = []
