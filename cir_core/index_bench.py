@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 import torch
 
@@ -123,6 +124,7 @@ class IndexBenchConfig:
     naive_ram_bytes: int = 8 << 30  # largest fp32 matrix the naive way may hold in RAM
     flat_ram_bytes: int = 8 << 30  # largest fp32 flat index built
     threads: int = 1  # torch and faiss threads while timing queries (one query per thread, as a server would)
+    fresh_process: bool = True  # time queries in a new process (clean peak RSS) instead of this one (faster start)
     work_dir: Path | None = None  # where indexes are written (default: a temporary folder, removed after)
     seed: int = 0  # synthetic gallery seed
 
@@ -189,13 +191,16 @@ def _recall(found: np.ndarray, truth: np.ndarray) -> float:
 
 
 @contextlib.contextmanager
-def _torch_threads(threads: int) -> Iterator[None]:
-    previous = torch.get_num_threads()
+def _threads(threads: int) -> Iterator[None]:
+    """Torch and faiss thread counts set for a block, restored after."""
+    previous = torch.get_num_threads(), faiss.omp_get_max_threads()
     torch.set_num_threads(threads)
+    faiss.omp_set_num_threads(threads)
     try:
         yield
     finally:
-        torch.set_num_threads(previous)
+        torch.set_num_threads(previous[0])
+        faiss.omp_set_num_threads(previous[1])
 
 
 def _time_queries(search, queries, warmup: int = WARMUP_QUERIES) -> tuple[list[float], list[np.ndarray]]:
@@ -229,23 +234,16 @@ def _naive_streamed_top_k(store: np.ndarray, query: torch.Tensor, k: int, block:
     return torch.topk(scores, k).indices.numpy()
 
 
-def _set_threads(threads: int) -> None:
-    import faiss
-
-    torch.set_num_threads(threads)
-    faiss.omp_set_num_threads(threads)
-
-
 def _serve(index_dir: str, queries_path: str, k: int, threads: int) -> dict[str, Any]:
-    """Run in a fresh process: load the index, time single queries, report memory."""
+    """Load the index, time single queries, report this process's memory (run in a fresh process)."""
     from cir_core.index import GalleryIndex
 
-    _set_threads(threads)
     queries = np.load(queries_path)
     started = time.perf_counter()
     index = GalleryIndex.load(index_dir, verify=False)
     load_s = time.perf_counter() - started
-    timings, found = _time_queries(lambda query: [hit.row for hit in index.search(query, k)], queries)
+    with _threads(threads):
+        timings, found = _time_queries(lambda query: [hit.row for hit in index.search(query, k)], queries)
     return {"load_s": load_s, "timings": timings, "found": [rows.tolist() for rows in found],
             "memory": _process_memory()}
 
@@ -299,7 +297,7 @@ def _bench_size(size: int, config: IndexBenchConfig, work: Path) -> list[BenchRo
             matrix[start:start + chunk.shape[0] * q] = chunk.reshape(-1, d)
             truth.update(chunk)
             start += chunk.shape[0] * q
-        with _torch_threads(config.threads):
+        with _threads(config.threads):
             timings, found = _time_queries(lambda query: _naive_top_k(torch.from_numpy(matrix), query, q, k),
                                            torch.from_numpy(queries))
         p50, p95 = _latency(timings)
@@ -323,7 +321,10 @@ def _bench_size(size: int, config: IndexBenchConfig, work: Path) -> list[BenchRo
         write_index(index_dir, source, contents, dataclasses.replace(config.params, kind=kind), progress=False)
         build_s = time.perf_counter() - started - source.seconds
         logger.info("N=%d: built %s in %.1fs; timing queries in a fresh process", size, kind, build_s)
-        served = _serve_in_fresh_process(index_dir, queries_path, k, config.threads)
+        if config.fresh_process:
+            served = _serve_in_fresh_process(index_dir, queries_path, k, config.threads)
+        else:
+            served = _serve(str(index_dir), str(queries_path), k, config.threads)
         p50, p95 = _latency(served["timings"])
         rows.append(BenchRow(size, kind, build_s, _folder_bytes(index_dir), served["memory"]["peak_mb"],
                              served["load_s"], p50, p95, _recall(np.array(served["found"]), truth.rows), 0.0,
@@ -341,7 +342,7 @@ def _naive_streamed(size: int, index_dir: Path, queries: np.ndarray, truth: _Exa
                     config: IndexBenchConfig) -> BenchRow:
     logger.info("N=%d: timing the naive way streamed from %s", size, index_dir / STORE_FILE)
     store = np.load(index_dir / STORE_FILE, mmap_mode="c")  # copy-on-write: writable for torch, never written
-    with _torch_threads(config.threads):
+    with _threads(config.threads):
         timings, found = _time_queries(lambda query: _naive_streamed_top_k(store, query, config.k),
                                        torch.from_numpy(queries[:config.naive_streamed_queries]), warmup=0)
     p50, p95 = _latency(timings)

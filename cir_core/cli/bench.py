@@ -28,6 +28,8 @@ def register(subparsers) -> None:
     index.add_argument("--candidates", type=int, help="approximate kinds: images re-scored exactly per query")
     index.add_argument("--nprobe", type=int, help="ivfpq: lists visited per query")
     index.add_argument("--nlist", type=int, help="ivfpq: IVF lists")
+    index.add_argument("--in-process", action="store_true",
+                       help="time queries in this process (faster start; peak RSS then includes the benchmark itself)")
     index.add_argument("--work-dir", help="keep the built indexes here (default: a temporary folder, removed)")
     index.add_argument("--json", action="store_true", help="print the rows as JSON")
     index.set_defaults(handler=run_index)
@@ -53,7 +55,7 @@ def run_index(args: argparse.Namespace) -> int:
     config = IndexBenchConfig(
         sizes=_int_list(args.sizes, "--sizes"), kinds=tuple(kind.strip() for kind in args.kinds.split(",") if kind.strip()),
         num_query_tokens=args.num_query_tokens, dim=args.dim, queries=args.queries, threads=args.threads,
-        params=IndexParams(**overrides), work_dir=Path(args.work_dir) if args.work_dir else None)
+        fresh_process=not args.in_process, params=IndexParams(**overrides), work_dir=Path(args.work_dir) if args.work_dir else None)
     rows = run_index_benchmark(config)
     if args.json:
         print(json.dumps([dataclasses.asdict(row) for row in rows], indent=2))

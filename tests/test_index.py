@@ -1,0 +1,406 @@
+"""GalleryIndex: exactness against brute force, compressed recall, atomic resumable builds, refusals, CLIs."""
+import json
+
+import faiss
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import cir_core
+from cir_core import index_build, index_store
+from cir_core.cli import main
+from cir_core.index import GalleryIndex, GalleryIndexError, GalleryItem, IndexParams
+from cir_core.index_bench import IndexBenchConfig, SyntheticGallery, run_index_benchmark
+from cir_core.index_store import FLAT_FILE, INFO_FILE, METADATA_FILE, IndexContents, write_index
+from cir_core.transforms import ImageTransform
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors on a shared CPU run far faster on one thread than on a contended pool."""
+    previous = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    yield
+    torch.set_num_threads(previous[0])
+    faiss.omp_set_num_threads(previous[1])
+
+
+def _unit(x):
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def _write(folder, vectors, kind="flat", **params):
+    """An index over (N, Q, D) vectors with ids img0..img{N-1}, loaded back."""
+    n, q, d = vectors.shape
+    records = [{"id": f"img{row}", "path": f"/gallery/{row}.png", "caption": f"caption {row}"} for row in range(n)]
+    contents = IndexContents(records=records, num_query_tokens=q, dim=d, info={"model": "test", "fingerprint": "f"})
+    chunks = [vectors[start:start + 97] for start in range(0, n, 97)]
+    write_index(folder, chunks, contents, IndexParams(kind=kind, **params), progress=False)
+    return GalleryIndex.load(folder)
+
+
+def _brute(vectors, query, k, excluded=()):
+    """The naive way: one matmul over all N*Q vectors, max per image, ties by lower row."""
+    n, q, d = vectors.shape
+    scores = (vectors.reshape(n * q, d).astype(np.float64) @ query.astype(np.float64)).reshape(n, q).max(axis=1)
+    rows = np.array([row for row in range(n) if row not in excluded], dtype=np.int64)
+    order = np.lexsort((rows, -scores[rows]))[:k]
+    return rows[order], scores[rows][order]
+
+
+# ------------------------------------------------------------------------------------------- exact search
+def test_flat_search_equals_brute_force(tmp_path):
+    rng = np.random.default_rng(0)
+    vectors = _unit(rng.standard_normal((600, 8, 16)))
+    index = _write(tmp_path / "index", vectors)
+    queries = _unit(rng.standard_normal((15, 16)))
+    for query in queries:
+        for k in (1, 10, 37):
+            hits = index.search(query, k)
+            rows, scores = _brute(vectors, query, k)
+            assert [hit.row for hit in hits] == rows.tolist()
+            np.testing.assert_allclose([hit.score for hit in hits], scores, atol=1e-5)
+            assert [hit.id for hit in hits] == [f"img{row}" for row in rows]
+    batched = index.search(torch.from_numpy(queries[:3]), 5)
+    assert [[hit.row for hit in hits] for hits in batched] == [_brute(vectors, q, 5)[0].tolist() for q in queries[:3]]
+    assert batched[0][0].path == f"/gallery/{batched[0][0].row}.png"
+    assert batched[0][0].caption == f"caption {batched[0][0].row}"
+
+
+def test_ties_are_ranked_like_brute_force(tmp_path):
+    # Entries in {-0.5, 0, 0.5} make every dot product exact, so equal vectors tie exactly.
+    rng = np.random.default_rng(1)
+    patterns = rng.integers(-1, 2, (6, 8)).astype(np.float32) * 0.5
+    vectors = patterns[rng.integers(0, len(patterns), (400, 4))]  # (400, 4, 8): many images share their best vector
+    index = _write(tmp_path / "index", vectors)
+    for query in patterns[:4]:
+        for k in (10, 60, 150):
+            rows, scores = _brute(vectors, query, k)
+            assert scores[-1] == _brute(vectors, query, k + 1)[1][-1], "the k-th and (k+1)-th images should tie"
+            hits = index.search(query, k)
+            assert [hit.row for hit in hits] == rows.tolist()
+            assert [hit.score for hit in hits] == scores.tolist()
+
+
+def test_k_larger_than_gallery_and_exclude(tmp_path):
+    rng = np.random.default_rng(2)
+    vectors = _unit(rng.standard_normal((30, 4, 8)))
+    index = _write(tmp_path / "index", vectors)
+    query = _unit(rng.standard_normal(8))
+    assert [hit.row for hit in index.search(query, 100)] == _brute(vectors, query, 100)[0].tolist()
+    best = index.search(query, 1)[0]
+    hits = index.search(query, 100, exclude=[best.id, "not-in-gallery"])
+    assert len(hits) == 29 and best.id not in {hit.id for hit in hits}
+    assert [hit.row for hit in hits] == _brute(vectors, query, 100, excluded={best.row})[0].tolist()
+    # A batch takes one exclusion list per query.
+    queries = _unit(rng.standard_normal((2, 8)))
+    per_query = index.search(queries, 3, exclude=[["img0", "img1"], ["img2"]])
+    assert [hit.row for hit in per_query[0]] == _brute(vectors, queries[0], 3, excluded={0, 1})[0].tolist()
+    assert [hit.row for hit in per_query[1]] == _brute(vectors, queries[1], 3, excluded={2})[0].tolist()
+
+
+def test_exclude_with_the_growing_flat_search(tmp_path):
+    rng = np.random.default_rng(3)
+    vectors = _unit(rng.standard_normal((800, 8, 16)))
+    index = _write(tmp_path / "index", vectors)
+    query = _unit(rng.standard_normal(16))
+    top = _brute(vectors, query, 30)[0]
+    excluded_ids = [f"img{row}" for row in top[:20]]
+    hits = index.search(query, 10, exclude=excluded_ids)
+    assert [hit.row for hit in hits] == _brute(vectors, query, 10, excluded=set(top[:20].tolist()))[0].tolist()
+
+
+def test_vectors_and_score_all(tmp_path):
+    rng = np.random.default_rng(4)
+    vectors = _unit(rng.standard_normal((50, 4, 8)))
+    index = _write(tmp_path / "index", vectors)
+    np.testing.assert_array_equal(index.vectors([3, 0]), vectors[[3, 0]])
+    assert index.vectors(7).shape == (1, 4, 8)
+    queries = _unit(rng.standard_normal((3, 8)))
+    expected = np.einsum("bd,nqd->bnq", queries, vectors).max(axis=-1)
+    np.testing.assert_allclose(index.score_all(queries), expected, atol=1e-6)
+    np.testing.assert_allclose(index.score_all(torch.from_numpy(queries[0])), expected[0], atol=1e-6)
+    assert index.ids[:2] == ["img0", "img1"] and index.row_of("img9") == 9
+    with pytest.raises(ValueError, match=r"query must have shape \(8,\)"):
+        index.search(np.zeros(5, dtype=np.float32))
+    with pytest.raises(IndexError, match="rows must be in"):
+        index.vectors([50])
+
+
+# ------------------------------------------------------------------------------------------- compressed
+@pytest.mark.parametrize("kind", ["ivfpq", "hnsw"])
+def test_compressed_kinds_recall_and_exact_rescoring(tmp_path, kind):
+    gallery = SyntheticGallery(count=800, num_query_tokens=8, dim=32, seed=5)
+    vectors = np.concatenate(list(gallery.chunks()))
+    index = _write(tmp_path / kind, vectors, kind=kind, candidates=60, hnsw_m=16, ef_construction=40)
+    assert index.kind == kind and not (tmp_path / kind / FLAT_FILE).exists()
+    recalls = []
+    for query in gallery.queries(40):
+        hits = index.search(query, 10)
+        rows, _ = _brute(vectors, query, 10)
+        recalls.append(len({hit.row for hit in hits} & set(rows.tolist())) / 10)
+        # Hit scores are exact up to the fp16 storage of the re-scoring vectors.
+        exact = np.einsum("d,nqd->nq", query, vectors[[hit.row for hit in hits]]).max(axis=1)
+        np.testing.assert_allclose([hit.score for hit in hits], exact, atol=2e-3)
+    assert np.mean(recalls) >= 0.95
+    assert np.abs(index.score_all(query) - (vectors @ query).max(axis=1)).max() < 2e-3
+    # Asking for more images than the gallery holds ranks all of them exhaustively.
+    everything = index.search(query, 1000)
+    assert sorted(hit.row for hit in everything) == list(range(800))
+    assert [hit.score for hit in everything] == sorted((hit.score for hit in everything), reverse=True)
+
+
+def test_ivfpq_refuses_tiny_galleries(tmp_path):
+    vectors = _unit(np.random.default_rng(6).standard_normal((10, 4, 8)))
+    with pytest.raises(ValueError, match="at least 1024 vectors"):
+        _write(tmp_path / "index", vectors, kind="ivfpq")
+
+
+# ------------------------------------------------------------------------------------------- building
+def _png_folder(folder, count, size=(40, 30), seed=0):
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for number in range(count):
+        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"im{number:02d}.png")
+    return folder
+
+
+def test_build_encodes_with_the_model_and_skips_unreadable_files(tmp_path, tiny_model):
+    images = _png_folder(tmp_path / "images", 5)
+    (images / "notes.txt").write_text("not an image")
+    truncated = (images / "im01.png").read_bytes()[:60]
+    (images / "sub").mkdir()
+    (images / "sub" / "broken.png").write_bytes(truncated)
+    items = index_build.items_from_images(images)
+    assert [item.id for item in items] == ["im00.png", "im01.png", "im02.png", "im03.png", "im04.png",
+                                           "notes.txt", "sub/broken.png"]
+    index = GalleryIndex.build(tiny_model, items, tmp_path / "index", batch_size=3, progress=False)
+    assert len(index) == 5 and index.report.indexed == 5
+    assert index.report.skipped_count == 2
+    assert {skipped.id for skipped in index.report.skipped} == {"notes.txt", "sub/broken.png"}
+    transform = ImageTransform(tiny_model.config.preprocess)
+    pixels = torch.stack([transform(Image.open(images / f"im{n:02d}.png")) for n in range(5)])
+    expected = tiny_model.encode_target(pixels).numpy()
+    np.testing.assert_allclose(index.vectors(range(5)), expected, atol=1e-6)
+    assert index.sizes[0] == [40, 30]
+    assert index.info["preprocess"]["image_size"] == tiny_model.config.preprocess.image_size
+    reloaded = GalleryIndex.load(tmp_path / "index", model=tiny_model)
+    assert reloaded.report.skipped_count == 2
+    query = torch.nn.functional.normalize(torch.randn(tiny_model.config.embed_dim), dim=0)
+    assert [hit.id for hit in reloaded.search(query, 5)] == [index.ids[row] for row in
+                                                            _brute(expected, query.numpy(), 5)[0]]
+
+
+def test_empty_and_unreadable_galleries_are_errors(tmp_path, tiny_model):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty"):
+        index_build.items_from_images(tmp_path / "empty")
+    with pytest.raises(ValueError, match="no gallery items"):
+        GalleryIndex.build(tiny_model, [], tmp_path / "index", progress=False)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.png").write_text("not a png")
+    items = index_build.items_from_images(tmp_path / "junk")
+    with pytest.raises(ValueError, match="no readable images among 1 gallery items"):
+        GalleryIndex.build(tiny_model, items, tmp_path / "index", progress=False)
+    assert not (tmp_path / "index").exists()
+    duplicate = [GalleryItem(id="x", path=tmp_path / "a.png"), GalleryItem(id="x", path=tmp_path / "b.png")]
+    with pytest.raises(ValueError, match="unique"):
+        GalleryIndex.build(tiny_model, duplicate, tmp_path / "index", progress=False)
+
+
+def test_interrupted_build_leaves_no_index_and_resumes(tmp_path, tiny_model, monkeypatch):
+    items = index_build.items_from_images(_png_folder(tmp_path / "images", 10))
+    out = tmp_path / "index"
+    real_encode = index_build._encode_batch
+    calls = []
+
+    def crash_on_third_batch(model, pixels):
+        calls.append(len(pixels))
+        if len(calls) == 3:
+            raise KeyboardInterrupt("simulated crash")
+        return real_encode(model, pixels)
+
+    monkeypatch.setattr(index_build, "_encode_batch", crash_on_third_batch)
+    with pytest.raises(KeyboardInterrupt):
+        GalleryIndex.build(tiny_model, items, out, batch_size=3, progress=False)
+    assert not out.exists()
+    with pytest.raises(FileNotFoundError):
+        GalleryIndex.load(out)
+
+    calls.clear()
+    monkeypatch.setattr(index_build, "_encode_batch", lambda model, pixels: calls.append(len(pixels)) or
+                        real_encode(model, pixels))
+    resumed = GalleryIndex.build(tiny_model, items, out, batch_size=3, progress=False)
+    assert calls == [3, 1]  # only the two batches that were not finished
+    assert resumed.report.resumed_batches == 2
+    assert not (tmp_path / ".index.work").exists()
+    fresh = GalleryIndex.build(tiny_model, items, tmp_path / "fresh", batch_size=3, progress=False, resume=False)
+    np.testing.assert_array_equal(resumed.vectors(range(10)), fresh.vectors(range(10)))
+    assert resumed.ids == fresh.ids
+
+
+def test_crash_while_writing_keeps_the_previous_index(tmp_path, tiny_model, monkeypatch):
+    items = index_build.items_from_images(_png_folder(tmp_path / "images", 4))
+    out = tmp_path / "index"
+    GalleryIndex.build(tiny_model, items[:2], out, progress=False)
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(index_store, "_write_metadata", fail)
+    with pytest.raises(OSError, match="disk full"):
+        GalleryIndex.build(tiny_model, items, out, progress=False)
+    assert len(GalleryIndex.load(out, model=tiny_model)) == 2
+    assert [path.name for path in tmp_path.iterdir() if ".tmp-" in path.name] == []
+    monkeypatch.undo()
+    # The encoded batches survived the failed write: the rerun only writes.
+    monkeypatch.setattr(index_build, "_encode_batch", lambda *args: pytest.fail("should not re-encode"))
+    assert len(GalleryIndex.build(tiny_model, items, out, progress=False)) == 4
+
+
+# ------------------------------------------------------------------------------------------- refusals
+@pytest.fixture(scope="module")
+def built_index(tmp_path_factory, tiny_model):
+    folder = tmp_path_factory.mktemp("built")
+    items = index_build.items_from_images(_png_folder(folder / "images", 3))
+    GalleryIndex.build(tiny_model, items, folder / "index", progress=False)
+    return folder / "index"
+
+
+def test_index_of_another_model_is_refused(built_index, tiny_model):
+    assert len(GalleryIndex.load(built_index, model=tiny_model)) == 3
+    torch.manual_seed(123)
+    other = cir_core.create_model("tiny-test").eval()
+    with pytest.raises(GalleryIndexError, match="fingerprint"):
+        GalleryIndex.load(built_index, model=other)
+    with pytest.raises(GalleryIndexError, match="fingerprint is 0000000000000000"):
+        GalleryIndex.load(built_index, expected_fingerprint="0000000000000000")
+
+
+def _copy(source, target):
+    import shutil
+
+    shutil.copytree(source, target)
+    return target
+
+
+def test_damaged_index_is_refused(built_index, tmp_path):
+    flipped = _copy(built_index, tmp_path / "flipped")
+    data = bytearray((flipped / FLAT_FILE).read_bytes())
+    data[-5] ^= 0xFF
+    (flipped / FLAT_FILE).write_bytes(bytes(data))
+    with pytest.raises(GalleryIndexError, match=f"{FLAT_FILE} does not match its sha256"):
+        GalleryIndex.load(flipped)
+
+    truncated = _copy(built_index, tmp_path / "truncated")
+    (truncated / METADATA_FILE).write_bytes((truncated / METADATA_FILE).read_bytes()[:-10])
+    with pytest.raises(GalleryIndexError, match=f"{METADATA_FILE} has .* bytes"):
+        GalleryIndex.load(truncated)
+
+    missing = _copy(built_index, tmp_path / "missing")
+    (missing / FLAT_FILE).unlink()
+    with pytest.raises(GalleryIndexError, match=f"{FLAT_FILE} is missing"):
+        GalleryIndex.load(missing)
+
+    no_info = _copy(built_index, tmp_path / "no-info")
+    (no_info / INFO_FILE).unlink()
+    with pytest.raises(GalleryIndexError, match=f"{INFO_FILE} is missing"):
+        GalleryIndex.load(no_info)
+
+    bad_info = _copy(built_index, tmp_path / "bad-info")
+    (bad_info / INFO_FILE).write_text("{not json")
+    with pytest.raises(GalleryIndexError, match=f"cannot read {INFO_FILE}"):
+        GalleryIndex.load(bad_info)
+
+
+# ------------------------------------------------------------------------------------------- CLIs
+def test_cli_build_index_from_images(tmp_path, tiny_checkpoint, tiny_model, capsys):
+    images = _png_folder(tmp_path / "images", 5, seed=7)
+    (images / "readme.txt").write_text("hello")
+    out = tmp_path / "index"
+    code = main(["build-index", "--images", str(images), "--model", f"local-dir:{tiny_checkpoint}",
+                 "--out", str(out), "--batch-size", "2", "--no-progress", "--json"])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["images"] == 5 and summary["skipped"] == 1
+    assert summary["skipped_files"][0]["path"].endswith("readme.txt")
+    index = GalleryIndex.load(out, model=tiny_model)
+    assert index.info["model"] == f"local-dir:{tiny_checkpoint}"
+    assert len(index.search(np.ones(tiny_model.config.embed_dim, dtype=np.float32), 3)) == 3
+
+
+def test_cli_build_index_errors(tmp_path, tiny_checkpoint, capsys):
+    (tmp_path / "empty").mkdir()
+    model = f"local-dir:{tiny_checkpoint}"
+    assert main(["build-index", "--images", str(tmp_path / "empty"), "--model", model,
+                 "--out", str(tmp_path / "index")]) == 2
+    assert "is empty" in capsys.readouterr().err
+    images = _png_folder(tmp_path / "images", 1)
+    assert main(["build-index", "--images", str(images), "--model", f"local-dir:{tmp_path / 'nope'}",
+                 "--out", str(tmp_path / "index")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "thesis.tex").write_text("precious")
+    assert main(["build-index", "--images", str(images), "--model", model, "--out", str(occupied)]) == 2
+    assert "without info.json" in capsys.readouterr().err
+    assert (occupied / "thesis.tex").read_text() == "precious"
+
+
+def test_cli_build_index_from_shapes_data(tmp_path, tiny_checkpoint, capsys):
+    from cir_core.data.shapes import ShapesCounts, read_shapes_split, write_shapes_dataset
+
+    data = tmp_path / "shapes"
+    write_shapes_dataset(data, seed=0, image_size=32, counts=ShapesCounts(train=4, val=2, test=6), progress=False,
+                         workers=1)
+    out = tmp_path / "index"
+    assert main(["build-index", "--data", str(data), "--split", "test", "--model", f"local-dir:{tiny_checkpoint}",
+                 "--out", str(out), "--no-progress"]) == 0
+    assert "indexed" in capsys.readouterr().out
+    index = GalleryIndex.load(out)
+    split = read_shapes_split(data, "test")
+    assert index.ids == split.gallery
+    assert "objects" in json.loads(index.labels[0])
+    assert main(["build-index", "--data", str(data), "--split", "nope", "--model", f"local-dir:{tiny_checkpoint}",
+                 "--out", str(tmp_path / "other")]) == 2
+    assert "no shapes split 'nope'" in capsys.readouterr().err
+
+
+def test_cli_bench_index(capsys):
+    code = main(["bench", "index", "--sizes", "300", "--queries", "5", "--num-query-tokens", "4", "--dim", "16",
+                 "--kinds", "flat", "--in-process", "--json"])
+    assert code == 0
+    rows = {row["method"]: row for row in json.loads(capsys.readouterr().out)}
+    assert set(rows) == {"naive", "flat"}
+    assert rows["naive"]["recall"] == 1.0 and rows["flat"]["recall"] == 1.0
+    flat = rows["flat"]
+    assert flat["rss_peak_mb"] > 0 and flat["p50_ms"] > 0 and flat["data_bytes"] >= 300 * 4 * 16 * 4
+    assert flat["speedup"] == pytest.approx(rows["naive"]["p50_ms"] / flat["p50_ms"])
+    assert main(["bench", "index", "--sizes", "ten"]) == 2
+    assert "comma-separated integers" in capsys.readouterr().err
+    assert main(["bench", "index", "--sizes", "300", "--kinds", "annoy"]) == 2
+    assert "unknown index kind 'annoy'" in capsys.readouterr().err
+
+
+def test_bench_streams_the_naive_way_when_the_matrix_does_not_fit(tmp_path):
+    config = IndexBenchConfig(sizes=(300,), kinds=("flat", "hnsw"), num_query_tokens=4, dim=16, queries=6,
+                              naive_streamed_queries=2, params=IndexParams(candidates=50, hnsw_m=16,
+                                                                           ef_construction=40), naive_ram_bytes=0,
+                              flat_ram_bytes=0, fresh_process=False, work_dir=tmp_path)
+    rows = run_index_benchmark(config)
+    assert [row.method for row in rows] == ["naive (streamed fp16)", "hnsw"]  # flat skipped: over flat_ram_bytes
+    assert rows[0].recall == 1.0 and rows[1].recall >= 0.9
+    assert rows[1].build_s > 0 and rows[1].data_bytes > 300 * 4 * 16 * 2
+
+
+def test_synthetic_gallery_is_deterministic_and_unit_norm():
+    first = np.concatenate(list(SyntheticGallery(count=2100, num_query_tokens=4, dim=16, seed=3).chunks()))
+    again = np.concatenate(list(SyntheticGallery(count=2100, num_query_tokens=4, dim=16, seed=3).chunks()))
+    assert first.shape == (2100, 4, 16)
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_allclose(np.linalg.norm(first, axis=-1), 1.0, atol=1e-5)
+    queries = SyntheticGallery(count=2100, num_query_tokens=4, dim=16, seed=3).queries(7)
+    assert queries.shape == (7, 16)
