@@ -5,8 +5,8 @@
 Environment: CIR_MODEL, CIR_INDEX, CIR_GALLERY (flags win), GRADIO_SERVER_NAME (default
 127.0.0.1), GRADIO_SERVER_PORT (default 7860). Models are `local-dir:PATH` or
 `hf-hub:org/name` URIs. The default is the embedded shapes-mini model with the shapes
-benchmark's test gallery (assets/shapes when shipped, else generated once with seed 0),
-indexed on first start.
+benchmark's test gallery (assets/shapes when shipped, else data/shapes as written by
+`cir data shapes --out data/shapes`, else generated once with seed 0), indexed on first start.
 """
 import argparse
 import logging
@@ -18,7 +18,7 @@ from cir_core.checkpoints import CheckpointError
 from cir_core.engine import Engine
 
 DEFAULT_MODEL = "local-dir:checkpoints/shapes-mini"
-SHIPPED_GALLERY = Path("assets/shapes")
+SHAPES_FOLDERS = (Path("assets/shapes"), Path("data/shapes"))  # the shapes benchmark, if already on disk
 EXAMPLES_FILE = Path("assets/examples.json")
 
 
@@ -34,7 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    gallery = args.gallery or (SHIPPED_GALLERY if (SHIPPED_GALLERY / "info.json").is_file() else None)
+    gallery = args.gallery or next((folder for folder in SHAPES_FOLDERS if (folder / "info.json").is_file()), None)
     try:
         engine = Engine.from_uris(args.model, index_dir=args.index, gallery_data=gallery)
     except (CheckpointError, FileNotFoundError, ValueError) as error:
