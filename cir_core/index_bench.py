@@ -135,14 +135,15 @@ class BenchRow:
 
     size: int  # N images
     method: str  # "naive", "naive (streamed fp16)", "flat", "ivfpq" or "hnsw"
-    build_s: float  # seconds to build (vector generation excluded); 0 for naive
-    data_bytes: int  # index files on disk, or the matrix the naive way holds in RAM
-    rss_peak_mb: float  # peak resident memory of the process that loaded and queried the index (0: not measured)
-    load_s: float  # seconds to load the index (0 for naive)
-    p50_ms: float  # median single-query latency
-    p95_ms: float  # 95th-percentile single-query latency
+    p50_ms: float  # median single-query wall-clock latency
+    p95_ms: float  # 95th-percentile single-query wall-clock latency
+    cpu_p50_ms: float  # median CPU time of the querying thread (the latency on an otherwise idle core)
     recall: float  # mean recall@k against the exact fp32 ranking
     speedup: float  # naive p50 / this p50
+    build_s: float = 0.0  # seconds to build (vector generation excluded); 0 for naive
+    data_bytes: int = 0  # index files on disk, or the matrix the naive way holds in RAM
+    rss_peak_mb: float = 0.0  # peak resident memory of the process that loaded and queried the index (0: not measured)
+    load_s: float = 0.0  # seconds to load the index (0 for naive)
     note: str = ""  # what was special about this run
 
 
@@ -203,20 +204,26 @@ def _threads(threads: int) -> Iterator[None]:
         faiss.omp_set_num_threads(previous[1])
 
 
-def _time_queries(search, queries, warmup: int = WARMUP_QUERIES) -> tuple[list[float], list[np.ndarray]]:
-    """Seconds per single query (after `warmup` untimed ones) and the rows each returned."""
+def _time_queries(search, queries, warmup: int = WARMUP_QUERIES) -> dict[str, list]:
+    """Per single query (after `warmup` untimed ones): wall seconds, CPU seconds of this thread, rows returned."""
     for query in queries[:warmup]:
         search(query)
-    timings, found = [], []
+    wall, cpu, found = [], [], []
     for query in queries:
-        started = time.perf_counter()
-        found.append(np.asarray(search(query)))
-        timings.append(time.perf_counter() - started)
-    return timings, found
+        started, started_cpu = time.perf_counter(), time.thread_time()
+        rows = np.asarray(search(query))
+        cpu.append(time.thread_time() - started_cpu)
+        wall.append(time.perf_counter() - started)
+        found.append(rows.tolist())
+    return {"wall": wall, "cpu": cpu, "found": found}
 
 
-def _latency(timings: list[float]) -> tuple[float, float]:
-    return float(np.percentile(timings, 50) * 1e3), float(np.percentile(timings, 95) * 1e3)
+def _row(size: int, method: str, timed: dict[str, list], truth_rows: np.ndarray, **fields) -> BenchRow:
+    """A BenchRow from `_time_queries` output (speedup is filled in once the naive row is known)."""
+    wall_ms, cpu_ms = np.array(timed["wall"]) * 1e3, np.array(timed["cpu"]) * 1e3
+    return BenchRow(size=size, method=method, p50_ms=float(np.percentile(wall_ms, 50)),
+                    p95_ms=float(np.percentile(wall_ms, 95)), cpu_p50_ms=float(np.percentile(cpu_ms, 50)),
+                    recall=_recall(np.array(timed["found"]), truth_rows[:len(timed["found"])]), speedup=1.0, **fields)
 
 
 def _naive_top_k(matrix: torch.Tensor, query: torch.Tensor, q: int, k: int) -> np.ndarray:
@@ -243,9 +250,8 @@ def _serve(index_dir: str, queries_path: str, k: int, threads: int) -> dict[str,
     index = GalleryIndex.load(index_dir, verify=False)
     load_s = time.perf_counter() - started
     with _threads(threads):
-        timings, found = _time_queries(lambda query: [hit.row for hit in index.search(query, k)], queries)
-    return {"load_s": load_s, "timings": timings, "found": [rows.tolist() for rows in found],
-            "memory": _process_memory()}
+        timed = _time_queries(lambda query: [hit.row for hit in index.search(query, k)], queries)
+    return {"load_s": load_s, "timed": timed, "memory": _process_memory()}
 
 
 def _process_memory() -> dict[str, float]:
@@ -298,11 +304,9 @@ def _bench_size(size: int, config: IndexBenchConfig, work: Path) -> list[BenchRo
             truth.update(chunk)
             start += chunk.shape[0] * q
         with _threads(config.threads):
-            timings, found = _time_queries(lambda query: _naive_top_k(torch.from_numpy(matrix), query, q, k),
-                                           torch.from_numpy(queries))
-        p50, p95 = _latency(timings)
-        naive = BenchRow(size, "naive", 0.0, matrix_bytes, 0.0, 0.0, p50, p95, _recall(np.array(found), truth.rows),
-                         1.0, "fp32 matrix held in RAM")
+            timed = _time_queries(lambda query: _naive_top_k(torch.from_numpy(matrix), query, q, k),
+                                  torch.from_numpy(queries))
+        naive = _row(size, "naive", timed, truth.rows, data_bytes=matrix_bytes, note="fp32 matrix held in RAM")
         rows.append(naive)
     kinds = [kind for kind in config.kinds if kind != "flat" or matrix_bytes <= config.flat_ram_bytes]
     if "flat" in config.kinds and "flat" not in kinds:
@@ -320,16 +324,16 @@ def _bench_size(size: int, config: IndexBenchConfig, work: Path) -> list[BenchRo
         started = time.perf_counter()
         write_index(index_dir, source, contents, dataclasses.replace(config.params, kind=kind), progress=False)
         build_s = time.perf_counter() - started - source.seconds
-        logger.info("N=%d: built %s in %.1fs; timing queries in a fresh process", size, kind, build_s)
+        logger.info("N=%d: built %s in %.1fs; timing queries", size, kind, build_s)
         if config.fresh_process:
             served = _serve_in_fresh_process(index_dir, queries_path, k, config.threads)
         else:
             served = _serve(str(index_dir), str(queries_path), k, config.threads)
-        p50, p95 = _latency(served["timings"])
-        rows.append(BenchRow(size, kind, build_s, _folder_bytes(index_dir), served["memory"]["peak_mb"],
-                             served["load_s"], p50, p95, _recall(np.array(served["found"]), truth.rows), 0.0,
-                             "resident MB after the queries: {rss_mb:.0f} (anonymous {anon_mb:.0f}, "
-                             "file-backed {file_mb:.0f})".format(**served["memory"])))
+        memory = served["memory"]
+        rows.append(_row(size, kind, served["timed"], truth.rows, build_s=build_s, data_bytes=_folder_bytes(index_dir),
+                         rss_peak_mb=memory["peak_mb"], load_s=served["load_s"],
+                         note=f"resident MB after the queries: {memory['rss_mb']:.0f} (anonymous "
+                              f"{memory['anon_mb']:.0f}, file-backed {memory['file_mb']:.0f})"))
         if naive is None and kind != "flat":
             naive = _naive_streamed(size, index_dir, queries, truth, config)
             rows.insert(0, naive)
@@ -343,13 +347,11 @@ def _naive_streamed(size: int, index_dir: Path, queries: np.ndarray, truth: _Exa
     logger.info("N=%d: timing the naive way streamed from %s", size, index_dir / STORE_FILE)
     store = np.load(index_dir / STORE_FILE, mmap_mode="c")  # copy-on-write: writable for torch, never written
     with _threads(config.threads):
-        timings, found = _time_queries(lambda query: _naive_streamed_top_k(store, query, config.k),
-                                       torch.from_numpy(queries[:config.naive_streamed_queries]), warmup=0)
-    p50, p95 = _latency(timings)
-    return BenchRow(size, "naive (streamed fp16)", 0.0, store.nbytes, 0.0, 0.0, p50, p95,
-                    _recall(np.array(found), truth.rows[:len(found)]), 1.0,
-                    f"fp32 matrix needs {size * config.num_query_tokens * config.dim * 4 / 2**30:.0f} GB; "
-                    f"{len(found)} queries over the fp16 store on disk")
+        timed = _time_queries(lambda query: _naive_streamed_top_k(store, query, config.k),
+                              torch.from_numpy(queries[:config.naive_streamed_queries]), warmup=0)
+    return _row(size, "naive (streamed fp16)", timed, truth.rows, data_bytes=store.nbytes,
+                note=f"fp32 matrix needs {size * config.num_query_tokens * config.dim * 4 / 2**30:.0f} GB; "
+                     f"{len(timed['found'])} queries over the fp16 store on disk")
 
 
 def run_index_benchmark(config: IndexBenchConfig) -> list[BenchRow]:
@@ -373,10 +375,12 @@ def run_index_benchmark(config: IndexBenchConfig) -> list[BenchRow]:
 
 def format_table(rows: list[BenchRow], k: int = 10) -> str:
     """A markdown table of benchmark rows."""
-    lines = [f"| N | method | build s | data MB | peak RSS MB | load s | p50 ms | p95 ms | recall@{k} | speedup vs naive |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"| N | method | build s | data MB | peak RSS MB | load s | p50 ms | p95 ms | CPU p50 ms | recall@{k} "
+             "| speedup vs naive (p50) |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
-        rss = f"{row.rss_peak_mb:.0f}" if row.rss_peak_mb else "-"
+        rss = f"{row.rss_peak_mb:,.0f}" if row.rss_peak_mb else "-"
         lines.append(f"| {row.size:,} | {row.method} | {row.build_s:.1f} | {row.data_bytes / 2**20:,.0f} | {rss} | "
-                     f"{row.load_s:.2f} | {row.p50_ms:.1f} | {row.p95_ms:.1f} | {row.recall:.3f} | {row.speedup:.1f}x |")
+                     f"{row.load_s:.2f} | {row.p50_ms:.1f} | {row.p95_ms:.1f} | {row.cpu_p50_ms:.1f} | "
+                     f"{row.recall:.3f} | {row.speedup:.1f}x |")
     return "\n".join(lines)
