@@ -274,6 +274,7 @@ class Engine:
         self._auxiliary_tokens = None
         self._benchmark: dict[str, list[BenchmarkQuery]] = {}
         self._failures: dict[str, list[FailureCase]] = {}
+        self._failures_lock = threading.Lock()
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -423,12 +424,10 @@ class Engine:
     def failure_cases(self, edit_type: str | None = None, keyword: str | None = None,
                       split: str = "test") -> list[FailureCase]:
         """Benchmark queries whose target is not first: view-angle edits first, then worst rank first."""
-        with self._lock:
+        with self._failures_lock:  # held while computing: a second caller waits instead of recomputing
             failures = self._failures.get(split)
-        if failures is None:
-            failures = self._compute_failures(split)
-            with self._lock:
-                self._failures[split] = failures
+            if failures is None:
+                failures = self._failures[split] = self._compute_failures(split)
         keyword = (keyword or "").strip().lower()
         return [case for case in failures
                 if (not edit_type or case.query.edit == edit_type) and keyword in case.query.caption.lower()]

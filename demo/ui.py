@@ -154,7 +154,8 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
                         token_map = gr.Image(label="Selected prompt token over the reference", type="pil",
                                              interactive=False)
                     with gr.Column():
-                        relevance_choice = gr.Dropdown(label="Result to explain", choices=[], value=None)
+                        relevance_choice = gr.Dropdown(label="Result to explain", choices=[], value=None,
+                                                       allow_custom_value=True)
                         relevance_map = gr.Image(label="Relevance of the result's patches for its score",
                                                  type="pil", interactive=False)
             with gr.Tab("Compare"):
@@ -220,10 +221,13 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
 
         @user_errors
         def explain_result(view: ViewState, result_id):
-            if view.result is None or not result_id or view.result.explanation is None:
+            if not result_id:
                 return gr.skip()
-            if view.result.explanation.relevance_id == result_id:
-                grid, score = view.result.explanation.relevance.grid, view.result.explanation.relevance.score
+            if view.result is None:
+                raise QueryError("search first: the relevance map explains a result of your last search")
+            explanation = view.result.explanation
+            if explanation is not None and explanation.relevance_id == result_id:
+                grid, score = explanation.relevance.grid, explanation.relevance.score
             else:
                 relevance = engine.relevance(view.result.query_vector, result_id)
                 grid, score = relevance.grid, relevance.score

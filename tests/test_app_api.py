@@ -156,3 +156,14 @@ def test_curated_examples_are_used_only_when_they_match_the_benchmark(served, tm
     assert len({q.edit for q in fallback}) == len({q.edit for q in queries})
     shipped = load_curated_examples(Path(__file__).parent.parent / "assets" / "examples.json")
     assert len(shipped) >= 8 and {"mirror", "rotate"} <= {entry["edit"] for entry in shipped}
+
+
+def test_relevance_of_any_result_uses_the_callers_own_last_search(served, upload):
+    _, url = served
+    user, stranger = Client(url, verbose=False), Client(url, verbose=False)
+    answer = user.predict(handle_file(str(upload)), CAPTION, 3, False, api_name="/search")
+    overlay = user.predict(answer["results"][1]["id"], api_name="/relevance")
+    with Image.open(overlay) as image:
+        assert image.width > 200 and image.height > 200
+    with pytest.raises(Exception, match="search first"):  # no search in this client's own state
+        stranger.predict(answer["results"][1]["id"], api_name="/relevance")
