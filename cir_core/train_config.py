@@ -95,16 +95,22 @@ class TrainConfig:
         """Apply dotted `key=value` overrides; values are parsed as JSON when possible."""
         data = self.to_dict()
         for key, raw in overrides.items():
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw
+            head, found, model_key = key.partition("model.overrides.")
+            if found and not head:
+                # model config keys stay dotted: they are applied to the preset by apply_overrides
+                data["model"]["overrides"][model_key] = value
+                continue
             node = data
             *parents, leaf = key.split(".")
             for part in parents:
                 if not isinstance(node.get(part), dict):
                     raise ValueError(f"unknown training option {key!r}")
                 node = node[part]
-            if leaf not in node and not (parents and parents[-1] == "overrides"):
+            if leaf not in node:
                 raise ValueError(f"unknown training option {key!r}")
-            try:
-                node[leaf] = json.loads(raw)
-            except json.JSONDecodeError:
-                node[leaf] = raw
+            node[leaf] = value
         return TrainConfig.from_dict(data)

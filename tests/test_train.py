@@ -167,3 +167,13 @@ def test_near_duplicates_are_one_attribute_apart():
     scenes = {s.id: s for s in (base, recoloured, moved, two_changes, fewer)}
     found = near_duplicates(scenes, {base.id})
     assert found == {base.id: sorted([recoloured.id, moved.id])}
+
+
+def test_model_overrides_on_the_command_line(tmp_path, shapes_dir):
+    config = TrainConfig.from_file(write_config(tmp_path, shapes_dir)).with_overrides(
+        {"model.overrides.qformer.num_query_tokens": "2", "model.overrides.loss.align_weight": "0.8"})
+    assert config.model.overrides == {"qformer.num_query_tokens": 2, "loss.align_weight": 0.8}
+    from cir_core.train import build_model
+
+    model, _ = build_model(config)
+    assert model.num_query_tokens == 2 and model.config.loss.align_weight == 0.8
