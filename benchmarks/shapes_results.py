@@ -84,8 +84,13 @@ def collect(args) -> list[dict]:
         if not folder.is_dir():
             print(f"skipping {name}: no run at {folder}", file=sys.stderr)
             continue
-        rows.append({"name": name, "description": description, "steps": args.steps,
-                     "report": evaluate_model(cir_core.load_model(folder), split)})
+        cached = folder.parent / "test_report.json"
+        if cached.is_file() and cached.stat().st_mtime > (folder / "model.safetensors").stat().st_mtime:
+            report = json.loads(cached.read_text())  # evaluated after this checkpoint was written
+        else:
+            report = evaluate_model(cir_core.load_model(folder), split)
+            cached.write_text(json.dumps(report))
+        rows.append({"name": name, "description": description, "steps": args.steps, "report": report})
     return rows
 
 
