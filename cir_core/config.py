@@ -112,12 +112,7 @@ class SPRCConfig:
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> SPRCConfig:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"cannot read model config {path}: {error}") from error
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path, "model config"))
 
     def validate(self) -> None:
         """Raise ValueError naming the first inconsistent setting."""
@@ -137,6 +132,28 @@ class SPRCConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"invalid model config {self.name!r}: {message}")
+
+
+def read_json(path: str | Path, what: str) -> Any:
+    """Parsed JSON of a file; ValueError naming `what` and the file when it is missing or malformed."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read {what} {path}: {error}") from error
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any, what: str) -> None:
+    """data["a"]["b"] = value for key "a.b"; ValueError "unknown <what>" when the path does not exist."""
+    node = data
+    *parents, leaf = key.split(".")
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            raise ValueError(f"unknown {what} {key!r}")
+        node = node[part]
+    if leaf not in node:
+        raise ValueError(f"unknown {what} {key!r}")
+    node[leaf] = value
 
 
 def _build(cls, data: Any, where: str):
@@ -178,15 +195,7 @@ def apply_overrides(config: SPRCConfig, overrides: dict[str, Any]) -> SPRCConfig
     """Return a copy with dotted-key overrides applied, e.g. {"qformer.num_query_tokens": 8}."""
     data = config.to_dict()
     for key, value in overrides.items():
-        node = data
-        *parents, leaf = key.split(".")
-        for part in parents:
-            if not isinstance(node.get(part), dict):
-                raise ValueError(f"unknown config key {key!r}")
-            node = node[part]
-        if leaf not in node:
-            raise ValueError(f"unknown config key {key!r}")
-        node[leaf] = value
+        set_dotted(data, key, value, "config key")
     new = SPRCConfig.from_dict(data)
     new.validate()
     return new

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cir_core.config import _build
+from cir_core.config import _build, read_json, set_dotted
 
 
 @dataclass
@@ -84,12 +84,7 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> TrainConfig:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"cannot read training config {path}: {error}") from error
-        return cls.from_dict(data)
+        return cls.from_dict(read_json(path, "training config"))
 
     def with_overrides(self, overrides: dict[str, str]) -> TrainConfig:
         """Apply dotted `key=value` overrides; values are parsed as JSON when possible."""
@@ -104,13 +99,5 @@ class TrainConfig:
                 # model config keys stay dotted: they are applied to the preset by apply_overrides
                 data["model"]["overrides"][model_key] = value
                 continue
-            node = data
-            *parents, leaf = key.split(".")
-            for part in parents:
-                if not isinstance(node.get(part), dict):
-                    raise ValueError(f"unknown training option {key!r}")
-                node = node[part]
-            if leaf not in node:
-                raise ValueError(f"unknown training option {key!r}")
-            node[leaf] = value
+            set_dotted(data, key, value, "training option")
         return TrainConfig.from_dict(data)
