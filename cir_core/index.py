@@ -94,9 +94,10 @@ class GalleryIndex:
             self._coarse = None
         else:
             self._flat = None
-            # Copy-on-write mapping: writable for torch.from_numpy, never written, the file is untouched.
-            self._store = np.load(folder / STORE_FILE, mmap_mode="c")  # (N, Q, D) fp16
-            self._coarse = faiss.read_index(str(folder / COARSE_FILE))
+            self._store = _map_npy(folder / STORE_FILE)  # (N, Q, D) fp16
+            # IVF lists (ivfpq) or the quantized vectors (hnsw) stay on disk, memory-mapped.
+            mapping = faiss.IO_FLAG_MMAP if self.kind == "ivfpq" else faiss.IO_FLAG_MMAP_IFC
+            self._coarse = faiss.read_index(str(folder / COARSE_FILE), mapping)
         expected = (self.count, self.num_query_tokens, self.dim)
         if self._store.shape != expected:
             raise GalleryIndexError(f"index {folder} is damaged: vectors have shape {self._store.shape}, "
@@ -384,6 +385,24 @@ def _check_files(folder: Path, files: dict[str, dict[str, Any]], verify: bool) -
         if verify and sha256_file(path) != entry["sha256"]:
             raise GalleryIndexError(f"index {folder} is damaged: {name} does not match its sha256 checksum "
                                     f"in {INFO_FILE} (rebuild the index)")
+
+
+def _map_npy(path: Path) -> np.ndarray:
+    """A .npy array memory-mapped for random access (no readahead around each touched row).
+
+    The mapping is copy-on-write, so the array is writable for torch.from_numpy; nothing
+    writes to it and the file never changes.
+    """
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(handle)
+        offset = handle.tell()
+        data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
+    if fortran_order:
+        raise GalleryIndexError(f"{path} is stored in Fortran order; this index was not written by cir")
+    data.madvise(mmap.MADV_RANDOM)
+    return np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=offset).reshape(shape)
 
 
 def _open_metadata(path: Path, count: int) -> tuple[mmap.mmap, np.ndarray]:
