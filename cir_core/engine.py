@@ -536,7 +536,8 @@ class Engine:
             row_scores = scores[position].clone()
             row_scores[column[query.reference_id]] = float("-inf")
             top = int(row_scores.argmax())
-            cases.append(FailureCase(query=query, rank=rank + 1, target_score=float(row_scores[column[query.target_id]]),
+            target_score = float(row_scores[column[query.target_id]])
+            cases.append(FailureCase(query=query, rank=rank + 1, target_score=target_score,
                                      top_id=split.gallery[top], top_score=float(row_scores[top])))
         cases.sort(key=lambda case: (case.query.edit not in VIEW_ANGLE_EDITS, -case.rank))
         logger.info("%s: %d of %d benchmark queries miss their target at rank 1", split.name, len(cases), len(queries))

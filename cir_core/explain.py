@@ -115,7 +115,8 @@ def patch_attention(cross_attentions: tuple[torch.Tensor, ...], batch_index: int
     """Per-layer (B, heads, Q, T) cross-attentions -> (Q, T), mean over layers and heads (rows sum to 1)."""
     if not cross_attentions:
         raise ValueError("no cross-attentions given (encode with output_attentions=True and eager attention)")
-    stacked = torch.stack([layer[batch_index].detach().float().cpu() for layer in cross_attentions])  # (layers, heads, Q, T)
+    # (layers, heads, Q, T)
+    stacked = torch.stack([layer[batch_index].detach().float().cpu() for layer in cross_attentions])
     return stacked.mean(dim=(0, 1))
 
 

@@ -17,8 +17,9 @@ TARGET_MARK = "★ target"
 
 
 def hit_caption(hit: Hit, ground_truth_id: str | None = None) -> str:
-    mark = f" {TARGET_MARK}" if hit.id == ground_truth_id else ""
-    return f"#{hit.rank} · {hit.score:.3f} · {hit.id}{mark}"
+    """"#rank · score · id"; the ground truth's mark comes first so a narrow caption still shows it."""
+    mark = f"{TARGET_MARK} " if hit.id == ground_truth_id else ""
+    return f"{mark}#{hit.rank} · {hit.score:.3f} · {hit.id}"
 
 
 def gallery_items(hits: list[Hit], ground_truth_id: str | None = None) -> list[tuple[str, str]]:
@@ -51,15 +52,25 @@ def result_summary(result: RetrievalResult) -> str:
 
 
 def token_chips(positions: list[list[TokenMatch]], title: str, css_class: str) -> str:
-    """HTML: one row per prompt vector, its nearest tokens as chips shaded by similarity."""
+    """HTML: one row per prompt vector, its nearest tokens as chips shaded by similarity.
+
+    Shading is relative to the best similarity shown: prompt vectors are far from every
+    word (cosines around 0.2), so absolute shading would be uniformly pale.
+    """
+    best = max((m.similarity for matches in positions for m in matches), default=1.0)
+    scale = 1.0 / best if best > 0 else 1.0
     rows = []
     for index, matches in enumerate(positions):
         chips = "".join(
-            f'<span class="cir-chip" style="background: rgba(255, 140, 0, {max(0.1, min(1.0, m.similarity)):.2f})" '
+            f'<span class="cir-chip" style="background: rgba(255, 140, 0, {_shade(m.similarity * scale):.2f})" '
             f'title="cosine {m.similarity:.3f}">{html.escape(m.token)} <small>{m.similarity:.2f}</small></span>'
             for m in matches)
         rows.append(f'<div class="cir-chip-row"><span class="cir-position">P{index + 1}</span>{chips}</div>')
     return f'<div class="{css_class}"><h4>{html.escape(title)}</h4>{"".join(rows)}</div>'
+
+
+def _shade(relative: float) -> float:
+    return max(0.1, min(1.0, relative))
 
 
 def prompt_html(explanation: Explanation | None) -> tuple[str, str]:

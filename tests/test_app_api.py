@@ -167,3 +167,19 @@ def test_relevance_of_any_result_uses_the_callers_own_last_search(served, upload
         assert image.width > 200 and image.height > 200
     with pytest.raises(Exception, match="search first"):  # no search in this client's own state
         stranger.predict(answer["results"][1]["id"], api_name="/relevance")
+
+
+def test_rendering_marks_the_target_and_escapes_tokens():
+    from cir_core.engine import GroundTruth, Hit
+    from cir_core.explain import TokenMatch
+    from demo import render
+
+    hits = [Hit(rank=1, id="a", score=0.9, path="a.png", label=""), Hit(rank=2, id="b", score=0.8, path="b.png",
+                                                                       label="")]
+    captions = [caption for _, caption in render.gallery_items(hits, ground_truth_id="b")]
+    assert captions == ["#1 · 0.900 · a", f"{render.TARGET_MARK} #2 · 0.800 · b"]
+    line = render.ground_truth_line(GroundTruth(id="z", rank=40, score=0.5, in_top_k=False))
+    assert "rank **40**" in line and "outside the results shown" in line
+    chips = render.token_chips([[TokenMatch("<b>", 0.2), TokenMatch("red", 0.1)]], "prompt", "cir-prompt")
+    assert "&lt;b&gt;" in chips and "<b>" not in chips and chips.count('class="cir-chip"') == 2
+    assert "rgba(255, 140, 0, 1.00)" in chips and "rgba(255, 140, 0, 0.50)" in chips  # shaded relative to the best
