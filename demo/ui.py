@@ -22,6 +22,7 @@ from demo import render
 logger = logging.getLogger(__name__)
 
 MAX_K = 50
+NO_REFERENCE = "Reference: upload an image or pick one below."
 EXAMPLES_PER_EDIT = 2  # benchmark examples shown per edit type when no curated list matches the gallery
 CSS = """
 .cir-chip-row {display: flex; flex-wrap: wrap; align-items: center; gap: 4px; margin: 2px 0;}
@@ -119,7 +120,7 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
             with gr.Column(scale=1):
                 reference = ReferenceImage(label="Reference image", sources=["upload", "clipboard", "webcam"],
                                            type="filepath", image_mode=None, height=260, elem_id="reference")
-                reference_info = gr.Markdown("Reference: upload an image or pick one below.", elem_id="reference-info")
+                reference_info = gr.Markdown(NO_REFERENCE, elem_id="reference-info")
                 caption = gr.Textbox(label="Relative caption", placeholder="e.g. make the red circle large",
                                      max_lines=4, elem_id="caption")
                 top_k = gr.Slider(1, MAX_K, value=10, step=1, label="Top k")
@@ -253,6 +254,9 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
         def forget_gallery_reference(view: ViewState):
             return "Reference: your image", dataclasses.replace(view, reference_id=None, ground_truth_id=None)
 
+        def clear_reference(view: ViewState):
+            return NO_REFERENCE, dataclasses.replace(view, reference_id=None, ground_truth_id=None)
+
         def load_query(query: BenchmarkQuery):
             path, info = reference_outputs(query.reference_id)
             info += f"; benchmark query {query.pairid} ({query.edit}), target `{query.target_id}`"
@@ -303,6 +307,7 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
         gallery_pick.input(pick_from_gallery, [gallery_pick, state], [reference, reference_info, state],
                            api_name="pick_gallery_image")
         reference.input(forget_gallery_reference, [state], [reference_info, state], api_name="new_reference")
+        reference.clear(clear_reference, [state], [reference_info, state], api_name="clear_reference")
         examples_table.click(load_example, [examples_table], [reference, reference_info, caption, state],
                              api_name="load_example")
         compare_button.click(run_compare, [reference, caption, top_k, state], [compare_summary, *compare_galleries],
