@@ -141,6 +141,9 @@ def result_relevance(model: SPRCModel, query: torch.Tensor, target_features: tor
         # clone(): cached features may be inference tensors, which autograd refuses to record.
         features = target_features.detach().clone().to(model.device, dtype=model.query_tokens.dtype)
         features = features.unsqueeze(0).requires_grad_(True)  # (1, T, W)
+        # The target pass of SPRCModel.target_vectors, asking for its attentions: transformers
+        # records them per call (context-local), whereas hooks on the shared model would also
+        # catch concurrent requests. A test checks the score against model.score.
         queries = model.query_tokens.expand(1, -1, -1)
         output = model.qformer(query_embeds=queries, query_length=model.num_query_tokens,
                                encoder_hidden_states=features, output_attentions=True)
