@@ -12,6 +12,7 @@ ValueError whose message says what is wrong.
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -169,7 +170,7 @@ class CaptionCheck:
 
 # ---------------------------------------------------------------------- input validation
 def load_query_image(source, max_pixels: int = MAX_QUERY_PIXELS) -> Image.Image:
-    """A PIL image, numpy array or image file -> RGB image; QueryError for anything unusable.
+    """A PIL image, numpy array, image file or encoded image bytes -> RGB image; QueryError if unusable.
 
     The pixel count is checked from the header before any pixel is decoded, so a forged
     20000x20000 header is refused at once without allocating it.
@@ -182,22 +183,26 @@ def load_query_image(source, max_pixels: int = MAX_QUERY_PIXELS) -> Image.Image:
     if isinstance(source, Image.Image):
         _check_pixels(source.size, max_pixels)
         return to_rgb(source)
-    path = Path(source)
-    if not path.is_file():
-        raise QueryError(f"image file {path} does not exist")
+    if isinstance(source, (bytes, bytearray)):
+        name, opened = "the uploaded image", io.BytesIO(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise QueryError(f"image file {path} does not exist")
+        name, opened = path.name, path
     try:
-        with Image.open(path) as image:
+        with Image.open(opened) as image:
             _check_pixels(image.size, max_pixels)
             image.load()
             return to_rgb(image)
+    except QueryError:
+        raise
     except Image.DecompressionBombError as error:
-        raise QueryError(f"{path.name}: the image is too large to process ({error})") from error
+        raise QueryError(f"{name}: the image is too large to process ({error})") from error
     except UnidentifiedImageError as error:
-        raise QueryError(f"{path.name} is not an image file (or a format Pillow cannot read)") from error
+        raise QueryError(f"{name} is not an image file (or a format Pillow cannot read)") from error
     except (OSError, SyntaxError, ValueError) as error:
-        if isinstance(error, QueryError):
-            raise
-        raise QueryError(f"{path.name}: the image file is corrupt or truncated ({error})") from error
+        raise QueryError(f"{name}: the image file is corrupt or truncated ({error})") from error
 
 
 def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
@@ -322,8 +327,9 @@ class Engine:
                ground_truth_id: str | None = None) -> RetrievalResult:
         """Rank the gallery for (reference image, caption).
 
-        `image` is a PIL image, a numpy array, an image file or a gallery id (a string
-        naming a gallery image is taken as its id, whose cached vision features are reused).
+        `image` is a PIL image, a numpy array, an image file, encoded image bytes or a
+        gallery id (a string naming a gallery image is taken as its id, whose cached vision
+        features are reused).
         The reference is left out of its own ranking when it is a gallery image and
         `exclude_reference` is set. With `ground_truth_id`, that image's exact rank and score
         come back even when it is outside the top k; with `explain`, the explanation.

@@ -6,6 +6,7 @@ in a `gr.State`, so concurrent users never see each other's queries. Every event
 an `api_name`; `/search` takes an image file, a caption and k and answers JSON.
 """
 # No `from __future__ import annotations`: gradio reads the handlers' annotations (gr.SelectData).
+import base64
 import dataclasses
 import functools
 import json
@@ -40,19 +41,22 @@ class ViewState:
     result: RetrievalResult | None = None  # the last search result (with its explanation)
 
 
-class ReferenceImage(gr.Image):
-    """gr.Image that hands the uploaded file itself to the engine.
+def uploaded_reference(payload) -> str | bytes | None:
+    """The reference as uploaded: the file of an unprocessed gr.Image payload, or a data URL's bytes.
 
-    gr.Image would open the file first and fail with a bare "Error" on corrupt files or
-    decompression bombs; the engine's checks give messages that name the problem.
+    Events reading the reference skip gradio's preprocessing (preprocess=False), which
+    would open the file itself and fail with a bare "Error" on corrupt files or
+    decompression bombs; the engine's checks give messages that name the problem. Paths
+    are still confined to gradio's upload folder, which gradio checks before any handler.
     """
-
-    is_template = True  # rendered by the standard image frontend
-
-    def preprocess(self, payload):
-        if payload is not None and payload.path and not (payload.url or "").startswith("data:"):
-            return str(payload.path)
-        return super().preprocess(payload)
+    if not payload:
+        return None
+    if payload.get("path"):
+        return payload["path"]
+    url = payload.get("url") or ""
+    if url.startswith("data:") and "," in url:
+        return base64.b64decode(url.split(",", 1)[1])
+    return None
 
 
 def user_errors(handler):
@@ -118,7 +122,7 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
                     "Give a reference image and a relative caption (\"make the circle red\").")
         with gr.Row():
             with gr.Column(scale=1):
-                reference = ReferenceImage(label="Reference image", sources=["upload", "clipboard", "webcam"],
+                reference = gr.Image(label="Reference image", sources=["upload", "clipboard", "webcam"],
                                            type="filepath", image_mode=None, height=260, elem_id="reference")
                 reference_info = gr.Markdown(NO_REFERENCE, elem_id="reference-info")
                 caption = gr.Textbox(label="Relative caption", placeholder="e.g. make the red circle large",
@@ -185,7 +189,7 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
 
         @user_errors
         def run_search(image, text, k, with_explanations, view: ViewState):
-            source = view.reference_id or image
+            source = view.reference_id or uploaded_reference(image)
             if source is None:
                 raise QueryError("no reference image: upload one, paste one or pick one from the gallery")
             result = engine.search(source, text, int(k), explain=bool(with_explanations),
@@ -269,7 +273,7 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
 
         @user_errors
         def run_compare(image, text, k, view: ViewState):
-            source = view.reference_id or image
+            source = view.reference_id or uploaded_reference(image)
             if source is None:
                 raise QueryError("no reference image: upload one, paste one or pick one from the gallery")
             comparison = engine.compare(source, text, int(k), ground_truth_id=view.ground_truth_id)
@@ -294,10 +298,10 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
         view_outputs = [summary, results, latency, prompt_chips, auxiliary_chips, average_map, token_map,
                         relevance_choice, relevance_map]
         search_outputs = [raw_json, state]
-        search_button.click(run_search, query_inputs, search_outputs, api_name="search").success(
+        search_button.click(run_search, query_inputs, search_outputs, api_name="search", preprocess=False).success(
             show_result, [state, token_choice], view_outputs, api_name="show_result", api_visibility="undocumented")
         caption.submit(run_search, query_inputs, search_outputs, api_name="search_on_enter",
-                       api_visibility="undocumented").success(
+                       api_visibility="undocumented", preprocess=False).success(
             show_result, [state, token_choice], view_outputs, api_name="show_result_on_enter",
             api_visibility="undocumented")
         token_choice.release(show_token, [state, token_choice], token_map, api_name="attention_token")
@@ -311,13 +315,13 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
         examples_table.click(load_example, [examples_table], [reference, reference_info, caption, state],
                              api_name="load_example")
         compare_button.click(run_compare, [reference, caption, top_k, state], [compare_summary, *compare_galleries],
-                             api_name="compare")
+                             api_name="compare", preprocess=False)
         find_button.click(find_failures, [edit_filter, keyword], [failure_count, failures, failure_ids],
                           api_name="failures")
         failures.select(load_failure, [failure_ids], [reference, reference_info, caption, state],
                         api_name="load_failure").success(
-            run_search, query_inputs, search_outputs, api_name="search_failure", api_visibility="undocumented"
-        ).success(show_result, [state, token_choice], view_outputs, api_name="show_failure",
+            run_search, query_inputs, search_outputs, api_name="search_failure", api_visibility="undocumented",
+            preprocess=False).success(show_result, [state, token_choice], view_outputs, api_name="show_failure",
                   api_visibility="undocumented")
     return app
 

@@ -14,7 +14,7 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from demo import launch
-from tiny_gallery import tiny_engine, write_image_sensitive_checkpoint, write_tiny_shapes
+from tiny_gallery import png_with_forged_size, tiny_engine, write_image_sensitive_checkpoint, write_tiny_shapes
 
 CAPTION = "make the blue square small"
 
@@ -72,6 +72,10 @@ def test_bad_input_is_a_visible_error_and_the_app_keeps_serving(client, upload, 
     broken.write_bytes(b"definitely not a png")
     with pytest.raises(Exception, match="not an image file"):
         client.predict(handle_file(str(broken)), CAPTION, 3, False, api_name="/search")
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_with_forged_size(20000, 20000))
+    with pytest.raises(Exception, match="too large"):
+        client.predict(handle_file(str(bomb)), CAPTION, 3, False, api_name="/search")
     with pytest.raises(Exception, match="caption is empty"):
         client.predict(handle_file(str(upload)), "   ", 3, False, api_name="/search")
     answer = client.predict(handle_file(str(upload)), CAPTION, 3, False, api_name="/search")

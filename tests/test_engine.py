@@ -1,8 +1,6 @@
 """Engine: rankings against brute force, ground truth, caches, comparisons, failures, bad input."""
 import io
-import struct
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -14,7 +12,7 @@ from cir_core.checkpoints import CheckpointError, load_model
 from cir_core.data.shapes import read_shapes_split
 from cir_core.engine import VIEW_ANGLE_EDITS, Engine, QueryError, load_query_image
 from cir_core.transforms import ImageTransform
-from tiny_gallery import tiny_engine, write_image_sensitive_checkpoint, write_tiny_shapes
+from tiny_gallery import png_with_forged_size, tiny_engine, write_image_sensitive_checkpoint, write_tiny_shapes
 
 CAPTION = "make the red circle large"
 TOLERANCE = 1e-5  # scores recomputed from the index's own vectors
@@ -241,21 +239,20 @@ def test_missing_model_is_reported_clearly(tmp_path, shapes_dir):
 
 
 # ---------------------------------------------------------------------- bad input
-def png_with_forged_size(width: int, height: int) -> bytes:
-    """A valid 1x1 PNG whose IHDR claims another size (never decoded, never allocated)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    pixels = zlib.compress(b"\x00\xff\x00\x00")
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
-
-
 def test_non_image_bytes_are_refused(engine, tmp_path):
     path = tmp_path / "notes.png"
     path.write_bytes(b"this is a text file, not a picture\n" * 10)
     with pytest.raises(QueryError, match="not an image file"):
         engine.search(path, CAPTION)
+
+
+def test_encoded_bytes_are_read_like_the_file(engine):
+    path = engine.gallery_path(engine.gallery_ids[3])
+    from_bytes = engine.search(open(path, "rb").read(), CAPTION, k=3)
+    from_file = engine.search(path, CAPTION, k=3)
+    assert np.allclose(from_bytes.query_vector, from_file.query_vector, atol=1e-6)
+    with pytest.raises(QueryError, match="the uploaded image is not an image file"):
+        engine.search(b"plain text, not an image", CAPTION)
 
 
 def test_truncated_png_is_refused(engine, tmp_path):

@@ -1,4 +1,7 @@
-"""Test helpers: a tiny shapes benchmark folder, an image-sensitive tiny-test checkpoint, an engine."""
+"""Test helpers: a tiny shapes benchmark folder, an image-sensitive tiny-test checkpoint, an engine,
+a PNG with a forged size."""
+import struct
+import zlib
 from pathlib import Path
 
 import torch
@@ -35,3 +38,13 @@ def write_image_sensitive_checkpoint(folder: Path, seed: int = 0) -> Path:
 def tiny_engine(checkpoint: Path, shapes_dir: Path, cache_root: Path, **kwargs) -> Engine:
     return Engine.from_uris(f"local-dir:{checkpoint}", gallery_data=shapes_dir, cache_root=cache_root,
                             progress=False, **kwargs)
+
+
+def png_with_forged_size(width: int, height: int) -> bytes:
+    """A valid 1x1 PNG whose IHDR claims another size (never decoded, never allocated)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    pixels = zlib.compress(b"\x00\xff\x00\x00")
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
