@@ -9,7 +9,7 @@ see `index_store` for the folder layout) and answers:
   and every vector that could tie the k-th image has been seen; the candidates are then
   re-scored from their stored vectors and ordered by (score desc, row asc). Kinds "ivfpq"
   and "hnsw" fetch candidate images from an approximate faiss index over the same vectors
-  and re-score them exactly from an fp16 store memory-mapped from disk.
+  and re-score them exactly from an fp16 store on disk, read on demand.
 - `score_all(query)`: the exact score of every image (e.g. to rank a ground truth that is
   outside the top k).
 - `vectors(rows)`: the stored (n, Q, D) vectors.
@@ -42,6 +42,7 @@ from cir_core.index_store import (
     STORE_FILE,
     GalleryIndexError,
     IndexParams,
+    StoreReader,
     sha256_file,
 )
 
@@ -94,7 +95,7 @@ class GalleryIndex:
             self._coarse = None
         else:
             self._flat = None
-            self._store = _map_npy(folder / STORE_FILE)  # (N, Q, D) fp16
+            self._store = StoreReader(folder / STORE_FILE)  # (N, Q, D) fp16, read on demand
             # IVF lists (ivfpq) or the quantized vectors (hnsw) stay on disk, memory-mapped.
             mapping = faiss.IO_FLAG_MMAP if self.kind == "ivfpq" else faiss.IO_FLAG_MMAP_IFC
             self._coarse = faiss.read_index(str(folder / COARSE_FILE), mapping)
@@ -125,8 +126,9 @@ class GalleryIndex:
 
         `model` (or `expected_fingerprint`) must match the weights fingerprint recorded at
         build time. File sizes are always checked; `verify=False` skips the sha256 pass
-        (seconds per GB) for large galleries whose files are trusted. Data files are
-        memory-mapped, so loading reads little beyond the metadata.
+        (seconds per GB) for large galleries whose files are trusted. Data files stay on
+        disk (memory-mapped, or read row by row for the fp16 store), so loading reads
+        little beyond the metadata.
         """
         folder = Path(folder).expanduser()
         if not folder.is_dir():
@@ -211,7 +213,7 @@ class GalleryIndex:
         scores = np.empty((queries.shape[0], self.count), dtype=np.float32)
         block = max(1, _SCORE_BLOCK_BYTES // (self.num_query_tokens * self.dim * 4))
         for start in range(0, self.count, block):
-            vectors = self._store[start:start + block]  # (n, Q, D) view of the memory-mapped store
+            vectors = self._store[start:start + block]  # (n, Q, D)
             scores[:, start:start + len(vectors)] = _max_scores(vectors, queries)
         return scores[0] if single else scores
 
@@ -385,24 +387,6 @@ def _check_files(folder: Path, files: dict[str, dict[str, Any]], verify: bool) -
         if verify and sha256_file(path) != entry["sha256"]:
             raise GalleryIndexError(f"index {folder} is damaged: {name} does not match its sha256 checksum "
                                     f"in {INFO_FILE} (rebuild the index)")
-
-
-def _map_npy(path: Path) -> np.ndarray:
-    """A .npy array memory-mapped for random access (no readahead around each touched row).
-
-    The mapping is copy-on-write, so the array is writable for torch.from_numpy; nothing
-    writes to it and the file never changes.
-    """
-    with open(path, "rb") as handle:
-        version = np.lib.format.read_magic(handle)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran_order, dtype = read_header(handle)
-        offset = handle.tell()
-        data = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
-    if fortran_order:
-        raise GalleryIndexError(f"{path} is stored in Fortran order; this index was not written by cir")
-    data.madvise(mmap.MADV_RANDOM)
-    return np.frombuffer(data, dtype=dtype, count=int(np.prod(shape)), offset=offset).reshape(shape)
 
 
 def _open_metadata(path: Path, count: int) -> tuple[mmap.mmap, np.ndarray]:

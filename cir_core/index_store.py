@@ -8,8 +8,8 @@ An index folder holds:
     metadata.jsonl     one JSON object per image, in row order: {"row", "id", "path",
                        "caption", "label", "size": [width, height]}
     vectors.faiss      kind "flat": a faiss IndexFlatIP over all N*Q target vectors (fp32)
-    vectors_fp16.npy   kinds "ivfpq"/"hnsw": the (N, Q, D) target vectors in fp16, memory-mapped
-                       at load time for exact re-scoring of candidates
+    vectors_fp16.npy   kinds "ivfpq"/"hnsw": the (N, Q, D) target vectors in fp16 (a .npy file),
+                       read row by row at search time to re-score candidates exactly
     coarse.faiss       kinds "ivfpq"/"hnsw": an approximate faiss index over the same N*Q vectors
 
 Vector row r (in vectors.faiss and coarse.faiss) belongs to image row r // Q; vector
@@ -23,7 +23,9 @@ import hashlib
 import json
 import logging
 import math
+import os
 import shutil
+import weakref
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
@@ -144,6 +147,63 @@ def publish_folder(staging: Path, out_dir: Path) -> None:
         shutil.rmtree(retired, ignore_errors=True)
     else:
         staging.rename(out_dir)
+
+
+# ------------------------------------------------------------------------------------------- reader
+class StoreReader:
+    """The (N, Q, D) fp16 store read with positional reads: store[rows] and store[start:stop].
+
+    Not memory-mapped on purpose: the page cache keeps recently read rows fast either way,
+    but a mapping makes every touched row count as resident memory of the process, and with
+    the page cache's large folios (Linux 6.x) one touched 16 KB row maps up to 2 MB, so random
+    candidate reads soon map the whole file. Reads hold no lock and move no file position,
+    so several threads may read at once.
+    """
+
+    def __init__(self, path: Path):
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            shape, fortran_order, dtype = read_header(handle)
+            self._offset = handle.tell()
+        if fortran_order or len(shape) != 3:
+            raise GalleryIndexError(f"{path} does not hold an (N, Q, D) C-ordered array")
+        self.path = path
+        self.shape: tuple[int, int, int] = shape
+        self.dtype = np.dtype(dtype)
+        self._row_bytes = shape[1] * shape[2] * self.dtype.itemsize
+        self._fd = os.open(path, os.O_RDONLY)
+        weakref.finalize(self, os.close, self._fd)
+        os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_RANDOM)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(self.shape[0])
+            if step != 1:
+                raise ValueError("store slices must be contiguous")
+            out = np.empty((max(0, stop - start), *self.shape[1:]), dtype=self.dtype)
+            self._read_into(memoryview(out).cast("B"), start)
+            return out
+        rows = np.asarray(key, dtype=np.int64).reshape(-1)
+        out = np.empty((len(rows), *self.shape[1:]), dtype=self.dtype)
+        buffer = memoryview(out).cast("B")
+        # Runs of consecutive rows are read with one call.
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        for first, last in zip(np.concatenate([[0], breaks]), np.concatenate([breaks, [len(rows)]])):
+            self._read_into(buffer[first * self._row_bytes:last * self._row_bytes], int(rows[first]))
+        return out
+
+    def _read_into(self, buffer: memoryview, row: int) -> None:
+        position, done = self._offset + row * self._row_bytes, 0
+        while done < len(buffer):
+            count = os.preadv(self._fd, [buffer[done:]], position + done)
+            if count == 0:
+                raise GalleryIndexError(f"{self.path} ends early: it is truncated or damaged")
+            done += count
 
 
 # ------------------------------------------------------------------------------------------- writer
@@ -264,11 +324,16 @@ def _write_coarse(path: Path, store_path: Path, params: IndexParams, progress: b
     sample_rows = np.sort(rng.choice(total, size=params.train_size, replace=False))
     logger.info("training %s on %d of %d vectors", params.factory(), len(sample_rows), total)
     index.train(np.asarray(flat_store[sample_rows], dtype=np.float32))
-    with tqdm(total=total, desc=f"{params.kind} index", unit="vec", unit_scale=True, disable=not progress) as bar:
+    # Plain sequential reads rather than the mapping: mapped pages of a store larger than
+    # RAM would all count as this process's resident memory.
+    with open(store_path, "rb") as handle, \
+            tqdm(total=total, desc=f"{params.kind} index", unit="vec", unit_scale=True, disable=not progress) as bar:
+        handle.seek(store.offset)
         for start in range(0, total, _ADD_BATCH_VECTORS):
-            batch = np.asarray(flat_store[start:start + _ADD_BATCH_VECTORS], dtype=np.float32)
-            index.add(batch)
-            bar.update(len(batch))
+            rows = min(_ADD_BATCH_VECTORS, total - start)
+            batch = np.fromfile(handle, dtype=np.float16, count=rows * d).reshape(rows, d)
+            index.add(torch.from_numpy(batch).float().numpy())  # torch converts fp16 with SIMD
+            bar.update(rows)
     faiss.write_index(index, str(path))
     return file_entry(path)
 
