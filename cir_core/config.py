@@ -17,12 +17,16 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
-# "sprc": sentence-level prompt from image + caption, then composed without the image (the method).
-# "static_prompt": one learned prompt shared by all queries, reading the image by cross-attention (BLIP4CIR+Bi-like).
-# "pseudo_word": the image mapped to one token inside the caption (Pic2Word / SEARLE-like).
-# "image_only", "text_only", "late_fusion": the reference alone, the caption alone (auxiliary-prompt text
-# query), and the normalised sum of both.
-QUERY_MODES = ("sprc", "static_prompt", "pseudo_word", "image_only", "text_only", "late_fusion")
+# How a model forms its composed query ("sprc" is the method; the rest are baselines).
+QUERY_MODE_DESCRIPTIONS = {
+    "sprc": "composed query: sentence-level prompt from image + caption",
+    "static_prompt": "one learned prompt shared by all queries reads the image (BLIP4CIR+Bi-like)",
+    "pseudo_word": "the image as one pseudo-word inside the caption (Pic2Word/SEARLE-like)",
+    "image_only": "the reference alone",
+    "text_only": "the caption alone (auxiliary-prompt text query)",
+    "late_fusion": "normalised sum of the image-only and text-only queries",
+}
+QUERY_MODES = tuple(QUERY_MODE_DESCRIPTIONS)
 
 
 @dataclass

@@ -30,6 +30,7 @@ from PIL import Image, UnidentifiedImageError
 from threadpoolctl import threadpool_limits
 
 from cir_core.checkpoints import load_model, weights_fingerprint
+from cir_core.config import QUERY_MODE_DESCRIPTIONS
 from cir_core.explain import Explanation, RelevanceMap, Vocabulary, attention_maps, result_relevance
 from cir_core.index import GalleryIndex, GalleryIndexError
 from cir_core.index_build import gallery_items
@@ -343,13 +344,19 @@ class Engine:
         tokenize_ms = 1000 * (started - tokenize_started)
         reference_id, features, reference_image = self._reference(image, keep_image=explain)
         encoded = time.perf_counter()
+        sprc = self.model.config.query_mode == "sprc"
+        if explain and not sprc:
+            raise QueryError(f"explanations need a sentence-level prompt; this model's query mode is "
+                             f"{self.model.config.query_mode!r} (search without explanations)")
         with torch.inference_mode():
-            if explain:
-                prompt, attentions = self.model.sentence_prompt(features, caption_check.text, output_attentions=True)
-            else:
-                prompt, attentions = self.model.sentence_prompt(features, caption_check.text), None
-            prompted = time.perf_counter()
-            query = self.model.compose(prompt, caption_check.text)[0]  # (D,)
+            if sprc:
+                prompt, attentions = (self.model.sentence_prompt(features, caption_check.text, output_attentions=True)
+                                      if explain else (self.model.sentence_prompt(features, caption_check.text), None))
+                prompted = time.perf_counter()
+                query = self.model.compose(prompt, caption_check.text)[0]  # (D,)
+            else:  # a baseline checkpoint: its own query, no prompt stage
+                prompt, attentions, prompted = None, None, time.perf_counter()
+                query = self.model.compose_query(features, caption_check.text).query[0]
         composed = time.perf_counter()
         excluded = [reference_id] if exclude_reference and reference_id is not None else []
         hits = self._search(query, k, excluded)
@@ -381,7 +388,7 @@ class Engine:
           image), SPRC's own caption-only query, trained against the same targets;
         - image-only: the mean of the reference's own Q target vectors, renormalised,
           scored like any query (max over each gallery image's Q vectors): "more like this";
-        - sprc: the composed query.
+        - the model's composed query (named by its query mode, "sprc" for SPRC checkpoints).
         """
         k = self._check_k(k)
         if ground_truth_id is not None:
@@ -391,13 +398,12 @@ class Engine:
         with torch.inference_mode():
             text_query = self.model.auxiliary_query(caption_check.text)[0]
             image_query = F.normalize(self.model.target_vectors(features)[0].mean(dim=0), dim=-1)
-            sprc_query = self.model.compose(self.model.sentence_prompt(features, caption_check.text),
-                                            caption_check.text)[0]
+            composed_query = self.model.compose_query(features, caption_check.text).query[0]
         excluded = [reference_id] if exclude_reference and reference_id is not None else []
         methods = [
             ("text-only", "auxiliary-prompt query: learned prompt P' + caption, no image", text_query),
             ("image-only", "mean of the reference's own target vectors", image_query),
-            ("sprc", "composed query: sentence-level prompt from image + caption", sprc_query),
+            (self.model.config.query_mode, QUERY_MODE_DESCRIPTIONS[self.model.config.query_mode], composed_query),
         ]
         rankings = []
         for name, description, query in methods:

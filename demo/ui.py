@@ -128,7 +128,10 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
                 caption = gr.Textbox(label="Relative caption", placeholder="e.g. make the red circle large",
                                      max_lines=4, elem_id="caption")
                 top_k = gr.Slider(1, MAX_K, value=10, step=1, label="Top k")
-                explain = gr.Checkbox(value=True, label="Explanations (prompt tokens, attention, relevance)")
+                has_prompt = engine.model.config.query_mode == "sprc"  # baselines have no prompt to explain
+                explain = gr.Checkbox(value=has_prompt, interactive=has_prompt,
+                                      label="Explanations (prompt tokens, attention, relevance)"
+                                      + ("" if has_prompt else f": not for query mode {engine.model.config.query_mode}"))
                 search_button = gr.Button("Search", variant="primary", elem_id="search")
                 with gr.Accordion("Pick a reference from the gallery", open=False):
                     gallery_pick = gr.Dropdown(choices=engine.gallery_ids, label="Gallery image id",

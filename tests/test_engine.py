@@ -1,4 +1,5 @@
 """Engine: rankings against brute force, ground truth, caches, comparisons, failures, bad input."""
+import dataclasses
 import io
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -8,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+import cir_core
 from cir_core.checkpoints import CheckpointError, load_model
 from cir_core.data.shapes import read_shapes_split
 from cir_core.engine import VIEW_ANGLE_EDITS, Engine, QueryError, load_query_image
@@ -328,3 +330,21 @@ def test_partly_unknown_caption_is_accepted_with_a_note(engine):
     result = engine.search(engine.gallery_ids[0], "make it red 😀", k=3)
     assert any("unknown" in note for note in result.notes)
 
+
+
+def test_baseline_checkpoint_searches_with_its_own_query_mode(model, shapes_dir, cache_root, tmp_path):
+    baseline = cir_core.load_model(f"local-dir:{cir_core.save_model(model, tmp_path / 'same')}")
+    baseline.config = dataclasses.replace(baseline.config, query_mode="late_fusion")
+    baseline_engine = tiny_engine(cir_core.save_model(baseline, tmp_path / "late-fusion"), shapes_dir, cache_root)
+    reference = baseline_engine.gallery_ids[4]
+    result = baseline_engine.search(reference, CAPTION, k=3)
+    pixels = baseline_engine.transform(load_query_image(baseline_engine.gallery_path(reference))).unsqueeze(0)
+    expected = baseline.encode_query(pixels, CAPTION).query[0]
+    sprc = model.encode_query(pixels, CAPTION).query[0]
+    assert not torch.allclose(expected, sprc, atol=1e-3)  # the modes really differ on this model
+    assert np.allclose(result.query_vector, expected.numpy(), atol=TOLERANCE)
+    comparison = baseline_engine.compare(reference, CAPTION, k=3)
+    assert comparison.rankings[-1].name == "late_fusion"
+    assert [h.id for h in comparison.rankings[-1].hits] == [h.id for h in result.hits]
+    with pytest.raises(QueryError, match="query mode is 'late_fusion'"):
+        baseline_engine.search(reference, CAPTION, k=3, explain=True)
