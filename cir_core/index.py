@@ -99,6 +99,10 @@ class GalleryIndex:
             # IVF lists (ivfpq) or the quantized vectors (hnsw) stay on disk, memory-mapped.
             mapping = faiss.IO_FLAG_MMAP if self.kind == "ivfpq" else faiss.IO_FLAG_MMAP_IFC
             self._coarse = faiss.read_index(str(folder / COARSE_FILE), mapping)
+            if self.kind == "ivfpq":
+                quantizer = faiss.downcast_index(faiss.extract_index_ivf(self._coarse).quantizer)
+                if isinstance(quantizer, faiss.IndexHNSW):  # must list at least nprobe candidate lists
+                    quantizer.hnsw.efSearch = max(64, 4 * self.params.nprobe)
         expected = (self.count, self.num_query_tokens, self.dim)
         if self._store.shape != expected:
             raise GalleryIndexError(f"index {folder} is damaged: vectors have shape {self._store.shape}, "

@@ -58,12 +58,15 @@ class GalleryIndexError(ValueError):
     """An index folder that cannot be used; the message names the problem."""
 
 
+HNSW_QUANTIZER_LISTS = 1024  # ivfpq with more lists than this assigns vectors through an HNSW graph
+
+
 @dataclass
 class IndexParams:
     """How the vectors are indexed; the approximate kinds re-score candidates exactly."""
 
     kind: str = "flat"  # "flat" (exact), "ivfpq" or "hnsw" (approximate candidates, exact fp16 re-scoring)
-    nlist: int = 0  # IVF lists; 0 = a power of two near sqrt(N*Q), between 16 and 1024 (build time grows with it)
+    nlist: int = 0  # IVF lists; 0 = the power of two at or above sqrt(N*Q), between 16 and 16384
     nprobe: int = 16  # IVF lists visited per query
     pq_m: int = 0  # PQ sub-quantizers (bytes per vector at 8 bits); 0 = D // 8
     pq_bits: int = 8  # bits per PQ sub-quantizer code
@@ -88,7 +91,9 @@ class IndexParams:
 
     def resolved(self, num_vectors: int, dim: int) -> IndexParams:
         """A copy with the automatic (0) values replaced by those used for this many vectors."""
-        nlist = self.nlist or int(min(1024, max(16, 2 ** round(math.log2(math.sqrt(max(num_vectors, 1)))))))
+        # About sqrt(N*Q) lists keeps each list's share of the data (and so the PQ residuals)
+        # the same at every gallery size; with too few lists recall falls as N grows.
+        nlist = self.nlist or int(min(16384, max(16, 2 ** math.ceil(math.log2(math.sqrt(max(num_vectors, 1)))))))
         pq_m = self.pq_m or max(1, dim // 8)
         if dim % pq_m:
             raise ValueError(f"pq_m={pq_m} must divide the vector width D={dim}")
@@ -98,7 +103,10 @@ class IndexParams:
     def factory(self) -> str:
         """The faiss index_factory string of the approximate index (after `resolved`)."""
         if self.kind == "ivfpq":
-            return f"IVF{self.nlist},PQ{self.pq_m}x{self.pq_bits}"
+            # Past HNSW_QUANTIZER_LISTS lists, vectors find their list through an HNSW graph over the
+            # centroids instead of comparing with every centroid (which would dominate build time).
+            quantizer = "_HNSW32" if self.nlist > HNSW_QUANTIZER_LISTS else ""
+            return f"IVF{self.nlist}{quantizer},PQ{self.pq_m}x{self.pq_bits}"
         if self.kind == "hnsw":
             return f"HNSW{self.hnsw_m},SQ8"
         return "Flat"
@@ -320,6 +328,7 @@ def _write_coarse(path: Path, store_path: Path, params: IndexParams, progress: b
         # iterations (instead of 25) are enough.
         concrete.do_polysemous_training = False
         concrete.pq.cp.niter = 10
+        concrete.cp.niter = 10  # the coarse k-means too: candidates are re-scored, lists need not be optimal
     rng = np.random.default_rng(0)
     sample_rows = np.sort(rng.choice(total, size=params.train_size, replace=False))
     logger.info("training %s on %d of %d vectors", params.factory(), len(sample_rows), total)

@@ -12,7 +12,7 @@ from cir_core import index_build, index_store
 from cir_core.cli import main
 from cir_core.index import GalleryIndex, GalleryIndexError, GalleryItem, IndexParams
 from cir_core.index_bench import IndexBenchConfig, SyntheticGallery, run_index_benchmark
-from cir_core.index_store import FLAT_FILE, INFO_FILE, METADATA_FILE, IndexContents, write_index
+from cir_core.index_store import FLAT_FILE, HNSW_QUANTIZER_LISTS, INFO_FILE, METADATA_FILE, IndexContents, write_index
 from cir_core.transforms import ImageTransform
 
 
@@ -130,12 +130,19 @@ def test_vectors_and_score_all(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- compressed
-@pytest.mark.parametrize("kind", ["ivfpq", "hnsw"])
-def test_compressed_kinds_recall_and_exact_rescoring(tmp_path, kind):
+@pytest.mark.parametrize("kind, params", [
+    ("ivfpq", {}),
+    ("ivfpq", {"nlist": HNSW_QUANTIZER_LISTS + 64, "nprobe": 64}),  # lists found through an HNSW graph
+    ("hnsw", {"hnsw_m": 16, "ef_construction": 40}),
+])
+def test_compressed_kinds_recall_and_exact_rescoring(tmp_path, kind, params):
     gallery = SyntheticGallery(count=800, num_query_tokens=8, dim=32, seed=5)
     vectors = np.concatenate(list(gallery.chunks()))
-    index = _write(tmp_path / kind, vectors, kind=kind, candidates=60, hnsw_m=16, ef_construction=40)
+    index = _write(tmp_path / kind, vectors, kind=kind, candidates=60, **params)
     assert index.kind == kind and not (tmp_path / kind / FLAT_FILE).exists()
+    if "nlist" in params:
+        quantizer = faiss.downcast_index(faiss.extract_index_ivf(index._coarse).quantizer)
+        assert isinstance(quantizer, faiss.IndexHNSW) and quantizer.hnsw.efSearch >= params["nprobe"]
     recalls = []
     for query in gallery.queries(40):
         hits = index.search(query, 10)
