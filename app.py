@@ -42,6 +42,7 @@ def main(argv=None) -> int:
                 "or point CIR_MODEL / --model at another checkpoint." if args.model == DEFAULT_MODEL else "")
         print(f"cannot start the app: {error}{hint}", file=sys.stderr)
         return 2
+    engine.prepare_failures()  # background: ranks every benchmark query once (then cached on disk)
     from demo import launch
 
     launch(engine, examples_file=EXAMPLES_FILE, server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),

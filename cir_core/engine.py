@@ -12,6 +12,7 @@ ValueError whose message says what is wrong.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -263,8 +264,12 @@ class Engine:
     """A loaded model and gallery index; every method is safe to call from several threads."""
 
     def __init__(self, model: SPRCModel, index: GalleryIndex, benchmark_dir: str | Path | None = None,
-                 feature_cache_size: int = 256, num_threads: int = 1):
-        """`index` was built with `model`; `benchmark_dir`, a shapes folder, provides benchmark queries."""
+                 feature_cache_size: int = 256, num_threads: int = 1, cache_dir: str | Path | None = None):
+        """`index` was built with `model`; `benchmark_dir`, a shapes folder, provides benchmark queries.
+
+        `cache_dir` keeps computed failure lists across restarts (ranking every benchmark
+        query takes tens of seconds on a CPU); None keeps them in memory only.
+        """
         limit_threads(num_threads)
         self.model = model.eval()
         self.index = index
@@ -281,6 +286,7 @@ class Engine:
         self._benchmark: dict[str, list[BenchmarkQuery]] = {}
         self._failures: dict[str, list[FailureCase]] = {}
         self._failures_lock = threading.Lock()
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -306,6 +312,7 @@ class Engine:
                 gallery_data = default_shapes_gallery(cache_root, progress=progress)
             index = default_gallery_index(model, gallery_data, cache_root, progress)
         logger.info("engine ready: model %s, %d gallery images", model.config.name, len(index.ids))
+        kwargs.setdefault("cache_dir", cache_root / "failures")
         return cls(model, index, benchmark_dir=gallery_data, num_threads=num_threads, **kwargs)
 
     # ------------------------------------------------------------------ public API
@@ -439,10 +446,27 @@ class Engine:
         with self._failures_lock:  # held while computing: a second caller waits instead of recomputing
             failures = self._failures.get(split)
             if failures is None:
-                failures = self._failures[split] = self._compute_failures(split)
+                failures = self._load_failures(split)
+            if failures is None:
+                failures = self._compute_failures(split)
+                self._save_failures(split, failures)
+            self._failures[split] = failures
         keyword = (keyword or "").strip().lower()
         return [case for case in failures
                 if (not edit_type or case.query.edit == edit_type) and keyword in case.query.caption.lower()]
+
+    def prepare_failures(self, split: str = "test") -> threading.Thread:
+        """Compute (or read from the cache) the failure list in a background thread, so that the
+        first look at the failure-inspection view does not wait for it."""
+        def work():
+            try:
+                self.failure_cases(split=split)
+            except Exception:  # never take the server down; the view reports the error when opened
+                logger.exception("preparing the failure list failed")
+
+        thread = threading.Thread(target=work, name="prepare-failures", daemon=True)
+        thread.start()
+        return thread
 
     # ------------------------------------------------------------------ internals
     def _row(self, image_id: str) -> int:
@@ -521,6 +545,43 @@ class Engine:
                 self._vocabulary = Vocabulary(self.model)
                 self._auxiliary_tokens = self._vocabulary.nearest(self.model.prompt_tokens[0])
             return self._vocabulary, self._auxiliary_tokens
+
+    def _failures_file(self, split: str) -> Path | None:
+        """Where the failure list of this model, index and benchmark split is cached (None: not cached)."""
+        split_file = self.benchmark_dir / f"{split}.json" if self.benchmark_dir is not None else None
+        if self.cache_dir is None or split_file is None or not split_file.is_file():
+            return None
+        key = json.dumps([weights_fingerprint(self.model), self.index.info.get("files"), split,
+                          hashlib.sha256(split_file.read_bytes()).hexdigest()], sort_keys=True)
+        return self.cache_dir / f"{self.model.config.name}-{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+    def _load_failures(self, split: str) -> list[FailureCase] | None:
+        path = self._failures_file(split)
+        if path is None or not path.is_file():
+            return None
+        queries = {q.pairid: q for q in self.benchmark_queries(split)}
+        try:
+            rows = json.loads(path.read_text())["cases"]
+            return [FailureCase(query=queries[row["pairid"]], rank=int(row["rank"]),
+                                target_score=float(row["target_score"]), top_id=str(row["top_id"]),
+                                top_score=float(row["top_score"])) for row in rows]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            logger.warning("recomputing the failure list: cached %s is unusable (%s)", path, error)
+            return None
+
+    def _save_failures(self, split: str, failures: list[FailureCase]) -> None:
+        path = self._failures_file(split)
+        if path is None:
+            return
+        rows = [{"pairid": case.query.pairid, "rank": case.rank, "target_score": case.target_score,
+                 "top_id": case.top_id, "top_score": case.top_score} for case in failures]
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            staging.write_text(json.dumps({"split": split, "cases": rows}))
+            os.replace(staging, path)  # readers never see a half-written list
+        except OSError as error:
+            logger.warning("could not cache the failure list in %s: %s", path.parent, error)
 
     def _compute_failures(self, split_name: str) -> list[FailureCase]:
         """Rank every benchmark query against this index and keep the misses (the shapes protocol's ranks)."""

@@ -1,6 +1,7 @@
 """Engine: rankings against brute force, ground truth, caches, comparisons, failures, bad input."""
 import dataclasses
 import io
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -216,6 +217,28 @@ def test_benchmark_queries_and_failure_cases(engine, shapes_dir):
     word = failures[0].query.caption.split()[0]
     assert all(word in f.query.caption for f in engine.failure_cases(keyword=word.upper()))
     assert engine.failure_cases(keyword="no such words here") == []
+
+
+def test_failure_list_is_cached_on_disk_and_survives_a_restart(checkpoint, shapes_dir, cache_root, engine,
+                                                                  monkeypatch):
+    expected = engine.failure_cases()
+    files = list((cache_root / "failures").glob("*.json"))
+    assert len(files) == 1
+    restarted = tiny_engine(checkpoint, shapes_dir, cache_root)
+
+    def must_not_rank(*args):
+        raise AssertionError("the cached failure list should have been used")
+
+    monkeypatch.setattr(restarted, "_compute_failures", must_not_rank)
+    restarted.prepare_failures().join(timeout=60)
+    assert restarted._failures["test"] == expected
+    assert restarted.failure_cases() == expected
+    # A damaged cache file is recomputed (and rewritten), never an error.
+    files[0].write_text("{not json")
+    monkeypatch.undo()
+    again = tiny_engine(checkpoint, shapes_dir, cache_root)
+    assert again.failure_cases() == expected
+    assert json.loads(files[0].read_text())["cases"]
 
 
 # ---------------------------------------------------------------------- construction
