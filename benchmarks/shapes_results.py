@@ -32,6 +32,7 @@ TRAINED = {
     "align_0": ("SPRC, alignment weight 0", {"model.overrides.loss.align_weight": "0.0"}),
     "align_0.8": ("SPRC, alignment weight 0.8", {"model.overrides.loss.align_weight": "0.8"}),
 }
+READING_MARKER = "## Reading the table"  # hand-written commentary starts here in the output
 # Query modes evaluated on the embedded default's weights without training.
 INFERENCE_BASELINES = {
     "image_only": "image only (reference's own vectors)",
@@ -182,7 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     figures = out.parent / "figures"
     plot(rows, figures)
-    out.write_text(write_markdown(rows, args, figures))
+    # The commentary after READING_MARKER is written by hand: keep it across regenerations.
+    previous = out.read_text() if out.is_file() else ""
+    commentary = previous[previous.index(READING_MARKER):] if READING_MARKER in previous else ""
+    out.write_text(write_markdown(rows, args, figures) + ("\n" + commentary if commentary else ""))
     (out.parent / "results.json").write_text(json.dumps(rows, indent=2))
     print(out.read_text())
     return 0
