@@ -19,6 +19,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -231,20 +232,15 @@ def _encode_missing(model, batches: list[list[GalleryItem]], work: Path, dtype, 
     transform = ImageTransform(model.config.preprocess)
     pending = [number for number in range(len(batches)) if not (work / f"{_batch_name(number)}.json").is_file()]
     total = sum(len(batch) for batch in batches)
+    # Files of the next batch are decoded on another thread while the model encodes this one
+    # (decoding is a third of the work for small images; the model may hold a single thread).
     with tqdm(total=total, initial=total - sum(len(batches[n]) for n in pending), desc="encoding gallery", unit="img",
-              disable=not progress) as bar:
-        for number in pending:
-            batch = batches[number]
-            pixels, kept, sizes, skipped = [], [], [], []
-            for position, item in enumerate(batch):
-                try:
-                    tensor, size = _read_image(item.path, transform)
-                except _UNREADABLE as error:
-                    skipped.append({"id": item.id, "path": str(item.path), "reason": f"{type(error).__name__}: {error}"})
-                    continue
-                pixels.append(tensor)
-                kept.append(position)
-                sizes.append(size)
+              disable=not progress) as bar, ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as reader:
+        upcoming = reader.submit(_read_batch, batches[pending[0]], transform) if pending else None
+        for position, number in enumerate(pending):
+            pixels, kept, sizes, skipped = upcoming.result()
+            if position + 1 < len(pending):
+                upcoming = reader.submit(_read_batch, batches[pending[position + 1]], transform)
             if pixels:
                 vectors = _encode_batch(model, torch.stack(pixels)).astype(dtype)
             else:
@@ -255,7 +251,22 @@ def _encode_missing(model, batches: list[list[GalleryItem]], work: Path, dtype, 
             os.replace(work / f"{name}.npy.tmp", work / f"{name}.npy")
             # The JSON marks the batch finished, so it is written after its vectors.
             _write_atomic(work / f"{name}.json", json.dumps({"kept": kept, "sizes": sizes, "skipped": skipped}).encode())
-            bar.update(len(batch))
+            bar.update(len(batches[number]))
+
+
+def _read_batch(batch: list[GalleryItem], transform: ImageTransform):
+    """Decoded pixels of the readable items, their positions in the batch and sizes, and the skipped ones."""
+    pixels, kept, sizes, skipped = [], [], [], []
+    for position, item in enumerate(batch):
+        try:
+            tensor, size = _read_image(item.path, transform)
+        except _UNREADABLE as error:
+            skipped.append({"id": item.id, "path": str(item.path), "reason": f"{type(error).__name__}: {error}"})
+            continue
+        pixels.append(tensor)
+        kept.append(position)
+        sizes.append(size)
+    return pixels, kept, sizes, skipped
 
 
 def _read_image(path: str | Path, transform: ImageTransform) -> tuple[torch.Tensor, list[int]]:
