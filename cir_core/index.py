@@ -102,7 +102,7 @@ class GalleryIndex:
             if self.kind == "ivfpq":
                 quantizer = faiss.downcast_index(faiss.extract_index_ivf(self._coarse).quantizer)
                 if isinstance(quantizer, faiss.IndexHNSW):  # must list at least nprobe candidate lists
-                    quantizer.hnsw.efSearch = max(64, 4 * self.params.nprobe)
+                    quantizer.hnsw.efSearch = max(64, self.params.nprobe)
         expected = (self.count, self.num_query_tokens, self.dim)
         if self._store.shape != expected:
             raise GalleryIndexError(f"index {folder} is damaged: vectors have shape {self._store.shape}, "

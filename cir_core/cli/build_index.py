@@ -23,9 +23,9 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--kind", choices=("flat", "hnsw", "ivfpq"), default="flat",
                         help="flat: exact search; hnsw/ivfpq: approximate candidates re-scored exactly (large galleries)")
-    parser.add_argument("--candidates", type=int, help="hnsw/ivfpq: images re-scored exactly per query (default 400)")
+    parser.add_argument("--candidates", type=int, help="hnsw/ivfpq: images re-scored exactly per query (default 200)")
     parser.add_argument("--nlist", type=int, help="ivfpq: IVF lists (default: a power of two near sqrt(N*Q), <= 1024)")
-    parser.add_argument("--nprobe", type=int, help="ivfpq: lists visited per query (default 16)")
+    parser.add_argument("--nprobe", type=int, help="ivfpq: lists visited per query (default nlist // 20, at least 16)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--no-resume", action="store_true", help="discard the encoded batches of an interrupted build")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
