@@ -3,7 +3,8 @@
     python app.py [--model URI] [--index DIR] [--gallery DIR]
 
 Environment: CIR_MODEL, CIR_INDEX, CIR_GALLERY (flags win), GRADIO_SERVER_NAME (default
-127.0.0.1), GRADIO_SERVER_PORT (default 7860). Models are `local-dir:PATH` or
+127.0.0.1), GRADIO_SERVER_PORT (default 7860), CIR_PREPARE_FAILURES=0 (do not rank the
+benchmark queries for the failure view in the background at start). Models are `local-dir:PATH` or
 `hf-hub:org/name` URIs. The default is the embedded shapes-mini model with the shapes
 benchmark's test gallery (assets/shapes when shipped, else data/shapes as written by
 `cir data shapes --out data/shapes`, else generated once with seed 0), indexed on first start.
@@ -42,7 +43,8 @@ def main(argv=None) -> int:
                 "or point CIR_MODEL / --model at another checkpoint." if args.model == DEFAULT_MODEL else "")
         print(f"cannot start the app: {error}{hint}", file=sys.stderr)
         return 2
-    engine.prepare_failures()  # background: ranks every benchmark query once (then cached on disk)
+    if os.environ.get("CIR_PREPARE_FAILURES", "1") != "0":
+        engine.prepare_failures()  # background: ranks every benchmark query once (then cached on disk)
     from demo import launch
 
     launch(engine, examples_file=EXAMPLES_FILE, server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),

@@ -58,7 +58,8 @@ def query_image(path: Path) -> str:
 
 
 def start_app(model: str, gallery: Path | None, cache: Path, port: int) -> subprocess.Popen:
-    env = dict(os.environ, CIR_MODEL=model, CIR_CACHE=str(cache), GRADIO_SERVER_PORT=str(port),
+    # The failure view's background ranking is switched off: it would share the CPU with the timed requests.
+    env = dict(os.environ, CIR_MODEL=model, CIR_CACHE=str(cache), GRADIO_SERVER_PORT=str(port), CIR_PREPARE_FAILURES="0",
                GRADIO_SERVER_NAME="127.0.0.1", GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
     if gallery is not None:
         env["CIR_GALLERY"] = str(gallery)
