@@ -371,3 +371,16 @@ def test_baseline_checkpoint_searches_with_its_own_query_mode(model, shapes_dir,
     assert [h.id for h in comparison.rankings[-1].hits] == [h.id for h in result.hits]
     with pytest.raises(QueryError, match="query mode is 'late_fusion'"):
         baseline_engine.search(reference, CAPTION, k=3, explain=True)
+
+
+def test_bf16_queries_stay_close_to_fp32_and_explanations_stay_fp32(checkpoint, shapes_dir, cache_root, engine):
+    fast = tiny_engine(checkpoint, shapes_dir, cache_root, query_precision="bf16")
+    reference = engine.gallery_ids[3]
+    exact, quick = engine.search(reference, CAPTION, k=5), fast.search(reference, CAPTION, k=5)
+    assert quick.query_vector.dtype == np.float32
+    assert 0.99 < float(np.dot(exact.query_vector, quick.query_vector)) <= 1.0 + 1e-5
+    assert not np.array_equal(exact.query_vector, quick.query_vector)  # the bf16 copy really ran
+    explained, fast_explained = (e.search(reference, CAPTION, k=5, explain=True) for e in (engine, fast))
+    np.testing.assert_array_equal(explained.query_vector, fast_explained.query_vector)
+    with pytest.raises(ValueError, match="query_precision"):
+        tiny_engine(checkpoint, shapes_dir, cache_root, query_precision="int8")
