@@ -11,7 +11,6 @@ are changed in memory only; the index folder is not modified.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -24,10 +23,16 @@ K = 10
 
 
 def parse_settings(text: str) -> list[tuple[int, int]]:
+    """'16:400,384:200' -> [(16, 400), (384, 200)]; ValueError with the offending part otherwise."""
     settings = []
     for part in text.split(","):
-        nprobe, candidates = part.split(":")
-        settings.append((int(nprobe), int(candidates)))
+        try:
+            nprobe, candidates = (int(value) for value in part.split(":"))
+        except ValueError:
+            raise ValueError(f"--settings takes nprobe:candidates pairs such as 16:400, got {part!r}") from None
+        if nprobe < 1 or candidates < 1:
+            raise ValueError(f"--settings values must be at least 1, got {part!r}")
+        settings.append((nprobe, candidates))
     return settings
 
 
@@ -38,10 +43,17 @@ def main(argv=None) -> int:
     parser.add_argument("--settings", default="16:400,64:400,128:400,256:200,384:200,512:200",
                         help="comma-separated nprobe:candidates pairs (nprobe is ignored by hnsw)")
     args = parser.parse_args(argv)
+    try:
+        settings = parse_settings(args.settings)
+    except ValueError as error:
+        parser.error(str(error))
 
-    from cir_core.index import GalleryIndex
+    from cir_core.index import GalleryIndex, GalleryIndexError
 
-    index = GalleryIndex.load(args.index, verify=False)
+    try:
+        index = GalleryIndex.load(args.index, verify=False)
+    except (GalleryIndexError, FileNotFoundError) as error:
+        parser.error(f"cannot load {args.index}: {error}")
     if index.kind == "flat":
         parser.error("a flat index is exact; nothing to sweep")
     queries = np.load(args.queries).astype(np.float32)
@@ -51,13 +63,9 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
-    quantizer = (faiss.downcast_index(faiss.extract_index_ivf(index._coarse).quantizer)
-                 if index.kind == "ivfpq" else None)
     print(f"\n| nprobe | candidates | p50 ms | p95 ms | recall@{K} |\n|---:|---:|---:|---:|---:|")
-    for nprobe, candidates in parse_settings(args.settings):
-        index.params = dataclasses.replace(index.params, nprobe=nprobe, candidates=candidates)
-        if isinstance(quantizer, faiss.IndexHNSW):
-            quantizer.hnsw.efSearch = max(64, nprobe)  # as GalleryIndex.load sets it
+    for nprobe, candidates in settings:
+        index.set_search_params(nprobe=nprobe, candidates=candidates)
         index.search(queries[0], K)  # warm-up
         latencies, recalls = [], []
         for query, exact in zip(queries, truth):

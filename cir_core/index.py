@@ -19,6 +19,7 @@ see `index_store` for the folder layout) and answers:
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import mmap
 import threading
@@ -99,14 +100,25 @@ class GalleryIndex:
             # IVF lists (ivfpq) or the quantized vectors (hnsw) stay on disk, memory-mapped.
             mapping = faiss.IO_FLAG_MMAP if self.kind == "ivfpq" else faiss.IO_FLAG_MMAP_IFC
             self._coarse = faiss.read_index(str(folder / COARSE_FILE), mapping)
-            if self.kind == "ivfpq":
-                quantizer = faiss.downcast_index(faiss.extract_index_ivf(self._coarse).quantizer)
-                if isinstance(quantizer, faiss.IndexHNSW):  # must list at least nprobe candidate lists
-                    quantizer.hnsw.efSearch = max(64, self.params.nprobe)
+            self.set_search_params()
         expected = (self.count, self.num_query_tokens, self.dim)
         if self._store.shape != expected:
             raise GalleryIndexError(f"index {folder} is damaged: vectors have shape {self._store.shape}, "
                                     f"info.json says {expected}")
+
+    def set_search_params(self, nprobe: int | None = None, candidates: int | None = None) -> None:
+        """Search-time settings of an approximate index (in memory; the folder is not changed).
+
+        Call before serving: searches running meanwhile may see either setting.
+        """
+        changes = {name: value for name, value in (("nprobe", nprobe), ("candidates", candidates)) if value is not None}
+        if any(value < 1 for value in changes.values()):
+            raise ValueError(f"nprobe and candidates must be at least 1, got {changes}")
+        self.params = dataclasses.replace(self.params, **changes)
+        if self.kind == "ivfpq":
+            quantizer = faiss.downcast_index(faiss.extract_index_ivf(self._coarse).quantizer)
+            if isinstance(quantizer, faiss.IndexHNSW):  # must list at least nprobe candidate lists
+                quantizer.hnsw.efSearch = max(64, self.params.nprobe)
 
     # ------------------------------------------------------------------ construction
     @classmethod

@@ -1,5 +1,6 @@
 """GalleryIndex: exactness against brute force, compressed recall, atomic resumable builds, refusals, CLIs."""
 import json
+from pathlib import Path
 
 import faiss
 import numpy as np
@@ -411,3 +412,31 @@ def test_synthetic_gallery_is_deterministic_and_unit_norm():
     np.testing.assert_allclose(np.linalg.norm(first, axis=-1), 1.0, atol=1e-5)
     queries = SyntheticGallery(count=2100, num_query_tokens=4, dim=16, seed=3).queries(7)
     assert queries.shape == (7, 16)
+
+
+def test_search_params_and_the_sweep_script(tmp_path, capsys):
+    import importlib.util
+
+    gallery = SyntheticGallery(count=800, num_query_tokens=8, dim=32, seed=5)
+    vectors = np.concatenate(list(gallery.chunks()))
+    index = _write(tmp_path / "ivfpq", vectors, kind="ivfpq", candidates=60)
+    index.set_search_params(nprobe=3, candidates=40)
+    assert (index.params.nprobe, index.params.candidates) == (3, 40)
+    with pytest.raises(ValueError, match="at least 1"):
+        index.set_search_params(candidates=0)
+    spec = importlib.util.spec_from_file_location("sweep_index", Path(__file__).parents[1] / "benchmarks" / "sweep_index.py")
+    sweep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    np.save(tmp_path / "queries.npy", gallery.queries(8))
+    common = ["--index", str(tmp_path / "ivfpq"), "--queries", str(tmp_path / "queries.npy")]
+    assert sweep.main(common + ["--settings", "1:20,16:60"]) == 0
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| 1") and "recall" not in line]
+    assert [(int(row[1]), int(row[2])) for row in rows] == [(1, 20), (16, 60)]
+    assert all(0.0 <= float(row[5]) <= 1.0 for row in rows) and float(rows[1][5]) >= float(rows[0][5])
+    for bad in ("16", "a:b", "0:10"):
+        with pytest.raises(SystemExit):
+            sweep.main(common + ["--settings", bad])
+        assert "--settings" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sweep.main(["--index", str(tmp_path / "missing"), "--queries", str(tmp_path / "queries.npy")])
+    assert "cannot load" in capsys.readouterr().err
