@@ -457,11 +457,13 @@ class Engine:
         """Benchmark queries whose target is not first: view-angle edits first, then worst rank first."""
         with self._failures_lock:  # held while computing: a second caller waits instead of recomputing
             failures = self._failures.get(split)
-            if failures is None:
-                failures = self._load_failures(split)
+            cached = self._failures_file(split) if failures is None else None  # hashes the weights: once
+            if failures is None and cached is not None:
+                failures = self._load_failures(cached, split)
             if failures is None:
                 failures = self._compute_failures(split)
-                self._save_failures(split, failures)
+                if cached is not None:
+                    self._save_failures(cached, split, failures)
             self._failures[split] = failures
         keyword = (keyword or "").strip().lower()
         return [case for case in failures
@@ -567,9 +569,8 @@ class Engine:
                           hashlib.sha256(split_file.read_bytes()).hexdigest()], sort_keys=True)
         return self.cache_dir / f"{self.model.config.name}-{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
-    def _load_failures(self, split: str) -> list[FailureCase] | None:
-        path = self._failures_file(split)
-        if path is None or not path.is_file():
+    def _load_failures(self, path: Path, split: str) -> list[FailureCase] | None:
+        if not path.is_file():
             return None
         queries = {q.pairid: q for q in self.benchmark_queries(split)}
         try:
@@ -581,10 +582,7 @@ class Engine:
             logger.warning("recomputing the failure list: cached %s is unusable (%s)", path, error)
             return None
 
-    def _save_failures(self, split: str, failures: list[FailureCase]) -> None:
-        path = self._failures_file(split)
-        if path is None:
-            return
+    def _save_failures(self, path: Path, split: str, failures: list[FailureCase]) -> None:
         rows = [{"pairid": case.query.pairid, "rank": case.rank, "target_score": case.target_score,
                  "top_id": case.top_id, "top_score": case.top_score} for case in failures]
         try:
