@@ -35,6 +35,10 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    prepare_failures = os.environ.get("CIR_PREPARE_FAILURES", "1")
+    if prepare_failures not in ("0", "1"):
+        print(f"cannot start the app: CIR_PREPARE_FAILURES must be 0 or 1, got {prepare_failures!r}", file=sys.stderr)
+        return 2
     gallery = args.gallery or next((folder for folder in SHAPES_FOLDERS if (folder / "info.json").is_file()), None)
     try:
         engine = Engine.from_uris(args.model, index_dir=args.index, gallery_data=gallery)
@@ -43,7 +47,7 @@ def main(argv=None) -> int:
                 "or point CIR_MODEL / --model at another checkpoint." if args.model == DEFAULT_MODEL else "")
         print(f"cannot start the app: {error}{hint}", file=sys.stderr)
         return 2
-    if os.environ.get("CIR_PREPARE_FAILURES", "1") != "0":
+    if prepare_failures == "1":
         engine.prepare_failures()  # background: ranks every benchmark query once (then cached on disk)
     from demo import launch
 

@@ -132,6 +132,14 @@ def test_app_reports_a_missing_default_model_clearly(tmp_path, monkeypatch, caps
     assert not (tmp_path / "cache").exists()  # failed before generating or indexing a gallery
 
 
+def test_app_rejects_a_bad_failure_preparation_setting(monkeypatch, capsys):
+    app = load_app_module()
+    monkeypatch.setenv("CIR_PREPARE_FAILURES", "yes")
+    monkeypatch.setattr(app.Engine, "from_uris", lambda *a, **k: pytest.fail("must fail before loading anything"))
+    assert app.main([]) == 2
+    assert "CIR_PREPARE_FAILURES must be 0 or 1, got 'yes'" in capsys.readouterr().err
+
+
 def test_app_reads_model_index_and_gallery_from_env_and_flags(monkeypatch):
     app = load_app_module()
     monkeypatch.setenv("CIR_MODEL", "hf-hub:org/model")
