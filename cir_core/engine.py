@@ -359,13 +359,13 @@ class Engine:
         caption_check = check_caption(self.model, caption)  # before the image: bad captions fail fast
         started = time.perf_counter()
         tokenize_ms = 1000 * (started - tokenize_started)
-        reference_id, features, reference_image = self._reference(image, keep_image=explain)
-        encoded = time.perf_counter()
         sprc = self.model.config.query_mode == "sprc"
         if explain and not sprc:
             raise QueryError(f"explanations need a sentence-level prompt; this model's query mode is "
                              f"{self.model.config.query_mode!r} (search without explanations)")
         model = self._bf16_model if self._bf16_model is not None and not explain else self.model
+        reference_id, features, reference_image = self._reference(image, keep_image=explain, model=model)
+        encoded = time.perf_counter()
         features = features.to(model.query_tokens.dtype)
         with torch.inference_mode():
             if sprc:
@@ -498,8 +498,13 @@ class Engine:
             raise QueryError(f"k must be at least 1, got {k}")
         return min(k, len(self._row_of))
 
-    def _reference(self, image, keep_image: bool) -> tuple[str | None, torch.Tensor, Image.Image | None]:
-        """(gallery id or None, vision features (1, T, W), the RGB image when asked for)."""
+    def _reference(self, image, keep_image: bool, model: SPRCModel | None = None
+                   ) -> tuple[str | None, torch.Tensor, Image.Image | None]:
+        """(gallery id or None, vision features (1, T, W), the RGB image when asked for).
+
+        An uploaded image goes through `model`'s vision encoder (default: the fp32 model);
+        gallery images come from the feature cache, filled by the fp32 model.
+        """
         if image is None:
             raise QueryError("no reference image: upload one or pick one from the gallery")
         if isinstance(image, str) and image in self._row_of:
@@ -508,8 +513,10 @@ class Engine:
         if isinstance(image, (str, Path)) and not Path(image).is_file():
             raise QueryError(f"{str(image)!r} is neither a gallery image id nor an existing image file")
         rgb = load_query_image(image)
+        model = model if model is not None else self.model
         with torch.inference_mode():
-            features = self.model.vision_features(self.transform(rgb).unsqueeze(0))
+            pixels = self.transform(rgb).unsqueeze(0).to(model.query_tokens.dtype)
+            features = model.vision_features(pixels)
         return None, features, rgb if keep_image else None
 
     def _gallery_features(self, image_id: str) -> torch.Tensor:

@@ -51,6 +51,8 @@ class SPRCLossOutput:
     rtc: torch.Tensor  # () auxiliary-prompt query -> target cross-entropy
     align: torch.Tensor  # () MSE(mean P, mean P'.detach())
     logits: torch.Tensor  # (B, B + H) query x (target + negative) similarities divided by temp
+    query: torch.Tensor | None = None  # (B, D) composed queries, for auxiliary heads
+    targets: torch.Tensor | None = None  # (B + H, Q, D) target (and negative) vectors, for auxiliary heads
 
 
 def _vision_hf_config(config: SPRCConfig) -> Blip2VisionConfig:
@@ -293,11 +295,13 @@ class SPRCModel(nn.Module):
         weights = self.config.loss
         if self.config.query_mode != "sprc":
             zero = itc.new_zeros(())
-            return SPRCLossOutput(loss=weights.itc_weight * itc, itc=itc, rtc=zero, align=zero, logits=logits)
+            return SPRCLossOutput(loss=weights.itc_weight * itc, itc=itc, rtc=zero, align=zero, logits=logits,
+                                  query=encoding.query, targets=targets)
         auxiliary = self.auxiliary_query(text)
         rtc = F.cross_entropy(self.score(auxiliary, targets) / self.temp, labels)
         prompt_mean = encoding.prompt.mean(dim=1)  # (B, H)
         auxiliary_mean = self.prompt_tokens.mean(dim=1).detach().expand_as(prompt_mean)
         align = F.mse_loss(prompt_mean, auxiliary_mean.to(prompt_mean.dtype))
         loss = weights.itc_weight * itc + weights.rtc_weight * rtc + weights.align_weight * align
-        return SPRCLossOutput(loss=loss, itc=itc, rtc=rtc, align=align, logits=logits)
+        return SPRCLossOutput(loss=loss, itc=itc, rtc=rtc, align=align, logits=logits,
+                              query=encoding.query, targets=targets)

@@ -26,7 +26,7 @@ from cir_core.checkpoints import load_model, save_model
 from cir_core.config import apply_overrides, load_preset
 from cir_core.data.triplets import Triplet, TripletSplit
 from cir_core.model import SPRCModel
-from cir_core.region_supervision import RegionHead
+from cir_core.region_supervision import RegionHead, SceneHeads
 from cir_core.train_config import TrainConfig
 from cir_core.transforms import ImageTransform, to_rgb
 
@@ -42,7 +42,8 @@ def read_split(config: TrainConfig, split: str, for_training: bool = False) -> T
     if data.kind == "shapes":
         from cir_core.data.shapes import read_shapes_split
 
-        return read_shapes_split(data.root, split, with_region_labels=for_training and config.region_weight > 0,
+        wants_labels = config.region_weight > 0 or config.scene_weight > 0
+        return read_shapes_split(data.root, split, with_region_labels=for_training and wants_labels,
                                  with_hard_negatives=for_training and config.hard_negatives > 0)
     if data.kind == "cirr":
         from cir_core.data.cirr import read_cirr
@@ -263,14 +264,17 @@ class Trainer:
         self.transform = ImageTransform(self.model.config.preprocess)
         self.train_split = read_split(config, config.data.train_split, for_training=True)
         self.region_head = self._region_head()
+        self.scene_heads = self._scene_heads()
         self.val_split = self._validation_split()
         self.images = ImageStore(self.train_split, self.transform, config.data.cache_images, config.progress)
         self.sampler = TripletSampler(self.train_split.triplets, config.batch_size, config.edits_per_reference,
                                       config.seed)
         self.caption_rng = random.Random(config.seed + 1)
         groups = parameter_groups(self.model, config, pretrained)
-        if self.region_head is not None:
-            groups.append({"params": list(self.region_head.parameters()), "lr": config.optim.lr, "weight_decay": 0.0})
+        for head in (self.region_head, self.scene_heads):
+            if head is not None:
+                groups.append({"params": list(head.parameters()), "lr": config.optim.head_lr or config.optim.lr,
+                               "weight_decay": 0.0})
         self.optimizer = torch.optim.AdamW(groups,
                                            betas=tuple(config.optim.betas), eps=config.optim.eps)
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -281,14 +285,28 @@ class Trainer:
         if resume:
             self._resume()
 
+    def _labelled_split(self, option: str):
+        split = self.train_split
+        if not split.region_labels:
+            raise ValueError(f"{option} is set but {split.name} provides no region labels")
+        return split
+
     def _region_head(self) -> RegionHead | None:
         if self.config.region_weight <= 0:
             return None
-        split = self.train_split
-        if not split.region_labels:
-            raise ValueError(f"region_weight is set but {split.name} provides no region labels")
-        head = RegionHead(self.model.config.vision.hidden_size, split.region_grid, split.region_classes)
+        split = self._labelled_split("region_weight")
+        vision = self.model.config.vision
+        side = vision.image_size // vision.patch_size if self.config.locate_patches else 0
+        head = RegionHead(vision.hidden_size, split.region_grid, split.region_classes, locate_side=side)
         return head.to(self.config.device)
+
+    def _scene_heads(self) -> SceneHeads | None:
+        if self.config.scene_weight <= 0:
+            return None
+        split = self._labelled_split("scene_weight")
+        config = self.model.config
+        heads = SceneHeads(config.embed_dim, config.qformer.num_query_tokens, split.region_grid, split.region_classes)
+        return heads.to(self.config.device)
 
     def _validation_split(self):
         if not self.config.data.val_split or self.config.eval_every <= 0:
@@ -311,21 +329,27 @@ class Trainer:
         negative_ids = self._hard_negatives(triplets)
         negatives = self.images.batch(negative_ids).to(self.config.device) if negative_ids else None
         extra = {}
+        batch = len(triplets)
+        labels = None
+        if self.region_head is not None or self.scene_heads is not None:
+            ids = [t.reference for t in triplets] + [t.target for t in triplets]
+            labels = torch.stack([self.train_split.region_labels[i] for i in ids]).to(self.config.device)
         with self._autocast():
             if self.region_head is None:
                 out = self.model(reference, captions, target, negatives=negatives)
                 loss = out.loss
             else:
-                batch = len(triplets)
                 pixels = torch.cat([reference, target] + ([negatives] if negatives is not None else []))
                 features = self.model.vision_features(pixels)  # (2B + H, T, W)
-                ids = [t.reference for t in triplets] + [t.target for t in triplets]
-                labels = torch.stack([self.train_split.region_labels[i] for i in ids]).to(self.config.device)
                 region = self.region_head.loss(features[:2 * batch], labels)
                 out = self.model(features[:batch], captions, features[batch:2 * batch],
                                  negatives=features[2 * batch:] if negatives is not None else None)
                 loss = out.loss + self.config.region_weight * region
                 extra["region"] = float(region.detach())
+            if self.scene_heads is not None:
+                scene = self.scene_heads.loss(out.query, out.targets[:batch], labels[batch:])
+                loss = loss + self.config.scene_weight * scene
+                extra["scene"] = float(scene.detach())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.optim.clip_grad_norm > 0:
@@ -407,7 +431,8 @@ class Trainer:
         state = {"step": self.step, "best": self.best, "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
                  "sampler": self.sampler.state_dict(), "caption_rng": self.caption_rng.getstate(),
-                 "region_head": self.region_head.state_dict() if self.region_head is not None else None}
+                 "region_head": self.region_head.state_dict() if self.region_head is not None else None,
+                 "scene_heads": self.scene_heads.state_dict() if self.scene_heads is not None else None}
         tmp = folder / (TRAINER_STATE_FILE + ".tmp")
         torch.save(state, tmp)
         tmp.replace(folder / TRAINER_STATE_FILE)
@@ -425,8 +450,9 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         self.sampler.load_state_dict(state["sampler"])
         self.caption_rng.setstate(state["caption_rng"])
-        if self.region_head is not None and state.get("region_head") is not None:
-            self.region_head.load_state_dict(state["region_head"])
+        for name, head in (("region_head", self.region_head), ("scene_heads", self.scene_heads)):
+            if head is not None and state.get(name) is not None:
+                head.load_state_dict(state[name])
         self.step, self.best = state["step"], state["best"]
         logger.info("resumed from %s at step %d", folder, self.step)
 

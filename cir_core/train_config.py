@@ -48,6 +48,7 @@ class OptimConfig:
     eps: float = 1e-7  # AdamW epsilon
     pct_start: float = 0.1  # OneCycle warm-up share
     clip_grad_norm: float = 1.0  # gradient clipping (0 = off)
+    head_lr: float = 0.0  # peak learning rate of training-only auxiliary heads (0 = lr)
     freeze_vision: bool = False  # official: the ViT is frozen (ln_vision stays trainable)
     freeze_word_embeddings: bool = True  # keep the pretrained vocabulary table fixed
 
@@ -67,6 +68,8 @@ class TrainConfig:
     checkpoint_every: int = 500  # steps between resumable checkpoints
     hard_negatives: int = 0  # extra look-alike negative targets per batch (datasets that list them)
     region_weight: float = 0.0  # weight of the auxiliary per-region vision loss (datasets with region labels)
+    locate_patches: bool = False  # the region head also makes every patch token say where it is
+    scene_weight: float = 0.0  # weight of decoding the target scene from query and target vectors (region labels)
     best_metric: str = ""  # flat validation metric deciding the best checkpoint ("" = the dataset's headline)
     precision: str = "bf16"  # "bf16" autocast or "fp32"
     num_threads: int = 0  # torch threads (0 = leave torch's default)

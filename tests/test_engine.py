@@ -382,5 +382,11 @@ def test_bf16_queries_stay_close_to_fp32_and_explanations_stay_fp32(checkpoint, 
     assert not np.array_equal(exact.query_vector, quick.query_vector)  # the bf16 copy really ran
     explained, fast_explained = (e.search(reference, CAPTION, k=5, explain=True) for e in (engine, fast))
     np.testing.assert_array_equal(explained.query_vector, fast_explained.query_vector)
+    upload = engine.gallery_path(reference)  # a file: its vision features come from the bf16 copy too
+    encoder, seen = fast._bf16_model.vision_features, []
+    fast._bf16_model.vision_features = lambda pixels: seen.append(pixels.dtype) or encoder(pixels)
+    exact_upload, quick_upload = engine.search(upload, CAPTION, k=5), fast.search(upload, CAPTION, k=5)
+    assert seen == [torch.bfloat16]
+    assert 0.99 < float(np.dot(exact_upload.query_vector, quick_upload.query_vector)) <= 1.0 + 1e-5
     with pytest.raises(ValueError, match="query_precision"):
         tiny_engine(checkpoint, shapes_dir, cache_root, query_precision="int8")

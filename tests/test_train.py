@@ -1,12 +1,13 @@
 import json
 import math
+import types
 
 import pytest
 import torch
 
 import cir_core
 from cir_core.data.shapes import ShapesCounts, write_shapes_dataset
-from cir_core.region_supervision import IGNORE, RegionHead
+from cir_core.region_supervision import IGNORE, RegionHead, SceneHeads, attribute_loss
 from cir_core.train import TripletSampler, main
 from cir_core.train_config import TrainConfig
 
@@ -111,6 +112,73 @@ def test_region_supervision_learns_cells(tmp_path, shapes_dir):
     trainer.sampler.next_batch = lambda: list(fixed)
     regions = [trainer.train_step()["region"] for _ in range(30)]
     assert regions[-1] < 0.6 * regions[0]
+
+
+def test_scene_heads_learn_the_target_scene_without_region_head(tmp_path, shapes_dir):
+    config = write_config(tmp_path, shapes_dir, scene_weight=1.0)
+    from cir_core.train import Trainer
+
+    trainer = Trainer(TrainConfig.from_file(config).with_overrides({"max_steps": "30", "optim.lr": "0.003",
+                                                                       "optim.head_lr": "0.01"}))
+    assert trainer.region_head is None and trainer.scene_heads is not None
+    head_params = {id(p) for p in trainer.scene_heads.parameters()}
+    head_groups = [g for g in trainer.optimizer.param_groups if id(g["params"][0]) in head_params]
+    assert len(head_groups) == 1 and head_groups[0]["max_lr"] == 0.01
+    fixed = trainer.sampler.next_batch()
+    trainer.sampler.next_batch = lambda: list(fixed)
+    scenes = [trainer.train_step()["scene"] for _ in range(30)]
+    assert scenes[-1] < 0.6 * scenes[0]
+    trainer.save_last()
+    resumed = Trainer(TrainConfig.from_file(config).with_overrides({"max_steps": "30"}), resume=True)
+    for mine, theirs in zip(trainer.scene_heads.state_dict().values(), resumed.scene_heads.state_dict().values()):
+        assert torch.equal(mine, theirs)
+
+
+def test_scene_heads_read_query_and_target_vectors():
+    heads = SceneHeads(embed_dim=6, num_query_tokens=4, grid=3, classes=(4, 8, 2))
+    labels = torch.zeros((2, 9, 3), dtype=torch.long)
+    loss = heads.loss(torch.randn(2, 6), torch.randn(2, 4, 6), labels)
+    assert loss.ndim == 0 and loss > 0
+    with pytest.raises(RuntimeError):  # target vectors of the wrong width are refused, not silently reshaped
+        heads.loss(torch.randn(2, 6), torch.randn(2, 3, 6), labels)
+
+
+def test_scene_weight_needs_region_labels(tmp_path):
+    from cir_core.train import Trainer
+
+    trainer = Trainer.__new__(Trainer)
+    trainer.config = TrainConfig(scene_weight=1.0)
+    trainer.train_split = types.SimpleNamespace(region_labels=None, name="cirr/train")
+    with pytest.raises(ValueError, match="scene_weight is set but cirr/train provides no region labels"):
+        trainer._scene_heads()
+
+
+def test_region_head_locates_patches():
+    torch.manual_seed(0)
+    head = RegionHead(width=16, grid=3, classes=(4, 8, 2), locate_side=4)
+    labels = torch.zeros((2, 9, 3), dtype=torch.long)
+    informative = torch.zeros(2, 1 + 16, 16)
+    informative[:, 1:] = torch.eye(16) * 5  # each patch token says which patch it is
+    optimizer = torch.optim.Adam(head.parameters(), lr=0.05)
+    start = head.location_loss(informative).item()
+    for _ in range(100):
+        optimizer.zero_grad()
+        head.location_loss(informative).backward()
+        optimizer.step()
+    assert head.location_loss(informative).item() < 0.1 * start
+    assert head.loss(informative, labels) > attribute_loss(head(informative), labels)  # location counted
+    with pytest.raises(ValueError, match="locates a 4x4 grid"):
+        head.location_loss(torch.zeros(2, 1 + 9, 16))
+
+
+def test_locate_patches_option_builds_a_locating_head(tmp_path, shapes_dir):
+    config = write_config(tmp_path, shapes_dir, region_weight=1.0, locate_patches=True)
+    from cir_core.train import Trainer
+
+    trainer = Trainer(TrainConfig.from_file(config))
+    vision = trainer.model.config.vision
+    assert trainer.region_head.locate_side == vision.image_size // vision.patch_size
+    assert math.isfinite(trainer.train_step()["region"])
 
 
 def test_region_head_ignores_missing_attributes():
