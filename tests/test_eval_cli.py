@@ -126,8 +126,12 @@ def test_eval_shapes_end_to_end(capsys, tmp_path, tiny_checkpoint, tiny_model):
     expected = evaluate_shapes(tiny_model, read_shapes_split(data, "test"), progress=False).to_dict()
     assert report["num_queries"] == expected["num_queries"] == 6
     assert report["recall"] == pytest.approx(expected["recall"])
+    misses = sum(rank > 0 for rank in evaluate_shapes(tiny_model, read_shapes_split(data, "test"), progress=False).ranks)
+    assert set(report["confusions"]) == {"position", "attribute", "count", "other"}
+    assert sum(report["confusions"].values()) == misses
     code, out, _ = run(capsys, *args)
-    lines = out.splitlines()
+    lines = [line for line in out.splitlines() if not line.startswith("first result wrong")]
+    assert (f"first result wrong ({misses})" in out) == (misses > 0)
     assert code == 0 and lines[0].startswith("shapes/test: 6 queries")
     assert lines[1].split() == ["queries", "n", "R@1", "R@5", "R@10", "R@50"]
     assert lines[2].split() == ["all", "6"] + [f"{expected['recall'][k]:.2f}" for k in ("R@1", "R@5", "R@10", "R@50")]

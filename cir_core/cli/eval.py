@@ -156,16 +156,20 @@ def _print_shapes_table(report: dict) -> None:
     for label, count, recall in rows:
         if count:
             print(f"{label:<16} {count:>6} " + " ".join(f"{recall[name]:7.2f}" for name in names))
+    confusions = report.get("confusions")
+    if confusions:
+        kinds = ", ".join(f"{kind} {count}" for kind, count in confusions.items())
+        print(f"first result wrong ({sum(confusions.values())}), by how it differs from the target: {kinds}")
 
 
 def _eval_shapes(args: argparse.Namespace) -> int:
-    from cir_core.data.shapes import read_shapes_split
+    from cir_core.data.shapes import read_shapes_scenes, read_shapes_split
     from cir_core.evaluation.shapes import evaluate_shapes
 
     needs_model(args)
     split = read_shapes_split(args.data, args.split)
     model = load_model_from_args(args)
-    report = evaluate_shapes(model, split, args.batch_size, not args.no_progress)
+    report = evaluate_shapes(model, split, args.batch_size, not args.no_progress, read_shapes_scenes(args.data))
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

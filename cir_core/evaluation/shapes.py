@@ -13,14 +13,16 @@ references (a shapes reference is always in its gallery), so no image is encoded
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
+from cir_core.data.shapes_scene import ShapesScene
 from cir_core.data.triplets import TripletSplit
 from cir_core.evaluation.features import gallery_columns, split_scores
 from cir_core.evaluation.metrics import exclude, recall_at_k, target_ranks
+from cir_core.evaluation.shapes_confusions import top1_confusions
 from cir_core.model import SPRCModel
 
 logger = logging.getLogger(__name__)
@@ -43,10 +45,13 @@ class ShapesReport:
     seen: dict[str, float]  # R@k over the other queries
     pairids: list[int | str]  # query ids in split order, aligned with `ranks`
     ranks: list[int]  # 0-based rank of each query's target (0 = retrieved first)
+    first_results: list[str] = field(default_factory=list)  # id each query retrieved first
+    confusions: dict[str, int] = field(default_factory=dict)  # misses by kind (shapes_confusions), when labels given
 
     def to_dict(self, include_ranks: bool = False) -> dict[str, Any]:
         """JSON-ready summary; `include_ranks` adds {"ranks": {pairid: rank}} for failure listings."""
-        summary = {key: value for key, value in asdict(self).items() if key not in ("pairids", "ranks")}
+        summary = {key: value for key, value in asdict(self).items()
+                   if key not in ("pairids", "ranks", "first_results")}
         if include_ranks:
             summary["ranks"] = {str(pairid): rank for pairid, rank in zip(self.pairids, self.ranks)}
         return summary
@@ -73,6 +78,7 @@ def shapes_report_from_scores(scores: torch.Tensor, split: TripletSplit) -> Shap
     if split.exclude_reference:
         scores = exclude(scores, gallery_columns(split, [t.reference for t in split.triplets], "reference"))
     ranks = target_ranks(scores, targets)
+    first_results = [split.gallery[column] for column in scores.argmax(dim=1).tolist()]
     edits = [t.edit or "unknown" for t in split.triplets]
     novel = [bool(t.extras.get("novel", False)) for t in split.triplets]
     edit_types = sorted(set(edits))
@@ -88,16 +94,23 @@ def shapes_report_from_scores(scores: torch.Tensor, split: TripletSplit) -> Shap
         seen=_subset_recall(ranks, [not n for n in novel]),
         pairids=[t.pairid for t in split.triplets],
         ranks=ranks.tolist(),
+        first_results=first_results,
     )
 
 
-def evaluate_shapes(model: SPRCModel, split: TripletSplit, batch_size: int = 64, progress: bool = True) -> ShapesReport:
-    """Rank the split's gallery for every query with `model` (eval mode during the run, its own device)."""
+def evaluate_shapes(model: SPRCModel, split: TripletSplit, batch_size: int = 64, progress: bool = True,
+                    scenes: dict[str, ShapesScene] | None = None) -> ShapesReport:
+    """Rank the split's gallery for every query with `model` (eval mode during the run, its own device).
+
+    With the scene labels (`read_shapes_scenes`), the report also counts the misses by kind.
+    """
     if not split.triplets:
         raise ValueError(f"{split.name} has no queries to evaluate")
     with torch.inference_mode():
         scores = split_scores(model, split, batch_size=batch_size, progress=progress, cache_reference_features=True)
         report = shapes_report_from_scores(scores, split)
+    if scenes is not None:
+        report.confusions = top1_confusions(split.triplets, report.first_results, scenes)
     logger.info("%s: R@1 %.2f R@5 %.2f R@10 %.2f (%d queries, gallery %d)", split.name, report.recall["R@1"],
                 report.recall["R@5"], report.recall["R@10"], report.num_queries, report.gallery_size)
     return report
