@@ -254,6 +254,7 @@ def limit_threads(count: int = 1) -> None:
     oversubscribe a small CPU, worst when it is shared. Measured on 2 busy cores: a tiny
     query 10 ms with one torch thread vs 1.6 s with two; shapes-mini gallery encoding 112
     vs 15 images/s; one exact scoring of 5270 images 16 vs 38 ms.
+    torch and faiss share one OpenMP runtime here, so they cannot be set apart.
     """
     count = max(1, int(count))
     torch.set_num_threads(count)
@@ -271,8 +272,11 @@ class Engine:
 
         `cache_dir` keeps computed failure lists across restarts (ranking every benchmark
         query takes tens of seconds on a CPU); None keeps them in memory only.
-        `query_precision="bf16"` runs the Q-Former passes of searches without explanations on
-        a bf16 copy of the model: about 1.5x faster on CPUs with bf16 units, with query
+        `num_threads` is the process's torch/faiss thread count (one per request suits a
+        server with concurrent users).
+        `query_precision="bf16"` runs searches without explanations (the uploaded reference's
+        vision encoder and both Q-Former passes) on a bf16 copy of the model: about 1.5x
+        faster on CPUs with bf16 units, with query
         vectors that differ from fp32 at the 1e-3 level, so rankings can differ from
         `cir eval` where scores nearly tie. Explanations always use the fp32 model.
         """
