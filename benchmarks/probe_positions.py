@@ -1,0 +1,123 @@
+"""Where a shapes model keeps (or loses) object positions: two held-out probes.
+
+    python benchmarks/probe_positions.py [--model local-dir:checkpoints/shapes-mini] [--data data/shapes]
+
+Encodes a split's gallery (default: val) once, then trains small probes on 80% of the
+images and scores them on the other 20%:
+
+1. patch place: a linear classifier that reads ONE vision token (after ln_vision) and
+   names which of the P patches it came from. The Q-Former reads tokens by content
+   (cross-attention), so a token whose content does not say where it is cannot pass its
+   object's position on. Chance is 1/P.
+2. scene from target vectors: an MLP that reads an image's Q target vectors (what the
+   gallery ranks by) and names what sits in each cell of the 3x3 grid (empty or which
+   shape). Its accuracy is compared with always answering the most common class per cell.
+
+Both say whether the position information exists where retrieval needs it; they change
+nothing in the model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def split_rows(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(seed))
+    cut = int(0.8 * count)
+    return order[:cut], order[cut:]
+
+
+def patch_place_accuracy(vision: torch.Tensor, steps: int, seed: int) -> float:
+    """Held-out accuracy of naming each patch token's index from its content alone."""
+    patches = F.layer_norm(vision[:, 1:].float(), (vision.shape[-1],))  # (N, P, W), class token dropped
+    count, places, width = patches.shape
+    train, test = split_rows(count, seed)
+    labels = torch.arange(places).expand(count, -1)
+    torch.manual_seed(seed)
+    probe = torch.nn.Linear(width, places)
+    optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2)
+    for _ in range(steps):
+        loss = F.cross_entropy(probe(patches[train]).flatten(0, 1), labels[train].flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return float((probe(patches[test]).argmax(-1) == labels[test]).float().mean())
+
+
+def scene_accuracy(targets: torch.Tensor, cells: torch.Tensor, steps: int, seed: int) -> tuple[float, float]:
+    """(held-out per-cell accuracy of empty/shape from the target vectors, majority-class accuracy)."""
+    from cir_core.region_supervision import SceneDecoder, attribute_loss
+
+    features = targets.float().flatten(1)
+    train, test = split_rows(len(features), seed)
+    classes = int(cells.max()) + 1
+    torch.manual_seed(seed)
+    decoder = SceneDecoder(features.shape[1], cells.shape[1], (classes,))
+    optimizer = torch.optim.AdamW(decoder.parameters(), lr=1e-3, weight_decay=0.05)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        batch = train[torch.randint(0, len(train), (128,), generator=generator)]
+        loss = attribute_loss(decoder(features[batch]), cells[batch, :, None])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        accuracy = float((decoder(features[test])[0].argmax(-1) == cells[test]).float().mean())
+    majority = cells[train].mode(dim=0).values  # (R,) most common class of each cell
+    return accuracy, float((cells[test] == majority).float().mean())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=f"local-dir:{ROOT / 'checkpoints' / 'shapes-mini'}")
+    parser.add_argument("--data", default=str(ROOT / "data" / "shapes"), help="a `cir data shapes` folder")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--max-images", type=int, default=3000, help="gallery images probed (the first ones)")
+    parser.add_argument("--steps", type=int, default=400, help="training steps of each probe")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    if args.max_images < 50 or args.steps < 1:
+        parser.error("--max-images must be at least 50 and --steps at least 1")
+    torch.set_num_threads(args.threads)
+
+    from cir_core.checkpoints import load_model
+    from cir_core.data.shapes import read_shapes_scenes, read_shapes_split
+    from cir_core.data.shapes_scene import region_attributes
+    from cir_core.evaluation.features import encode_gallery
+
+    try:
+        split = read_shapes_split(args.data, args.split)
+        scenes = read_shapes_scenes(args.data)
+        model = load_model(args.model).eval()
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    split.gallery = split.gallery[:args.max_images]
+    with torch.inference_mode():
+        targets, vision = encode_gallery(model, split, keep_vision_features=True)
+    cells = torch.stack([region_attributes(scenes[image_id])[:, 0] for image_id in split.gallery])  # (N, 9)
+    places = vision.shape[1] - 1
+    scene, majority = scene_accuracy(targets, cells, args.steps, args.seed)
+    report = {
+        "model": args.model, "split": args.split, "images": len(split.gallery),
+        "patch_place_accuracy": round(patch_place_accuracy(vision, args.steps, args.seed), 3),
+        "patch_place_chance": round(1 / places, 3),
+        "cell_content_from_target_vectors_accuracy": round(scene, 3),
+        "cell_content_majority_class_accuracy": round(majority, 3),
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""The position probes: they must find position where it is written and not where it is not."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+spec = importlib.util.spec_from_file_location("probe_positions",
+                                              Path(__file__).parents[1] / "benchmarks" / "probe_positions.py")
+probe = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(probe)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_patch_place_probe_reads_positions_only_when_tokens_carry_them():
+    torch.manual_seed(0)
+    count, places, width = 200, 9, 16
+    content = torch.randn(count, 1 + places, width)
+    placed = content.clone()
+    placed[:, 1:, :places] += 4 * torch.eye(places)  # each token also says where it is
+    assert probe.patch_place_accuracy(placed, steps=150, seed=0) > 0.95
+    assert probe.patch_place_accuracy(content, steps=150, seed=0) < 0.3  # chance is 1/9
+
+
+def test_scene_probe_beats_the_majority_class_only_when_vectors_hold_the_scene():
+    torch.manual_seed(0)
+    cells = (torch.rand(400, 9) < 0.3).long() * torch.randint(1, 4, (400, 9))  # mostly empty
+    written = torch.nn.functional.one_hot(cells, 4).float().view(400, 2, 18)  # (N, Q=2, D=18)
+    accuracy, majority = probe.scene_accuracy(written, cells, steps=200, seed=0)
+    assert accuracy > 0.95 and majority < 0.8
+    noise_accuracy, _ = probe.scene_accuracy(torch.randn(400, 2, 18), cells, steps=200, seed=0)
+    assert noise_accuracy < majority + 0.05
+
+
+def test_bad_arguments_and_missing_data_are_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        probe.main(["--max-images", "3"])
+    assert probe.main(["--data", str(tmp_path / "none"), "--model", "local-dir:" + str(tmp_path)]) == 2
+    assert "error:" in capsys.readouterr().err
