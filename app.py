@@ -4,7 +4,9 @@
 
 Environment: CIR_MODEL, CIR_INDEX, CIR_GALLERY (flags win), GRADIO_SERVER_NAME (default
 127.0.0.1), GRADIO_SERVER_PORT (default 7860), CIR_PREPARE_FAILURES=0 (do not rank the
-benchmark queries for the failure view in the background at start). Models are `local-dir:PATH` or
+benchmark queries for the failure view in the background at start), CIR_QUERY_PRECISION=bf16
+(encode searches without explanations in bf16: faster on CPUs with bf16 units, rankings can
+differ from `cir eval` where scores nearly tie; default fp32). Models are `local-dir:PATH` or
 `hf-hub:org/name` URIs. The default is the embedded shapes-mini model with the shapes
 benchmark's test gallery (assets/shapes when shipped, else data/shapes as written by
 `cir data shapes --out data/shapes`, else generated once with seed 0), indexed on first start.
@@ -39,9 +41,15 @@ def main(argv=None) -> int:
     if prepare_failures not in ("0", "1"):
         print(f"cannot start the app: CIR_PREPARE_FAILURES must be 0 or 1, got {prepare_failures!r}", file=sys.stderr)
         return 2
+    query_precision = os.environ.get("CIR_QUERY_PRECISION", "fp32")
+    if query_precision not in ("fp32", "bf16"):
+        print(f"cannot start the app: CIR_QUERY_PRECISION must be fp32 or bf16, got {query_precision!r}",
+              file=sys.stderr)
+        return 2
     gallery = args.gallery or next((folder for folder in SHAPES_FOLDERS if (folder / "info.json").is_file()), None)
     try:
-        engine = Engine.from_uris(args.model, index_dir=args.index, gallery_data=gallery)
+        engine = Engine.from_uris(args.model, index_dir=args.index, gallery_data=gallery,
+                                  query_precision=query_precision)
     except (CheckpointError, FileNotFoundError, ValueError) as error:
         hint = ("\nThe default model is missing: train it into checkpoints/shapes-mini (see README), "
                 "or point CIR_MODEL / --model at another checkpoint." if args.model == DEFAULT_MODEL else "")

@@ -140,6 +140,23 @@ def test_app_rejects_a_bad_failure_preparation_setting(monkeypatch, capsys):
     assert "CIR_PREPARE_FAILURES must be 0 or 1, got 'yes'" in capsys.readouterr().err
 
 
+def test_app_rejects_a_bad_query_precision_and_passes_a_good_one(monkeypatch, capsys):
+    app = load_app_module()
+    monkeypatch.setenv("CIR_QUERY_PRECISION", "int8")
+    monkeypatch.setattr(app.Engine, "from_uris", lambda *a, **k: pytest.fail("must fail before loading anything"))
+    assert app.main([]) == 2
+    assert "CIR_QUERY_PRECISION must be fp32 or bf16, got 'int8'" in capsys.readouterr().err
+    monkeypatch.setenv("CIR_QUERY_PRECISION", "bf16")
+    seen = {}
+
+    def refuse_after_reading(*args, **kwargs):
+        seen.update(kwargs)
+        raise FileNotFoundError("stop here")
+
+    monkeypatch.setattr(app.Engine, "from_uris", refuse_after_reading)
+    assert app.main([]) == 2 and seen["query_precision"] == "bf16"
+
+
 def test_app_reads_model_index_and_gallery_from_env_and_flags(monkeypatch):
     app = load_app_module()
     monkeypatch.setenv("CIR_MODEL", "hf-hub:org/model")
