@@ -132,20 +132,20 @@ def test_app_reports_a_missing_default_model_clearly(tmp_path, monkeypatch, caps
     assert not (tmp_path / "cache").exists()  # failed before generating or indexing a gallery
 
 
-def test_app_rejects_a_bad_failure_preparation_setting(monkeypatch, capsys):
+@pytest.mark.parametrize("name, value, message", [
+    ("CIR_PREPARE_FAILURES", "yes", "CIR_PREPARE_FAILURES must be 0 or 1, got 'yes'"),
+    ("CIR_QUERY_PRECISION", "int8", "CIR_QUERY_PRECISION must be fp32 or bf16, got 'int8'"),
+])
+def test_app_rejects_bad_settings_before_loading_anything(monkeypatch, capsys, name, value, message):
     app = load_app_module()
-    monkeypatch.setenv("CIR_PREPARE_FAILURES", "yes")
+    monkeypatch.setenv(name, value)
     monkeypatch.setattr(app.Engine, "from_uris", lambda *a, **k: pytest.fail("must fail before loading anything"))
     assert app.main([]) == 2
-    assert "CIR_PREPARE_FAILURES must be 0 or 1, got 'yes'" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
 
 
-def test_app_rejects_a_bad_query_precision_and_passes_a_good_one(monkeypatch, capsys):
+def test_app_passes_the_query_precision_to_the_engine(monkeypatch):
     app = load_app_module()
-    monkeypatch.setenv("CIR_QUERY_PRECISION", "int8")
-    monkeypatch.setattr(app.Engine, "from_uris", lambda *a, **k: pytest.fail("must fail before loading anything"))
-    assert app.main([]) == 2
-    assert "CIR_QUERY_PRECISION must be fp32 or bf16, got 'int8'" in capsys.readouterr().err
     monkeypatch.setenv("CIR_QUERY_PRECISION", "bf16")
     seen = {}
 
