@@ -42,20 +42,15 @@ class RegionHead(nn.Module):
         self.locate = nn.Linear(width, 2 * locate_side) if locate_side else None
 
     def forward(self, vision_features: torch.Tensor) -> list[torch.Tensor]:
-        pooled = self.norm(self._pool(self._patch_grid(vision_features)))
-        return [head(pooled) for head in self.heads]  # each (B, R, classes_a)
-
-    @staticmethod
-    def _patch_grid(vision_features: torch.Tensor) -> torch.Tensor:
         patches = vision_features[:, 1:]  # (B, P, W), class token dropped
         batch, count, width = patches.shape
         side = int(round(count ** 0.5))
         if side * side != count:
             raise ValueError(f"{count} patch tokens do not form a square grid")
-        return patches.transpose(1, 2).reshape(batch, width, side, side)
-
-    def _pool(self, grid: torch.Tensor) -> torch.Tensor:
-        return F.adaptive_avg_pool2d(grid, self.grid).flatten(2).transpose(1, 2)  # (B, R, W)
+        grid = patches.transpose(1, 2).reshape(batch, width, side, side)
+        pooled = F.adaptive_avg_pool2d(grid, self.grid).flatten(2).transpose(1, 2)  # (B, R, W)
+        pooled = self.norm(pooled)
+        return [head(pooled) for head in self.heads]  # each (B, R, classes_a)
 
     def location_loss(self, vision_features: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of every patch token's predicted grid row and column."""

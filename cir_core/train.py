@@ -270,6 +270,8 @@ class Trainer:
         self.sampler = TripletSampler(self.train_split.triplets, config.batch_size, config.edits_per_reference,
                                       config.seed)
         self.caption_rng = random.Random(config.seed + 1)
+        if config.optim.head_lr < 0:
+            raise ValueError(f"optim.head_lr must be >= 0 (0 = optim.lr), got {config.optim.head_lr}")
         groups = parameter_groups(self.model, config, pretrained)
         for head in (self.region_head, self.scene_heads):
             if head is not None:
@@ -293,6 +295,8 @@ class Trainer:
 
     def _region_head(self) -> RegionHead | None:
         if self.config.region_weight <= 0:
+            if self.config.locate_patches:
+                raise ValueError("locate_patches needs region_weight > 0: the region head does the locating")
             return None
         split = self._labelled_split("region_weight")
         vision = self.model.config.vision

@@ -171,6 +171,17 @@ def test_region_head_locates_patches():
         head.location_loss(torch.zeros(2, 1 + 9, 16))
 
 
+@pytest.mark.parametrize("changes, message", [
+    ({"locate_patches": True}, "locate_patches needs region_weight > 0"),
+    ({"scene_weight": 1.0, "optim": {"head_lr": -1.0}}, "optim.head_lr must be >= 0"),
+])
+def test_auxiliary_head_options_are_checked(tmp_path, shapes_dir, changes, message):
+    from cir_core.train import Trainer
+
+    with pytest.raises(ValueError, match=message):
+        Trainer(TrainConfig.from_file(write_config(tmp_path, shapes_dir, **changes)))
+
+
 def test_locate_patches_option_builds_a_locating_head(tmp_path, shapes_dir):
     config = write_config(tmp_path, shapes_dir, region_weight=1.0, locate_patches=True)
     from cir_core.train import Trainer
