@@ -276,9 +276,9 @@ class Engine:
         server with concurrent users).
         `query_precision="bf16"` runs searches without explanations (the uploaded reference's
         vision encoder and both Q-Former passes) on a bf16 copy of the model: about 1.5x
-        faster on CPUs with bf16 units, with query
-        vectors that differ from fp32 at the 1e-3 level, so rankings can differ from
-        `cir eval` where scores nearly tie. Explanations always use the fp32 model.
+        faster on CPUs with bf16 units, with query vectors that differ from fp32 at the 1e-3
+        level, so rankings can differ from `cir eval` where scores nearly tie. Explanations
+        always use the fp32 model.
         """
         if query_precision not in ("fp32", "bf16"):
             raise ValueError(f"query_precision must be 'fp32' or 'bf16', got {query_precision!r}")

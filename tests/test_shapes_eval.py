@@ -146,6 +146,8 @@ def test_report_from_hand_worked_scores():
     assert report.novel["R@1"] == 100.0 and report.num_novel == 1 and report.seen["R@1"] == 0.0
     assert report.failures() == [(2, 2), (1, 1)]
     assert report.first_results == ["b", "b", "b"] and report.confusions == {}  # no labels given: not classified
+    tie = shapes_report_from_scores(torch.tensor([[9.0, 5.0, 5.0, 0.0]] * 3), _toy_split(["color"] * 3, [False] * 3))
+    assert tie.ranks[0] == 1 and tie.first_results[0] == "c"  # target b tied with c: a miss, c named first
     summary = json.loads(json.dumps(report.to_dict()))
     assert "ranks" not in summary and "first_results" not in summary and summary["recall"] == report.recall
     assert json.loads(json.dumps(report.to_dict(include_ranks=True)))["ranks"] == {"0": 0, "1": 1, "2": 2}

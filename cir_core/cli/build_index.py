@@ -24,7 +24,7 @@ def register(subparsers) -> None:
     parser.add_argument("--kind", choices=("flat", "hnsw", "ivfpq"), default="flat",
                         help="flat: exact search; hnsw/ivfpq: approximate candidates re-scored exactly (large galleries)")
     parser.add_argument("--candidates", type=int, help="hnsw/ivfpq: images re-scored exactly per query (default 200)")
-    parser.add_argument("--nlist", type=int, help="ivfpq: IVF lists (default: a power of two near sqrt(N*Q), <= 1024)")
+    parser.add_argument("--nlist", type=int, help="ivfpq: IVF lists (default: the power of two at or above sqrt(N*Q), 16 to 16384)")
     parser.add_argument("--nprobe", type=int, help="ivfpq: lists visited per query (default nlist // 20, at least 16)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--no-resume", action="store_true", help="discard the encoded batches of an interrupted build")

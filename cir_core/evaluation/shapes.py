@@ -78,7 +78,7 @@ def shapes_report_from_scores(scores: torch.Tensor, split: TripletSplit) -> Shap
     if split.exclude_reference:
         scores = exclude(scores, gallery_columns(split, [t.reference for t in split.triplets], "reference"))
     ranks = target_ranks(scores, targets)
-    first_results = [split.gallery[column] for column in scores.argmax(dim=1).tolist()]
+    first_results = [split.gallery[column] for column in _first_columns(scores, targets, ranks).tolist()]
     edits = [t.edit or "unknown" for t in split.triplets]
     novel = [bool(t.extras.get("novel", False)) for t in split.triplets]
     edit_types = sorted(set(edits))
@@ -96,6 +96,21 @@ def shapes_report_from_scores(scores: torch.Tensor, split: TripletSplit) -> Shap
         ranks=ranks.tolist(),
         first_results=first_results,
     )
+
+
+def _first_columns(scores: torch.Tensor, targets: torch.Tensor, ranks: torch.Tensor) -> torch.Tensor:
+    """Each query's first result; for a miss (rank > 0) never its target, even when tied with it.
+
+    target_ranks counts ties against the target, so a tie is a miss, and its first result
+    must be the image it tied with for the miss to be described.
+    """
+    columns = scores.argmax(dim=1)
+    tied = torch.nonzero((ranks > 0) & (columns == targets)).flatten()
+    if tied.numel():
+        masked = scores[tied].clone()
+        masked[torch.arange(tied.numel()), targets[tied]] = float("-inf")
+        columns[tied] = masked.argmax(dim=1)
+    return columns
 
 
 def evaluate_shapes(model: SPRCModel, split: TripletSplit, batch_size: int = 64, progress: bool = True,
