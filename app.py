@@ -5,8 +5,8 @@
 Environment: CIR_MODEL, CIR_INDEX, CIR_GALLERY (flags win), GRADIO_SERVER_NAME (default
 127.0.0.1), GRADIO_SERVER_PORT (default 7860), CIR_PREPARE_FAILURES=0 (do not rank the
 benchmark queries for the failure view in the background at start), CIR_QUERY_PRECISION=bf16
-(encode searches without explanations in bf16: faster on CPUs with bf16 units, rankings can
-differ from `cir eval` where scores nearly tie; default fp32). Models are `local-dir:PATH` or
+or int8 (encode searches without explanations with a reduced-precision copy of the model:
+faster on a CPU, rankings can differ from fp32 where scores nearly tie; default fp32). Models are `local-dir:PATH` or
 `hf-hub:org/name` URIs. The default is the embedded shapes-mini model with the shapes
 benchmark's test gallery (assets/shapes when shipped, else data/shapes as written by
 `cir data shapes --out data/shapes`, else generated once with seed 0), indexed on first start.
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from cir_core.checkpoints import CheckpointError
 from cir_core.engine import Engine
+from cir_core.query_precision import QUERY_PRECISIONS
 
 DEFAULT_MODEL = "local-dir:checkpoints/shapes-mini"
 SHAPES_FOLDERS = (Path("assets/shapes"), Path("data/shapes"))  # the shapes benchmark, if already on disk
@@ -42,9 +43,9 @@ def main(argv=None) -> int:
         print(f"cannot start the app: CIR_PREPARE_FAILURES must be 0 or 1, got {prepare_failures!r}", file=sys.stderr)
         return 2
     query_precision = os.environ.get("CIR_QUERY_PRECISION", "fp32")
-    if query_precision not in ("fp32", "bf16"):
-        print(f"cannot start the app: CIR_QUERY_PRECISION must be fp32 or bf16, got {query_precision!r}",
-              file=sys.stderr)
+    if query_precision not in QUERY_PRECISIONS:
+        print(f"cannot start the app: CIR_QUERY_PRECISION must be {', '.join(QUERY_PRECISIONS[:-1])} or "
+              f"{QUERY_PRECISIONS[-1]}, got {query_precision!r}", file=sys.stderr)
         return 2
     gallery = args.gallery or next((folder for folder in SHAPES_FOLDERS if (folder / "info.json").is_file()), None)
     try:

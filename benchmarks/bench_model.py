@@ -6,11 +6,11 @@ Prints, measured in one run:
 - gallery encoding in images/s at batch 64 (vision encoder + Q-Former query pass, images
   preprocessed beforehand), fp32 and bf16 autocast side by side, with the ratio;
 - engine query latency (reference image file + caption -> top-50 of the gallery index),
-  p50/p95 over the benchmark's test queries, with the per-stage breakdown, for four engine
+  p50/p95 over the benchmark's test queries, with the per-stage breakdown, for six engine
   settings side by side (one thread per request in fp32, the default; two threads; one and
-  two threads with the query encoded in bf16), each with its speed-up over the default and how often
-  its top-1 and top-50 agree with the default's; and the naive way (encode the query, one
-  matmul over every gallery vector, max, sort).
+  two threads with the query encoded in bf16, and in int8), each with its speed-up over the
+  default and how often its top-1 and top-50 agree with the default's; and the naive way
+  (encode the query, one matmul over every gallery vector, max, sort).
 """
 from __future__ import annotations
 
@@ -81,9 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     }
     reference_hits, reference_p50 = None, None
     # Engine settings side by side: the default (one thread per request, fp32), two threads,
-    # and one or two threads with the query's encoder passes in bf16.
-    for name, threads, precision in (("1 thread, fp32 (default)", 1, "fp32"), ("2 threads, fp32", 2, "fp32"),
-                                     ("1 thread, bf16 queries", 1, "bf16"), ("2 threads, bf16 queries", 2, "bf16")):
+    # and one or two threads with the query's encoder passes in bf16 or int8.
+    settings = [(f"{threads} thread{'s' if threads > 1 else ''}, {precision} queries", threads, precision)
+                for precision in ("bf16", "int8") for threads in (1, 2)]
+    for name, threads, precision in [("1 thread, fp32 (default)", 1, "fp32"), ("2 threads, fp32", 2, "fp32")] + settings:
         engine = Engine(base.model, base.index, num_threads=threads, query_precision=precision)
         engine.search(str(split.path(queries[0].reference)), queries[0].caption, k=50)  # warm-up
         totals, stages, hits = [], [], []

@@ -12,7 +12,6 @@ ValueError whose message says what is wrong.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import io
 import json
@@ -37,6 +36,7 @@ from cir_core.explain import Explanation, RelevanceMap, Vocabulary, attention_ma
 from cir_core.index import GalleryIndex, GalleryIndexError
 from cir_core.index_build import gallery_items
 from cir_core.model import SPRCModel
+from cir_core.query_precision import check_query_precision, query_model
 from cir_core.text import TextBatch, clean_caption
 from cir_core.transforms import ImageTransform, to_rgb
 
@@ -274,14 +274,13 @@ class Engine:
         query takes tens of seconds on a CPU); None keeps them in memory only.
         `num_threads` is the process's torch/faiss thread count (one per request suits a
         server with concurrent users).
-        `query_precision="bf16"` runs searches without explanations (the uploaded reference's
-        vision encoder and both Q-Former passes) on a bf16 copy of the model: about 1.5x
-        faster on CPUs with bf16 units, with query vectors that differ from fp32 at the 1e-3
-        level, so rankings can differ from `cir eval` where scores nearly tie. Explanations
+        `query_precision` "bf16" or "int8" runs searches without explanations (the uploaded
+        reference's vision encoder and both Q-Former passes) on a reduced-precision copy of
+        the model (`cir_core.query_precision`): faster on a CPU, with query vectors close to
+        fp32's, so rankings can differ from fp32 where scores nearly tie. Explanations
         always use the fp32 model.
         """
-        if query_precision not in ("fp32", "bf16"):
-            raise ValueError(f"query_precision must be 'fp32' or 'bf16', got {query_precision!r}")
+        check_query_precision(query_precision)
         limit_threads(num_threads)
         self.model = model.eval()
         self.index = index
@@ -300,7 +299,7 @@ class Engine:
         self._failures_lock = threading.Lock()
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.query_precision = query_precision
-        self._bf16_model = copy.deepcopy(model).to(torch.bfloat16).eval() if query_precision == "bf16" else None
+        self._query_model = query_model(model, query_precision)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -367,7 +366,7 @@ class Engine:
         if explain and not sprc:
             raise QueryError(f"explanations need a sentence-level prompt; this model's query mode is "
                              f"{self.model.config.query_mode!r} (search without explanations)")
-        model = self._bf16_model if self._bf16_model is not None and not explain else self.model
+        model = self.model if explain else self._query_model
         reference_id, features, reference_image = self._reference(image, keep_image=explain, model=model)
         encoded = time.perf_counter()
         features = features.to(model.query_tokens.dtype)

@@ -373,20 +373,31 @@ def test_baseline_checkpoint_searches_with_its_own_query_mode(model, shapes_dir,
         baseline_engine.search(reference, CAPTION, k=3, explain=True)
 
 
-def test_bf16_queries_stay_close_to_fp32_and_explanations_stay_fp32(checkpoint, shapes_dir, cache_root, engine):
-    fast = tiny_engine(checkpoint, shapes_dir, cache_root, query_precision="bf16")
+@pytest.mark.parametrize("precision, weights", [("bf16", torch.bfloat16), ("int8", torch.qint8)])
+def test_reduced_precision_queries_stay_close_to_fp32_and_explanations_stay_fp32(
+        checkpoint, shapes_dir, cache_root, engine, precision, weights):
+    fast = tiny_engine(checkpoint, shapes_dir, cache_root, query_precision=precision)
+    def query_weight(model):  # a quantized linear layer hands out its weight through a method
+        weight = model.qformer.encoder.layer[0].attention.attention.query.weight
+        return weight() if callable(weight) else weight
+
+    assert query_weight(fast._query_model).dtype == weights
+    assert query_weight(engine.model).dtype == torch.float32  # the fp32 model is untouched
     reference = engine.gallery_ids[3]
     exact, quick = engine.search(reference, CAPTION, k=5), fast.search(reference, CAPTION, k=5)
     assert quick.query_vector.dtype == np.float32
-    assert 0.99 < float(np.dot(exact.query_vector, quick.query_vector)) <= 1.0 + 1e-5
-    assert not np.array_equal(exact.query_vector, quick.query_vector)  # the bf16 copy really ran
+    assert 0.98 < float(np.dot(exact.query_vector, quick.query_vector)) <= 1.0 + 1e-5
+    assert not np.array_equal(exact.query_vector, quick.query_vector)  # the reduced copy really ran
     explained, fast_explained = (e.search(reference, CAPTION, k=5, explain=True) for e in (engine, fast))
     np.testing.assert_array_equal(explained.query_vector, fast_explained.query_vector)
-    upload = engine.gallery_path(reference)  # a file: its vision features come from the bf16 copy too
-    encoder, seen = fast._bf16_model.vision_features, []
-    fast._bf16_model.vision_features = lambda pixels: seen.append(pixels.dtype) or encoder(pixels)
+    upload = engine.gallery_path(reference)  # a file: its vision features come from the reduced copy too
+    encoder, seen = fast._query_model.vision_features, []
+    fast._query_model.vision_features = lambda pixels: seen.append(pixels) or encoder(pixels)
     exact_upload, quick_upload = engine.search(upload, CAPTION, k=5), fast.search(upload, CAPTION, k=5)
-    assert seen == [torch.bfloat16]
-    assert 0.99 < float(np.dot(exact_upload.query_vector, quick_upload.query_vector)) <= 1.0 + 1e-5
-    with pytest.raises(ValueError, match="query_precision"):
-        tiny_engine(checkpoint, shapes_dir, cache_root, query_precision="int8")
+    assert len(seen) == 1
+    assert 0.98 < float(np.dot(exact_upload.query_vector, quick_upload.query_vector)) <= 1.0 + 1e-5
+
+
+def test_unknown_query_precision_is_refused(checkpoint, shapes_dir, cache_root):
+    with pytest.raises(ValueError, match="query precision must be one of fp32, bf16, int8, got 'int4'"):
+        tiny_engine(checkpoint, shapes_dir, cache_root, query_precision="int4")

@@ -139,3 +139,10 @@ def test_eval_shapes_end_to_end(capsys, tmp_path, tiny_checkpoint, tiny_model):
     assert {edit: per_edit[edit] for edit in expected["edit_counts"]} == expected["edit_counts"]
     code, _, err = run(capsys, "eval", "shapes", "--data", tmp_path / "none", "--model", tiny_checkpoint, *COMMON)
     assert code == 2 and str(tmp_path / "none") in err
+    code, out, _ = run(capsys, *args, "--json", "--query-precision", "int8")
+    int8 = evaluate_shapes(tiny_model, read_shapes_split(data, "test"), progress=False, query_precision="int8")
+    assert code == 0 and json.loads(out)["query_precision"] == "int8"
+    assert json.loads(out)["recall"] == pytest.approx(int8.to_dict()["recall"])
+    with pytest.raises(SystemExit):  # argparse names the choices
+        main([str(a) for a in args] + ["--query-precision", "int4"])
+    assert "invalid choice: 'int4'" in capsys.readouterr().err

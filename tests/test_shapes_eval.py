@@ -1,6 +1,7 @@
 """The shapes protocol: ranks checked against a brute-force recomputation with the tiny model,
 an oracle that must reach R@1 = 100, and the report's arithmetic."""
 import json
+import types
 
 import pytest
 import torch
@@ -168,3 +169,22 @@ def test_report_rejects_bad_input():
         shapes_report_from_scores(torch.zeros(3, 4), split)
     with pytest.raises(ValueError, match="no queries"):
         evaluate_shapes(None, TripletSplit(name="shapes/empty", triplets=[], image_paths={}, gallery=[]))
+
+
+def test_reduced_precision_queries_keep_the_gallery_and_change_only_the_queries(tiny_model, shapes_dir):
+    from cir_core.evaluation.features import compute_features
+    from cir_core.query_precision import query_model
+
+    split = read_shapes_split(shapes_dir, "test")
+    exact = compute_features(tiny_model, split, progress=False)
+    for precision in ("bf16", "int8"):
+        fast = compute_features(tiny_model, split, progress=False, query_model=query_model(tiny_model, precision))
+        assert torch.equal(fast.gallery_targets, exact.gallery_targets)
+        similarity = (fast.queries * exact.queries).sum(dim=1)
+        assert not torch.equal(fast.queries, exact.queries) and bool((similarity > 0.98).all())
+        report = evaluate_shapes(tiny_model, split, progress=False, query_precision=precision)
+        assert report.num_queries == len(split.triplets)
+    assert query_model(tiny_model, "fp32") is tiny_model
+    on_gpu = types.SimpleNamespace(device=torch.device("cuda"))  # only the device is looked at before refusing
+    with pytest.raises(ValueError, match="CPU speed-up"):
+        query_model(on_gpu, "int8")

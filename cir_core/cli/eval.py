@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from cir_core.cli import CommandError
+from cir_core.query_precision import QUERY_PRECISIONS
 
 FASHIONIQ_DEFAULT_CATEGORIES = "dress,shirt,toptee"
 
@@ -34,6 +35,9 @@ def register(subparsers) -> None:
     shapes = protocols.add_parser("shapes", help="synthetic shapes benchmark: R@1/5/10/50 overall and per edit type")
     shapes.add_argument("--data", type=Path, required=True, help="a generated shapes dataset folder")
     shapes.add_argument("--split", default="test")
+    shapes.add_argument("--query-precision", default="fp32", choices=QUERY_PRECISIONS,
+                        help="encode the queries as an engine with this setting does (bf16/int8: CPU only; "
+                             "the gallery stays fp32)")
     add_model_arguments(shapes, features=False)
     shapes.set_defaults(handler=_eval_shapes)
 
@@ -169,9 +173,13 @@ def _eval_shapes(args: argparse.Namespace) -> int:
     needs_model(args)
     split = read_shapes_split(args.data, args.split)
     model = load_model_from_args(args)
-    report = evaluate_shapes(model, split, args.batch_size, not args.no_progress, read_shapes_scenes(args.data))
+    try:
+        report = evaluate_shapes(model, split, args.batch_size, not args.no_progress, read_shapes_scenes(args.data),
+                                 query_precision=args.query_precision)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
     if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
+        print(json.dumps({**report.to_dict(), "query_precision": args.query_precision}, indent=2))
     else:
         _print_shapes_table(report.to_dict())
     return 0

@@ -154,18 +154,21 @@ def encode_queries(model: SPRCModel, split: TripletSplit, batch_size: int = 32, 
 
 
 def compute_features(model: SPRCModel, split: TripletSplit, batch_size: int = 32, progress: bool = True,
-                     cache_reference_features: bool = False, num_workers: int = 0) -> RetrievalFeatures:
+                     cache_reference_features: bool = False, num_workers: int = 0,
+                     query_model: SPRCModel | None = None) -> RetrievalFeatures:
     """Encode a split's gallery and queries with `model` (in eval mode, on its current device).
 
     `cache_reference_features` keeps the gallery's vision features on the CPU so that
     references in the gallery are not encoded twice (faster; ~1.4 MB per ViT-g image).
+    `query_model` (a reduced-precision copy of `model`, see `cir_core.query_precision`)
+    encodes the queries instead, as an engine with that query precision would.
     """
     was_training = model.training
     model.eval()
     try:
         targets, vision = encode_gallery(model, split, batch_size, progress, cache_reference_features, num_workers)
         cache = dict(zip(split.gallery, vision)) if vision is not None else None
-        queries = encode_queries(model, split, batch_size, progress, cache, num_workers)
+        queries = encode_queries(query_model or model, split, batch_size, progress, cache, num_workers)
     finally:
         model.train(was_training)
     logger.info("%s: encoded %d gallery images and %d queries", split.name, len(split.gallery), len(split))
@@ -200,12 +203,13 @@ def gallery_columns(split: TripletSplit, image_ids: list[str | None], what: str)
 
 def split_scores(model: SPRCModel | None, split: TripletSplit, features: RetrievalFeatures | None = None,
                  batch_size: int = 32, progress: bool = True, cache_reference_features: bool = False,
-                 num_workers: int = 0) -> torch.Tensor:
+                 num_workers: int = 0, query_model: SPRCModel | None = None) -> torch.Tensor:
     """(Nq, Ng) scores of a split's queries against its gallery, from `features` or computed with `model`."""
     if features is None:
         if model is None:
             raise ValueError("either a model or cached features are needed")
-        features = compute_features(model, split, batch_size, progress, cache_reference_features, num_workers)
+        features = compute_features(model, split, batch_size, progress, cache_reference_features, num_workers,
+                                    query_model)
     else:
         features.check_matches(split)
     device = model.device if model is not None else "cpu"
