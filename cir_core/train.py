@@ -142,14 +142,18 @@ class ImageStore:
         path = self.split.path(image_id)
         try:
             with Image.open(path) as image:
-                rgb = self.transform.resize_and_crop(to_rgb(image))
+                return self._uint8(image)
         except OSError as error:
             raise ValueError(f"cannot read training image {path}: {error}") from error
+
+    def _uint8(self, image: Image.Image) -> torch.Tensor:
+        rgb = self.transform.resize_and_crop(to_rgb(image))
         return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1)
 
-    def batch(self, image_ids: list[str]) -> torch.Tensor:
-        """(B, 3, S, S) normalised float pixels."""
+    def batch(self, image_ids: list[str], rendered: list[Image.Image] = ()) -> torch.Tensor:
+        """(B, 3, S, S) normalised float pixels of stored images, then of `rendered` ones."""
         images = [self._images[i] if i in self._images else self._load(i) for i in image_ids]
+        images += [self._uint8(image) for image in rendered]
         return torch.stack(images).float() * self._scale + self._shift
 
 
@@ -245,7 +249,8 @@ def parameter_groups(model: SPRCModel, config: TrainConfig, pretrained: set[str]
             lr = optim.pretrained_lr if name in pretrained else optim.vision_lr
         else:
             lr = optim.pretrained_lr if name in pretrained else optim.lr
-        no_decay = param.dim() < 2 or "embeddings" in name or name in ("query_tokens", "prompt_tokens", "temp")
+        no_decay = param.dim() < 2 or "embeddings" in name or name in ("query_tokens", "prompt_tokens", "temp",
+                                                                         "readout_positions")
         decay = 0.0 if no_decay else optim.weight_decay
         groups.setdefault((lr, decay), []).append(param)
     return [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in groups.items()]
@@ -262,6 +267,7 @@ class Trainer:
         self.model, pretrained = build_model(config)
         self.model.to(config.device).train()
         self.transform = ImageTransform(self.model.config.preprocess)
+        self.look_alikes = self._look_alikes()
         self.train_split = read_split(config, config.data.train_split, for_training=True)
         self.region_head = self._region_head()
         self.scene_heads = self._scene_heads()
@@ -312,6 +318,19 @@ class Trainer:
         heads = SceneHeads(config.embed_dim, config.qformer.num_query_tokens, split.region_grid, split.region_classes)
         return heads.to(self.config.device)
 
+    def _look_alikes(self):
+        if self.config.position_negatives < 0:
+            raise ValueError(f"position_negatives must be >= 0, got {self.config.position_negatives}")
+        if self.config.position_negatives == 0:
+            return None
+        if self.config.data.kind != "shapes":
+            raise ValueError("position_negatives needs scene labels, which only the shapes benchmark has")
+        from cir_core.data.shapes import read_shapes_info, read_shapes_scenes
+        from cir_core.data.shapes_negatives import PositionLookAlikes
+
+        info = read_shapes_info(self.config.data.root)
+        return PositionLookAlikes(read_shapes_scenes(self.config.data.root), int(info["image_size"]))
+
     def _validation_split(self):
         if not self.config.data.val_split or self.config.eval_every <= 0:
             return None
@@ -331,7 +350,9 @@ class Trainer:
         target = self.images.batch([t.target for t in triplets]).to(self.config.device)
         captions = [t.training_caption(self.caption_rng) for t in triplets]
         negative_ids = self._hard_negatives(triplets)
-        negatives = self.images.batch(negative_ids).to(self.config.device) if negative_ids else None
+        rendered = self._position_negatives(triplets)
+        negatives = (self.images.batch(negative_ids, rendered).to(self.config.device)
+                     if negative_ids or rendered else None)
         extra = {}
         batch = len(triplets)
         labels = None
@@ -382,6 +403,14 @@ class Trainer:
             if len(chosen) == self.config.hard_negatives:
                 break
         return chosen
+
+    def _position_negatives(self, triplets: list[Triplet]) -> list[Image.Image]:
+        """`config.position_negatives` rendered scenes with a batch target's objects in another layout."""
+        if self.look_alikes is None:
+            return []
+        targets = [t.target for t in triplets]
+        scenes = self.look_alikes.sample(targets, self.config.position_negatives, self.caption_rng, set(targets))
+        return self.look_alikes.render(scenes)
 
     def run(self) -> dict[str, float]:
         config = self.config

@@ -248,6 +248,62 @@ def test_near_duplicates_are_one_attribute_apart():
     assert found == {base.id: sorted([recoloured.id, moved.id])}
 
 
+def test_position_look_alikes_keep_the_objects_and_change_the_layout():
+    import random
+
+    from cir_core.data.shapes_negatives import position_look_alike
+    from cir_core.data.shapes_scene import SceneObject, ShapesScene
+
+    key = lambda scene: sorted((o.shape, o.color, o.size) for o in scene.objects)
+    lone = ShapesScene((SceneObject(1, 1, "circle", "red", "large"),))
+    pair = ShapesScene((SceneObject(0, 0, "circle", "red", "large"), SceneObject(2, 2, "square", "blue", "small")))
+    rng = random.Random(0)
+    seen_swap = False
+    for scene in (lone, pair) * 20:
+        other = position_look_alike(scene, rng)
+        assert other.id != scene.id and key(other) == key(scene)
+        changed = {o.cell for o in scene.objects} ^ {o.cell for o in other.objects}
+        seen_swap |= not changed  # a swap keeps the occupied cells
+    assert seen_swap
+    twins = [SceneObject(r, c, "circle", "red", "large") for r in range(3) for c in range(3)]
+    assert position_look_alike(ShapesScene(tuple(twins[:5])), rng) is not None  # a move is still possible
+
+
+def test_position_negatives_are_rendered_into_the_candidates(tmp_path, shapes_dir):
+    import random
+
+    from cir_core.data.shapes_scene import render_scene
+    from cir_core.train import Trainer
+
+    trainer = Trainer(TrainConfig.from_file(write_config(tmp_path, shapes_dir, position_negatives=3)))
+    triplets = [trainer.train_split.triplets[i] for i in trainer.sampler.next_batch()]
+    targets = [t.target for t in triplets]
+    scenes = trainer.look_alikes.sample(targets, 3, random.Random(0), set(targets))
+    key = lambda scene: sorted((o.shape, o.color, o.size) for o in scene.objects)
+    target_keys = [key(trainer.look_alikes.scenes[t]) for t in targets]
+    assert len(scenes) == 3 and len({s.id for s in scenes}) == 3
+    assert all(s.id not in targets and key(s) in target_keys for s in scenes)
+    images = trainer.look_alikes.render(scenes)
+    assert [i.tobytes() for i in images] == [render_scene(s, 32).tobytes() for s in scenes]
+    pixels = trainer.images.batch(targets[:1], images)
+    assert pixels.shape[0] == 4 and torch.allclose(pixels[1:], trainer.images.batch([], images))
+    assert len(trainer._position_negatives(triplets)) == 3
+    assert math.isfinite(trainer.train_step()["loss"])
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"position_negatives": -1}, "position_negatives must be >= 0"),
+    ({"position_negatives": 2, "data": {"kind": "cirr", "root": "."}}, "only the shapes benchmark"),
+])
+def test_position_negatives_option_is_checked(tmp_path, shapes_dir, changes, message):
+    from cir_core.train import Trainer
+
+    config = TrainConfig.from_file(write_config(tmp_path, shapes_dir)).with_overrides(
+        {key: json.dumps(value) for key, value in changes.items()})
+    with pytest.raises(ValueError, match=message):
+        Trainer(config)
+
+
 def test_model_overrides_on_the_command_line(tmp_path, shapes_dir):
     config = TrainConfig.from_file(write_config(tmp_path, shapes_dir)).with_overrides(
         {"model.overrides.qformer.num_query_tokens": "2", "model.overrides.loss.align_weight": "0.8"})
