@@ -43,6 +43,9 @@ class VisionConfig:
     ln_vision_eps: float = 1e-5  # eps of the trailing `ln_vision` LayerNorm (torch default in LAVIS)
     qkv_bias: bool = True  # q and v biases (k has none), as EVA
     hidden_act: str = "gelu"  # MLP activation
+    # Not in BLIP-2: a learned 2D position table added to the tokens the Q-Former reads, so
+    # that its read-out (which weighs tokens by content) can say where things are.
+    readout_positions: bool = False
 
     @property
     def num_tokens(self) -> int:

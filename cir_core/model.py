@@ -80,6 +80,23 @@ def _qformer_hf_config(config: SPRCConfig) -> Blip2QFormerConfig:
     )
 
 
+def readout_position_table(vision, scale: float = 0.5) -> torch.Tensor:
+    """(1, 1 + P, W): zeros for the class token, then per patch sines and cosines of its row
+    (first half of the width) and column (second half) at geometric frequencies, times `scale`
+    (the tokens they join are layer-normed, so about unit size per channel)."""
+    side, width = vision.image_size // vision.patch_size, vision.hidden_size
+    quarter = width // 4
+    frequencies = 1.0 / (side ** (torch.arange(quarter, dtype=torch.float32) / max(quarter, 1)))
+    coordinate = torch.arange(side, dtype=torch.float32)
+    angles = coordinate[:, None] * frequencies[None]  # (side, quarter)
+    waves = torch.cat([angles.sin(), angles.cos()], dim=1)  # (side, 2 * quarter)
+    rows = waves[:, None, :].expand(side, side, -1)
+    cols = waves[None, :, :].expand(side, side, -1)
+    table = torch.zeros(1 + side * side, width)
+    table[1:, :4 * quarter] = torch.cat([rows, cols], dim=-1).reshape(side * side, 4 * quarter)
+    return (scale * table)[None]
+
+
 class SPRCModel(nn.Module):
     """SPRC: BLIP-2 vision encoder + Q-Former writing sentence-level prompts.
 
@@ -103,6 +120,9 @@ class SPRCModel(nn.Module):
         self.vision_projection = nn.Linear(q.hidden_size, config.embed_dim)
         self.text_projection = nn.Linear(q.hidden_size, config.embed_dim)
         self.temp = nn.Parameter(torch.tensor(float(config.temp_init)))
+        # (1, T, W) or None; starts as a 2D sine-cosine table so positions are told apart from step one.
+        self.readout_positions = (nn.Parameter(readout_position_table(config.vision))
+                                  if config.vision.readout_positions else None)
         if config.query_mode == "pseudo_word":
             self.pseudo_word_projection = nn.Sequential(
                 nn.Linear(q.hidden_size, q.hidden_size), nn.GELU(), nn.Linear(q.hidden_size, q.hidden_size))
@@ -150,7 +170,10 @@ class SPRCModel(nn.Module):
         """(B, 3, S, S) -> (B, T, W): ViT then ln_vision."""
         vision_dtype = self.vision_model.embeddings.patch_embedding.weight.dtype
         output = self.vision_model(pixel_values=pixel_values.to(self.device, dtype=vision_dtype))
-        return output.last_hidden_state.to(self.query_tokens.dtype)
+        features = output.last_hidden_state
+        if self.readout_positions is not None:
+            features = features + self.readout_positions.to(features.dtype)
+        return features.to(self.query_tokens.dtype)
 
     def target_vectors(self, vision_features: torch.Tensor) -> torch.Tensor:
         """(B, T, W) -> (B, Q, D) L2-normalised: the Q-Former query pass over an image."""

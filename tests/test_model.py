@@ -153,3 +153,28 @@ def test_inference_baselines_are_what_they_claim(tiny_model):
     assert torch.allclose(modes["text_only"][0], modes["text_only"][1])  # ignores the image
     fused = F.normalize(modes["image_only"][0] + modes["text_only"][0], dim=-1)
     assert torch.allclose(modes["late_fusion"][0], fused, atol=1e-6)
+
+
+def test_readout_positions_tell_identical_patches_apart(tmp_path):
+    from cir_core.train import parameter_groups
+    from cir_core.train_config import TrainConfig
+
+    plain = cir_core.create_model("tiny-test")
+    placed = cir_core.create_model("tiny-test", **{"vision.readout_positions": True})
+    assert plain.readout_positions is None
+    table = placed.readout_positions
+    assert table.shape == (1, placed.config.vision.num_tokens, placed.config.vision.hidden_size)
+    assert torch.count_nonzero(table[0, 0]) == 0  # the class token has no place
+    patches = F.normalize(table[0, 1:], dim=-1)
+    assert float((patches @ patches.T - 2 * torch.eye(len(patches))).max()) < 0.999  # every patch its own row
+    placed.load_state_dict(plain.state_dict(), strict=False)  # same encoder: only the table differs
+    blank = torch.zeros(1, 3, placed.config.vision.image_size, placed.config.vision.image_size)
+    with torch.no_grad():
+        base, shifted = plain.vision_features(blank), placed.vision_features(blank)
+    assert torch.allclose(shifted - base, table, atol=1e-5)
+    table.data.add_(0.25)  # trained values survive a checkpoint round trip
+    loaded = cir_core.load_model(cir_core.save_model(placed, tmp_path / "placed"))
+    assert loaded.config.vision.readout_positions and torch.equal(loaded.readout_positions, table)
+    groups = parameter_groups(placed, TrainConfig(), pretrained=set())
+    group = next(g for g in groups if any(p is table for p in g["params"]))
+    assert group["weight_decay"] == 0.0 and group["lr"] == TrainConfig().optim.lr

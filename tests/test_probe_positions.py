@@ -44,3 +44,18 @@ def test_bad_arguments_and_missing_data_are_refused(tmp_path, capsys):
         probe.main(["--max-images", "3"])
     assert probe.main(["--data", str(tmp_path / "none"), "--model", "local-dir:" + str(tmp_path)]) == 2
     assert "error:" in capsys.readouterr().err
+
+
+def test_placement_similarity_is_one_only_when_vectors_ignore_the_place():
+    torch.manual_seed(0)
+    same = torch.randn(1, 4, 8).expand(9, 4, 8)  # every placement encoded alike
+    assert torch.allclose(probe.placement_similarity(same), torch.ones(9, 9))
+    placed = torch.randn(9, 4, 8)
+    similarity = probe.placement_similarity(placed)
+    assert torch.allclose(similarity.diagonal(), torch.ones(9))
+    assert float(similarity[~torch.eye(9, dtype=torch.bool)].max()) < 0.99
+
+
+def test_single_object_placements_reads_a_real_model(tiny_model):
+    report = probe.single_object_placements(tiny_model, [("circle", "blue", "large")])
+    assert set(report) == {"mean", "max", "min"} and -1.0 <= report["min"] <= report["mean"] <= report["max"] <= 1.0
