@@ -180,8 +180,24 @@ def _build(cls, data: Any, where: str):
         elif isinstance(value, list):
             kwargs[name] = tuple(value)
         else:
-            kwargs[name] = value
+            kwargs[name] = _checked_scalar(value, f.type, f"{where}.{name}")
     return cls(**kwargs)
+
+
+# Declared scalar field types -> accepted Python types (a whole number is a fine float).
+_SCALAR_TYPES = {"bool": (bool,), "int": (int,), "float": (int, float), "str": (str,)}
+
+
+def _checked_scalar(value: Any, declared: Any, where: str) -> Any:
+    """`value` when it fits a bool/int/float/str field; other field types pass unchecked."""
+    accepted = _SCALAR_TYPES.get(declared if isinstance(declared, str) else getattr(declared, "__name__", ""))
+    if accepted is None:
+        return value
+    wrong_bool = isinstance(value, bool) and bool not in accepted  # True is an int to Python, not to a config
+    if wrong_bool or not isinstance(value, accepted):
+        raise ValueError(f"{where}: expected {declared if isinstance(declared, str) else declared.__name__}, "
+                         f"got {value!r}")
+    return float(value) if accepted == (int, float) else value
 
 
 def available_presets() -> list[str]:

@@ -312,3 +312,18 @@ def test_model_overrides_on_the_command_line(tmp_path, shapes_dir):
 
     model, _ = build_model(config)
     assert model.num_query_tokens == 2 and model.config.loss.align_weight == 0.8
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("position_negatives", "lots", "train config.position_negatives: expected int, got 'lots'"),
+    ("progress", "1", "train config.progress: expected bool, got 1"),
+    ("region_weight", "true", "train config.region_weight: expected float, got True"),
+    ("model.overrides.vision.readout_positions", "maybe", "config.vision.readout_positions: expected bool"),
+])
+def test_option_values_of_the_wrong_type_are_refused(tmp_path, shapes_dir, key, value, message):
+    from cir_core.train import build_model
+
+    config = TrainConfig.from_file(write_config(tmp_path, shapes_dir))
+    with pytest.raises(ValueError, match=message):
+        build_model(config.with_overrides({key: value}))  # model overrides are checked when the model is built
+    assert config.with_overrides({"region_weight": "1"}).region_weight == 1.0  # a whole number is a float
