@@ -36,10 +36,10 @@ def query_model(model: SPRCModel, precision: str) -> SPRCModel:
     check_query_precision(precision)
     if precision == "fp32":
         return model
-    if model.device.type != "cpu":
-        raise ValueError(f"{precision} query encoding is a CPU speed-up; the model is on {model.device}")
     if precision == "bf16":
         return copy.deepcopy(model).to(torch.bfloat16).eval()
+    if model.device.type != "cpu":  # torch's dynamically quantized layers run on the CPU only
+        raise ValueError(f"int8 query encoding is a CPU speed-up; the model is on {model.device}")
     try:
         from torch.ao.quantization import quantize_dynamic
     except ImportError as error:  # pragma: no cover - depends on the installed torch

@@ -36,7 +36,7 @@ def register(subparsers) -> None:
     shapes.add_argument("--data", type=Path, required=True, help="a generated shapes dataset folder")
     shapes.add_argument("--split", default="test")
     shapes.add_argument("--query-precision", default="fp32", choices=QUERY_PRECISIONS,
-                        help="encode the queries as an engine with this setting does (bf16/int8: CPU only; "
+                        help="encode the queries as an engine with this setting does (int8: CPU only; "
                              "the gallery stays fp32)")
     add_model_arguments(shapes, features=False)
     shapes.set_defaults(handler=_eval_shapes)

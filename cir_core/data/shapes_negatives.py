@@ -52,19 +52,18 @@ def position_look_alike(scene: ShapesScene, rng: random.Random) -> ShapesScene |
     None when the layout cannot change (a full grid of identical objects).
     """
     objects = list(scene.objects)
-    swappable = [(a, b) for i, a in enumerate(objects) for b in objects[i + 1:]
-                 if (a.shape, a.color, a.size) != (b.shape, b.color, b.size)]
+    swappable = [(a, b) for i, a in enumerate(objects) for b in objects[i + 1:] if a.appearance != b.appearance]
     empty = scene.empty_cells()
     if swappable and (not empty or rng.random() < 0.5):
         a, b = rng.choice(swappable)
         moved = [o for o in objects if o not in (a, b)] + [
-            SceneObject(b.row, b.col, a.shape, a.color, a.size), SceneObject(a.row, a.col, b.shape, b.color, b.size)]
+            SceneObject(b.row, b.col, *a.appearance), SceneObject(a.row, a.col, *b.appearance)]
         return ShapesScene(tuple(moved))
     if not empty:
         return None
     obj = rng.choice(objects)
     row, col = rng.choice(empty)
-    return scene.replace(obj, SceneObject(row, col, obj.shape, obj.color, obj.size))
+    return scene.replace(obj, SceneObject(row, col, *obj.appearance))
 
 
 class PositionLookAlikes:

@@ -85,6 +85,11 @@ class SceneObject:
     def combination(self) -> tuple[str, str]:
         return (self.shape, self.color)
 
+    @property
+    def appearance(self) -> tuple[str, str, str]:
+        """Everything but the place: two objects alike in this differ only in where they stand."""
+        return (self.shape, self.color, self.size)
+
     def to_dict(self) -> dict[str, Any]:
         return {"row": self.row, "col": self.col, "shape": self.shape, "color": self.color, "size": self.size}
 
@@ -128,7 +133,7 @@ class ShapesScene:
 
     def map_cells(self, mapping: Callable[[int, int], Cell]) -> ShapesScene:
         """The scene with every object moved to `mapping(row, col)` (objects stay upright)."""
-        return ShapesScene(tuple(SceneObject(*mapping(o.row, o.col), o.shape, o.color, o.size) for o in self.objects))
+        return ShapesScene(tuple(SceneObject(*mapping(o.row, o.col), *o.appearance) for o in self.objects))
 
     def to_dict(self) -> dict[str, Any]:
         return {"objects": [obj.to_dict() for obj in self.objects]}

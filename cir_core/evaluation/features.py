@@ -168,7 +168,8 @@ def compute_features(model: SPRCModel, split: TripletSplit, batch_size: int = 32
     try:
         targets, vision = encode_gallery(model, split, batch_size, progress, cache_reference_features, num_workers)
         cache = dict(zip(split.gallery, vision)) if vision is not None else None
-        queries = encode_queries(query_model or model, split, batch_size, progress, cache, num_workers)
+        queries = encode_queries(query_model if query_model is not None else model, split, batch_size, progress,
+                                 cache, num_workers)
     finally:
         model.train(was_training)
     logger.info("%s: encoded %d gallery images and %d queries", split.name, len(split.gallery), len(split))

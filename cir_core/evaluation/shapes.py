@@ -124,10 +124,9 @@ def evaluate_shapes(model: SPRCModel, split: TripletSplit, batch_size: int = 64,
     """
     if not split.triplets:
         raise ValueError(f"{split.name} has no queries to evaluate")
-    queries = query_model(model, query_precision) if query_precision != "fp32" else None
     with torch.inference_mode():
         scores = split_scores(model, split, batch_size=batch_size, progress=progress, cache_reference_features=True,
-                              query_model=queries)
+                              query_model=query_model(model, query_precision))
         report = shapes_report_from_scores(scores, split)
     if scenes is not None:
         report.confusions = top1_confusions(split.triplets, report.first_results, scenes)

@@ -24,8 +24,7 @@ def confusion_kind(target: ShapesScene, retrieved: ShapesScene) -> str:
         raise ValueError("the retrieved scene is the target: not a confusion")
     if len(retrieved.objects) != len(target.objects):
         return "count"
-    if sorted((o.shape, o.color, o.size) for o in retrieved.objects) == sorted(
-            (o.shape, o.color, o.size) for o in target.objects):
+    if sorted(o.appearance for o in retrieved.objects) == sorted(o.appearance for o in target.objects):
         return "position"
     if [o.cell for o in retrieved.objects] == [o.cell for o in target.objects]:  # objects are sorted by cell
         return "attribute"
