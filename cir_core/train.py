@@ -319,17 +319,20 @@ class Trainer:
         return heads.to(self.config.device)
 
     def _look_alikes(self):
-        if self.config.position_negatives < 0:
-            raise ValueError(f"position_negatives must be >= 0, got {self.config.position_negatives}")
-        if self.config.position_negatives == 0:
+        asked = {name: getattr(self.config, name) for name in ("position_negatives", "edit_negatives")}
+        for name, count in asked.items():
+            if count < 0:
+                raise ValueError(f"{name} must be >= 0, got {count}")
+        if not any(asked.values()):
             return None
         if self.config.data.kind != "shapes":
-            raise ValueError("position_negatives needs scene labels, which only the shapes benchmark has")
+            names = " and ".join(name for name, count in asked.items() if count)
+            raise ValueError(f"{names} need scene labels, which only the shapes benchmark has")
         from cir_core.data.shapes import read_shapes_info, read_shapes_scenes
-        from cir_core.data.shapes_negatives import PositionLookAlikes
+        from cir_core.data.shapes_negatives import LookAlikes
 
         info = read_shapes_info(self.config.data.root)
-        return PositionLookAlikes(read_shapes_scenes(self.config.data.root), int(info["image_size"]))
+        return LookAlikes(read_shapes_scenes(self.config.data.root), int(info["image_size"]))
 
     def _validation_split(self):
         if not self.config.data.val_split or self.config.eval_every <= 0:
@@ -350,7 +353,7 @@ class Trainer:
         target = self.images.batch([t.target for t in triplets]).to(self.config.device)
         captions = [t.training_caption(self.caption_rng) for t in triplets]
         negative_ids = self._hard_negatives(triplets)
-        rendered = self._position_negatives(triplets)
+        rendered = self._rendered_negatives(triplets)
         negatives = (self.images.batch(negative_ids, rendered).to(self.config.device)
                      if negative_ids or rendered else None)
         extra = {}
@@ -404,12 +407,17 @@ class Trainer:
                 break
         return chosen
 
-    def _position_negatives(self, triplets: list[Triplet]) -> list[Image.Image]:
-        """`config.position_negatives` rendered scenes with a batch target's objects in another layout."""
+    def _rendered_negatives(self, triplets: list[Triplet]) -> list[Image.Image]:
+        """Rendered look-alikes of the batch: `config.position_negatives` scenes with a target's
+        objects in another layout, then `config.edit_negatives` references edited the same way
+        with another outcome; none is a batch target or another look-alike."""
         if self.look_alikes is None:
             return []
         targets = [t.target for t in triplets]
-        scenes = self.look_alikes.sample(targets, self.config.position_negatives, self.caption_rng, set(targets))
+        avoid = set(targets)
+        scenes = self.look_alikes.sample(targets, self.config.position_negatives, self.caption_rng, avoid)
+        if self.config.edit_negatives:
+            scenes += self.look_alikes.sample_edits(triplets, self.config.edit_negatives, self.caption_rng, avoid)
         return self.look_alikes.render(scenes)
 
     def run(self) -> dict[str, float]:

@@ -68,6 +68,7 @@ class TrainConfig:
     checkpoint_every: int = 500  # steps between resumable checkpoints
     hard_negatives: int = 0  # extra look-alike negative targets per batch (datasets that list them)
     position_negatives: int = 0  # rendered negatives per batch: a target's objects in another layout (shapes)
+    edit_negatives: int = 0  # rendered negatives per batch: a reference edited the same way, another outcome (shapes)
     region_weight: float = 0.0  # weight of the auxiliary per-region vision loss (datasets with region labels)
     locate_patches: bool = False  # the region head also makes every patch token say where it is
     scene_weight: float = 0.0  # weight of decoding the target scene from query and target vectors (region labels)

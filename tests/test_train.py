@@ -269,6 +269,29 @@ def test_position_look_alikes_keep_the_objects_and_change_the_layout():
     assert position_look_alike(ShapesScene(tuple(twins[:5])), rng) is not None  # a move is still possible
 
 
+def test_position_look_alikes_are_spread_over_the_targets():
+    import random
+    from collections import Counter
+
+    from cir_core.data.shapes_negatives import LookAlikes
+    from cir_core.data.shapes_scene import SceneObject, ShapesScene
+
+    scenes = {f"s{i}": ShapesScene((SceneObject(i % 3, 0, "circle", "red", "small"),
+                                    SceneObject(2 - i % 3, 2, "square", "blue", "large"))) for i in range(3)}
+    sampler = LookAlikes(scenes, image_size=32)
+    key = lambda scene: tuple(sorted(o.appearance for o in scene.objects))
+    twice = sampler.sample(sorted(scenes), 6, random.Random(1), avoid=set())
+    assert len(twice) == 6 and len({s.id for s in twice}) == 6
+    assert all(key(s) == key(scenes["s0"]) for s in twice)
+    # no target id is ever returned, even when the layouts run out
+    lone = {"a": ShapesScene((SceneObject(0, 0, "circle", "red", "small"),))}
+    places = LookAlikes(lone, image_size=32).sample(["a"], 100, random.Random(0), avoid={lone["a"].id})
+    assert 3 <= len(places) <= 8 and len({s.id for s in places}) == len(places)
+    assert lone["a"].id not in {s.id for s in places}
+    with pytest.raises(KeyError, match="no scene label"):
+        sampler.sample(["s0", "missing"], 2, random.Random(0), avoid=set())
+
+
 def test_position_negatives_are_rendered_into_the_candidates(tmp_path, shapes_dir):
     import random
 
@@ -287,13 +310,60 @@ def test_position_negatives_are_rendered_into_the_candidates(tmp_path, shapes_di
     assert [i.tobytes() for i in images] == [render_scene(s, 32).tobytes() for s in scenes]
     pixels = trainer.images.batch(targets[:1], images)
     assert pixels.shape[0] == 4 and torch.allclose(pixels[1:], trainer.images.batch([], images))
-    assert len(trainer._position_negatives(triplets)) == 3
+    assert len(trainer._rendered_negatives(triplets)) == 3
+    assert math.isfinite(trainer.train_step()["loss"])
+
+
+def test_edit_look_alikes_repeat_the_edit_with_another_outcome():
+    import random
+
+    from cir_core.data.shapes_edits import edit_scene
+    from cir_core.data.shapes_negatives import edit_look_alike
+    from cir_core.data.shapes_scene import SceneObject, ShapesScene
+
+    reference = ShapesScene((SceneObject(0, 0, "circle", "red", "small"), SceneObject(1, 1, "square", "blue", "large"),
+                             SceneObject(2, 2, "triangle", "green", "small")))
+    rng = random.Random(3)
+    for edit_type in ("remove", "color", "move", "add", "size"):
+        target = edit_scene(reference, edit_type, rng).target
+        for _ in range(10):
+            other = edit_look_alike(reference, target, edit_type, rng)
+            assert other is not None and other.id not in (target.id, reference.id)
+            if edit_type == "remove":  # one object fewer, but not the one the caption named
+                assert len(other.objects) == 2 and set(other.objects) < set(reference.objects)
+            if edit_type in ("color", "size"):  # the same cells, one object changed
+                assert {o.cell for o in other.objects} == {o.cell for o in reference.objects}
+    mirrored = edit_scene(reference, "mirror", rng).target
+    assert edit_look_alike(reference, mirrored, "mirror", rng) is None  # a mirror has one outcome
+
+
+def test_edit_negatives_are_rendered_after_the_layouts(tmp_path, shapes_dir):
+    import random
+
+    from cir_core.train import Trainer
+
+    trainer = Trainer(TrainConfig.from_file(write_config(tmp_path, shapes_dir, position_negatives=2,
+                                                         edit_negatives=3)))
+    triplets = [trainer.train_split.triplets[i] for i in trainer.sampler.next_batch()]
+    targets = {t.target for t in triplets}
+    scenes = trainer.look_alikes.sample_edits(triplets, 3, random.Random(0), set(targets))
+    assert len(scenes) == 3 and not {s.id for s in scenes} & targets
+    references = [trainer.look_alikes.scenes[t.reference] for t in triplets]
+    appearances = lambda scene: sorted(o.appearance for o in scene.objects)
+
+    def one_edit_apart(scene, reference):  # one object added, removed or changed, or the same objects moved
+        return len(set(scene.objects) ^ set(reference.objects)) <= 2 or appearances(scene) == appearances(reference)
+
+    assert all(any(one_edit_apart(scene, reference) for reference in references) for scene in scenes)
+    assert len(trainer._rendered_negatives(triplets)) == 5
     assert math.isfinite(trainer.train_step()["loss"])
 
 
 @pytest.mark.parametrize("changes, message", [
     ({"position_negatives": -1}, "position_negatives must be >= 0"),
-    ({"position_negatives": 2, "data": {"kind": "cirr", "root": "."}}, "only the shapes benchmark"),
+    ({"edit_negatives": -2}, "edit_negatives must be >= 0"),
+    ({"position_negatives": 2, "data": {"kind": "cirr", "root": "."}}, "position_negatives need scene labels"),
+    ({"edit_negatives": 2, "data": {"kind": "cirr", "root": "."}}, "edit_negatives need scene labels"),
 ])
 def test_position_negatives_option_is_checked(tmp_path, shapes_dir, changes, message):
     from cir_core.train import Trainer

@@ -1,7 +1,8 @@
 """Look-alike scenes for hard-negative training.
 
 Near-duplicates (one attribute of one object changed) are found among existing scenes;
-position look-alikes (same objects, another layout) are made and rendered on demand.
+position look-alikes (same objects, another layout) and edit look-alikes (the reference
+edited the same way with another outcome) are made and rendered on demand.
 
 Two scenes are near-duplicates when removing one object from each leaves the same rest
 and the removed objects differ in exactly one way: at the same cell (colour, shape or
@@ -16,6 +17,7 @@ from collections import defaultdict
 from PIL import Image
 
 from cir_core.data.shapes_scene import SceneObject, ShapesScene, render_scene
+from cir_core.data.triplets import Triplet
 
 
 def _one_attribute_apart(a: SceneObject, b: SceneObject) -> bool:
@@ -66,26 +68,73 @@ def position_look_alike(scene: ShapesScene, rng: random.Random) -> ShapesScene |
     return scene.replace(obj, SceneObject(row, col, *obj.appearance))
 
 
-class PositionLookAlikes:
-    """Makes and renders, for training targets, scenes that differ from them only in layout."""
+def edit_look_alike(reference: ShapesScene, target: ShapesScene, edit_type: str, rng: random.Random,
+                    tries: int = 4) -> ShapesScene | None:
+    """The reference edited the same way but with another outcome (another object removed, another colour...).
+
+    Such a scene shares the target's edit type and everything the caption does not name,
+    so telling it from the target takes reading the caption's details. None when no other
+    outcome turns up in `tries` draws (a mirror has only one).
+    """
+    from cir_core.data.shapes_edits import edit_scene
+
+    for _ in range(tries):
+        edit = edit_scene(reference, edit_type, rng, train=True)
+        if edit is None:
+            return None
+        if edit.target.id not in (target.id, reference.id):
+            return edit.target
+    return None
+
+
+class LookAlikes:
+    """Makes and renders, per training batch, scenes that differ from its targets in one detail."""
 
     def __init__(self, scenes: dict[str, ShapesScene], image_size: int):
         self.scenes, self.image_size = scenes, image_size
 
+    def _scene(self, image_id: str) -> ShapesScene:
+        try:
+            return self.scenes[image_id]
+        except KeyError:
+            raise KeyError(f"no scene label for training image {image_id!r}") from None
+
     def sample(self, target_ids: list[str], count: int, rng: random.Random, avoid: set[str]) -> list[ShapesScene]:
-        """Look-alikes of up to `count` distinct random targets, none with an id in `avoid` (the batch targets)."""
-        avoid = set(avoid)
-        chosen = []
-        for target_id in rng.sample(target_ids, len(target_ids)):
-            if len(chosen) == count:
+        """Up to `count` distinct layout look-alikes spread evenly over the targets, none with an id in `avoid`.
+
+        Each pass over the (shuffled) targets gives each at most one more look-alike, so with
+        `count` = 2 x targets every target gets two; it stops when a pass finds nothing new
+        (a target with few possible layouts may give fewer). Chosen ids are added to `avoid`.
+        """
+        scenes = [self._scene(target_id) for target_id in target_ids]
+        return self._spread(scenes, count, avoid, lambda scene: position_look_alike(scene, rng), rng)
+
+    def sample_edits(self, triplets: list[Triplet], count: int, rng: random.Random,
+                     avoid: set[str]) -> list[ShapesScene]:
+        """Up to `count` distinct `edit_look_alike`s of the triplets, spread like `sample`."""
+        cases = [(self._scene(t.reference), self._scene(t.target), t.edit) for t in triplets]
+        return self._spread(cases, count, avoid, lambda case: edit_look_alike(*case, rng), rng)
+
+    @staticmethod
+    def _spread(sources: list, count: int, avoid: set[str], make, rng: random.Random,
+                tries: int = 4) -> list[ShapesScene]:
+        chosen: list[ShapesScene] = []
+        while len(chosen) < count:
+            found_before = len(chosen)
+            for source in rng.sample(sources, len(sources)):
+                if len(chosen) == count:
+                    break
+                for _ in range(tries):
+                    look_alike = make(source)
+                    if look_alike is None or look_alike.id not in avoid:
+                        break
+                else:
+                    look_alike = None  # every draw was already taken
+                if look_alike is not None:
+                    avoid.add(look_alike.id)
+                    chosen.append(look_alike)
+            if len(chosen) == found_before:
                 break
-            scene = self.scenes.get(target_id)
-            if scene is None:
-                raise KeyError(f"no scene label for training target {target_id!r}")
-            look_alike = position_look_alike(scene, rng)
-            if look_alike is not None and look_alike.id not in avoid:
-                avoid.add(look_alike.id)
-                chosen.append(look_alike)
         return chosen
 
     def render(self, scenes: list[ShapesScene]) -> list[Image.Image]:
