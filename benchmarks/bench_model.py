@@ -4,7 +4,8 @@
 
 Prints, measured in one run:
 - gallery encoding in images/s at batch 64 (vision encoder + Q-Former query pass, images
-  preprocessed beforehand), fp32 and bf16 autocast side by side, with the ratio;
+  preprocessed beforehand), fp32, bf16 autocast and int8 (`cir build-index --precision`)
+  side by side, with the ratios;
 - engine query latency (reference image file + caption -> top-50 of the gallery index),
   p50/p95 over the benchmark's test queries, with the per-stage breakdown, for six engine
   settings side by side (one thread per request in fp32, the default; two threads; one and
@@ -26,15 +27,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def gallery_throughput(model, pixels: torch.Tensor, batch: int, bf16: bool, repeats: int = 3) -> float:
-    context = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else torch.autocast("cpu", enabled=False)
-    with context:
-        model.encode_target(pixels[:batch])  # warm-up
+def gallery_throughput(model, pixels: torch.Tensor, batch: int, precision: str, repeats: int = 3) -> float:
+    from cir_core.precision import gallery_encoder
+
+    with torch.inference_mode(), gallery_encoder(model, precision) as encoder:
+        encoder.encode_target(pixels[:batch])  # warm-up
         best = float("inf")
         for _ in range(repeats):
             start = time.perf_counter()
             for i in range(0, len(pixels), batch):
-                model.encode_target(pixels[i:i + batch])
+                encoder.encode_target(pixels[i:i + batch])
             best = min(best, time.perf_counter() - start)
     return len(pixels) / best
 
@@ -67,16 +69,17 @@ def main(argv: list[str] | None = None) -> int:
     transform = ImageTransform(model.config.preprocess)
     ids = split.gallery[:args.images]
     pixels = torch.stack([transform(Image.open(split.path(i))) for i in ids])
-    fp32 = gallery_throughput(model, pixels, 64, bf16=False)
-    bf16 = gallery_throughput(model, pixels, 64, bf16=True)
+    throughput = {precision: gallery_throughput(model, pixels, 64, precision) for precision in ("fp32", "bf16", "int8")}
 
     base = Engine.from_uris(args.model, gallery_data=args.gallery)
     queries = split.triplets[:args.queries]
     gallery = torch.from_numpy(base.index.vectors(range(len(base.index)))).float()
     report = {
         "model": args.model, "gallery_images": len(base.index), "encoding_threads": args.threads,
-        "gallery_encoding_images_per_s": {"fp32": round(fp32, 1), "bf16": round(bf16, 1),
-                                          "bf16_over_fp32": round(bf16 / fp32, 2)},
+        "gallery_encoding_images_per_s": {
+            **{precision: round(rate, 1) for precision, rate in throughput.items()},
+            "bf16_over_fp32": round(throughput["bf16"] / throughput["fp32"], 2),
+            "int8_over_bf16": round(throughput["int8"] / throughput["bf16"], 2)},
         "engine_query_ms": {},
     }
     reference_hits, reference_p50 = None, None

@@ -36,7 +36,7 @@ from cir_core.explain import Explanation, RelevanceMap, Vocabulary, attention_ma
 from cir_core.index import GalleryIndex, GalleryIndexError
 from cir_core.index_build import gallery_items
 from cir_core.model import SPRCModel
-from cir_core.query_precision import check_query_precision, query_model
+from cir_core.precision import check_gallery_precision, check_query_precision, query_model, resolve_gallery_precision
 from cir_core.text import TextBatch, clean_caption
 from cir_core.transforms import ImageTransform, to_rgb
 
@@ -276,7 +276,7 @@ class Engine:
         server with concurrent users).
         `query_precision` "bf16" or "int8" runs searches without explanations (the uploaded
         reference's vision encoder and both Q-Former passes) on a reduced-precision copy of
-        the model (`cir_core.query_precision`): faster on a CPU, with query vectors close to
+        the model (`cir_core.precision`): faster on a CPU, with query vectors close to
         fp32's, so rankings can differ from fp32 where scores nearly tie. Explanations
         always use the fp32 model.
         """
@@ -305,16 +305,18 @@ class Engine:
     @classmethod
     def from_uris(cls, model_uri: str, index_dir: str | Path | None = None, gallery_data: str | Path | None = None,
                   cache_root: str | Path | None = None, progress: bool = True, num_threads: int = 1,
-                  **kwargs) -> Engine:
+                  gallery_precision: str = "auto", **kwargs) -> Engine:
         """Load a model from a URI and its gallery index.
 
         With `index_dir`, that index is loaded (refused if another model built it).
         Without, the gallery in `gallery_data` (a shapes benchmark folder, whose test
         gallery is used, or any folder of images) is indexed once and cached under
         `cache_root` (default ~/.cache/cir, or $CIR_CACHE), keyed by the model's weights
-        fingerprint. Without either, the shapes benchmark is generated there (seed 0).
+        fingerprint and `gallery_precision` (how its images are encoded). Without either,
+        the shapes benchmark is generated there (seed 0).
         `gallery_data` that is a shapes folder also provides the benchmark queries.
         """
+        check_gallery_precision(gallery_precision)
         limit_threads(num_threads)  # the gallery build below too
         model = load_model(model_uri)
         cache_root = Path(cache_root) if cache_root is not None else DEFAULT_CACHE_ROOT
@@ -323,7 +325,7 @@ class Engine:
         else:
             if gallery_data is None:
                 gallery_data = default_shapes_gallery(cache_root, progress=progress)
-            index = default_gallery_index(model, gallery_data, cache_root, progress)
+            index = default_gallery_index(model, gallery_data, cache_root, progress, gallery_precision)
         logger.info("engine ready: model %s, %d gallery images", model.config.name, len(index.ids))
         kwargs.setdefault("cache_dir", cache_root / "failures")
         return cls(model, index, benchmark_dir=gallery_data, num_threads=num_threads, **kwargs)
@@ -638,35 +640,26 @@ class Engine:
 
 
 def default_gallery_index(model: SPRCModel, gallery_data: str | Path, cache_root: str | Path,
-                          progress: bool = True) -> GalleryIndex:
+                          progress: bool = True, precision: str = "auto") -> GalleryIndex:
     """The index of `gallery_data` for `model`, built on first use and cached under `cache_root`.
 
-    The cache folder is named by the model's weights fingerprint, so a retrained model
-    gets a new index; `GalleryIndex.load` re-checks the fingerprint anyway.
+    The cache folder is named by the model's weights fingerprint and the encoding
+    `precision` (`cir_core.precision.GALLERY_PRECISIONS`; "auto" is bf16 on a CPU with bf16
+    units: about twice fp32's speed, vectors within 2e-3), so a retrained model or another
+    precision gets a new index; `GalleryIndex.load` re-checks the fingerprint anyway.
     """
+    precision = resolve_gallery_precision(model, precision)
     gallery_data = Path(gallery_data).expanduser().resolve()
-    folder = Path(cache_root) / "indexes" / f"{model.config.name}-{weights_fingerprint(model)}-{gallery_data.name}"
+    folder = (Path(cache_root) / "indexes"
+              / f"{model.config.name}-{weights_fingerprint(model)}-{gallery_data.name}-{precision}")
     if folder.is_dir():
         try:
             return GalleryIndex.load(folder, model=model)
         except (GalleryIndexError, FileNotFoundError) as error:
             logger.warning("rebuilding the cached gallery index: %s", error)
     items = gallery_items(gallery_data)
-    logger.info("indexing %d gallery images of %s into %s (once)", len(items), gallery_data, folder)
-    with gallery_encoding_precision(model):
-        return GalleryIndex.build(model, items, folder, progress=progress)
-
-
-def gallery_encoding_precision(model: SPRCModel):
-    """bf16 autocast for bulk encoding on CPUs with bf16 units, else a no-op.
-
-    Measured with shapes-mini on this project's CPU: 256 vs 136 images per CPU-second, so
-    a 5,233-image gallery indexes in about 20 s instead of 40 s; target vectors stay within
-    2e-3 of fp32. Queries are encoded in fp32 (faster at batch size 1).
-    """
-    bf16_units = any(getattr(torch.cpu, probe, lambda: False)()
-                     for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=model.device.type == "cpu" and bf16_units)
+    logger.info("indexing %d gallery images of %s into %s (once, %s)", len(items), gallery_data, folder, precision)
+    return GalleryIndex.build(model, items, folder, progress=progress, precision=precision)
 
 
 def default_shapes_gallery(cache_root: str | Path, seed: int = 0, progress: bool = True) -> Path:

@@ -124,15 +124,17 @@ class GalleryIndex:
     @classmethod
     def build(cls, model, items: list[GalleryItem], out_dir: str | Path, batch_size: int = 64, progress: bool = True,
               resume: bool = True, model_id: str | None = None, kind: str = "flat",
-              params: IndexParams | None = None) -> GalleryIndex:
+              params: IndexParams | None = None, precision: str = "fp32") -> GalleryIndex:
         """Encode `items` with `model` and write an index folder at `out_dir` (see `index_build`).
 
-        `params` overrides `kind` and tunes the approximate kinds. The returned index
+        `params` overrides `kind` and tunes the approximate kinds; `precision` is how the
+        images are encoded (`cir_core.precision.GALLERY_PRECISIONS`). The returned index
         carries the build report (`.report`: indexed and skipped images).
         """
         params = params or IndexParams(kind=kind)
         fingerprint = build_gallery_index(model, items, Path(out_dir), params, batch_size=batch_size,
-                                          progress=progress, resume=resume, model_id=model_id)
+                                          progress=progress, resume=resume, model_id=model_id,
+                                          precision=precision)
         return cls.load(out_dir, expected_fingerprint=fingerprint, verify=False)
 
     @classmethod

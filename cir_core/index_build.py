@@ -141,9 +141,15 @@ def gallery_items(source: str | Path, split: str = "test") -> list[GalleryItem]:
 
 # ------------------------------------------------------------------------------------------- build
 def build_gallery_index(model, items: list[GalleryItem], out_dir: Path, params: IndexParams, batch_size: int = 64,
-                        progress: bool = True, resume: bool = True, model_id: str | None = None) -> str:
-    """Encode `items` with `model` and write the index folder; returns the model's weights fingerprint."""
+                        progress: bool = True, resume: bool = True, model_id: str | None = None,
+                        precision: str = "fp32") -> str:
+    """Encode `items` with `model` and write the index folder; returns the model's weights fingerprint.
+
+    `precision` (`cir_core.precision.GALLERY_PRECISIONS`) is how the images are encoded;
+    the index records it, and a resumed build only reuses batches encoded the same way.
+    """
     from cir_core.checkpoints import weights_fingerprint
+    from cir_core.precision import gallery_encoder, resolve_gallery_precision
 
     started = time.perf_counter()
     params.validate()
@@ -156,12 +162,14 @@ def build_gallery_index(model, items: list[GalleryItem], out_dir: Path, params: 
     q, d = config.qformer.num_query_tokens, config.embed_dim
     dtype = np.float32 if params.kind == "flat" else np.float16
     fingerprint = weights_fingerprint(model)
+    precision = resolve_gallery_precision(model, precision)
     manifest = {"version": WORK_VERSION, "fingerprint": fingerprint, "items": _items_digest(items),
-                "batch_size": batch_size, "dtype": np.dtype(dtype).name, "shape": [q, d]}
+                "batch_size": batch_size, "dtype": np.dtype(dtype).name, "shape": [q, d], "precision": precision}
     work = out_dir.parent / f".{out_dir.name}.work"
     resumed = _prepare_work_folder(work, manifest, resume)
     batches = [items[start:start + batch_size] for start in range(0, len(items), batch_size)]
-    _encode_missing(model, batches, work, dtype, progress)
+    with gallery_encoder(model, precision) as encoder:
+        _encode_missing(encoder, batches, work, dtype, progress)
 
     skipped: list[SkippedImage] = []
     records: list[dict[str, Any]] = []
@@ -178,7 +186,7 @@ def build_gallery_index(model, items: list[GalleryItem], out_dir: Path, params: 
                          f"(e.g. {first.path}: {first.reason})")
     report = BuildReport(indexed=len(records), skipped=skipped, resumed_batches=resumed)
     info = {"model": model_id or getattr(model, "source", None) or config.name, "model_config": config.name,
-            "fingerprint": fingerprint, "preprocess": dataclasses.asdict(config.preprocess),
+            "fingerprint": fingerprint, "precision": precision, "preprocess": dataclasses.asdict(config.preprocess),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     contents = IndexContents(records=records, num_query_tokens=q, dim=d, info=info)
     report.seconds = round(time.perf_counter() - started, 3)

@@ -135,6 +135,7 @@ def test_app_reports_a_missing_default_model_clearly(tmp_path, monkeypatch, caps
 @pytest.mark.parametrize("name, value, message", [
     ("CIR_PREPARE_FAILURES", "yes", "CIR_PREPARE_FAILURES must be 0 or 1, got 'yes'"),
     ("CIR_QUERY_PRECISION", "int4", "CIR_QUERY_PRECISION must be fp32, bf16 or int8, got 'int4'"),
+    ("CIR_GALLERY_PRECISION", "fp16", "CIR_GALLERY_PRECISION must be auto, fp32, bf16 or int8, got 'fp16'"),
 ])
 def test_app_rejects_bad_settings_before_loading_anything(monkeypatch, capsys, name, value, message):
     app = load_app_module()
@@ -147,6 +148,7 @@ def test_app_rejects_bad_settings_before_loading_anything(monkeypatch, capsys, n
 def test_app_passes_the_query_precision_to_the_engine(monkeypatch):
     app = load_app_module()
     monkeypatch.setenv("CIR_QUERY_PRECISION", "int8")
+    monkeypatch.setenv("CIR_GALLERY_PRECISION", "bf16")
     seen = {}
 
     def refuse_after_reading(*args, **kwargs):
@@ -154,7 +156,9 @@ def test_app_passes_the_query_precision_to_the_engine(monkeypatch):
         raise FileNotFoundError("stop here")
 
     monkeypatch.setattr(app.Engine, "from_uris", refuse_after_reading)
-    assert app.main([]) == 2 and seen["query_precision"] == "int8"
+    assert app.main([]) == 2 and seen["query_precision"] == "int8" and seen["gallery_precision"] == "bf16"
+    monkeypatch.delenv("CIR_GALLERY_PRECISION")
+    assert app.main([]) == 2 and seen["gallery_precision"] == "auto"
 
 
 def test_app_reads_model_index_and_gallery_from_env_and_flags(monkeypatch):

@@ -398,6 +398,18 @@ def test_reduced_precision_queries_stay_close_to_fp32_and_explanations_stay_fp32
     assert 0.98 < float(np.dot(exact_upload.query_vector, quick_upload.query_vector)) <= 1.0 + 1e-5
 
 
+def test_gallery_precision_names_its_own_cached_index(checkpoint, shapes_dir, cache_root, engine):
+    int8 = tiny_engine(checkpoint, shapes_dir, cache_root, gallery_precision="int8")
+    assert int8.index.info["precision"] == "int8" and engine.index.info["precision"] in ("fp32", "bf16")
+    folders = sorted(folder.name for folder in (cache_root / "indexes").iterdir())
+    assert any(name.endswith("-int8") for name in folders) and len(folders) >= 2
+    exact, quick = engine.index.vectors(range(len(engine.index))), int8.index.vectors(range(len(int8.index)))
+    assert not np.array_equal(exact, quick)
+    np.testing.assert_allclose(quick, exact, atol=0.1)
+    with pytest.raises(ValueError, match="gallery precision must be one of auto, fp32, bf16, int8, got 'fp8'"):
+        Engine.from_uris(f"local-dir:{checkpoint / 'nothing'}", gallery_data=shapes_dir, gallery_precision="fp8")
+
+
 def test_unknown_query_precision_is_refused(checkpoint, shapes_dir, cache_root):
     with pytest.raises(ValueError, match="query precision must be one of fp32, bf16, int8, got 'int4'"):
         tiny_engine(checkpoint, shapes_dir, cache_root, query_precision="int4")

@@ -143,6 +143,10 @@ def test_eval_shapes_end_to_end(capsys, tmp_path, tiny_checkpoint, tiny_model):
     int8 = evaluate_shapes(tiny_model, read_shapes_split(data, "test"), progress=False, query_precision="int8")
     assert code == 0 and json.loads(out)["query_precision"] == "int8"
     assert json.loads(out)["recall"] == pytest.approx(int8.to_dict()["recall"])
+    code, out, _ = run(capsys, *args, "--json", "--gallery-precision", "int8")
+    int8_gallery = evaluate_shapes(tiny_model, read_shapes_split(data, "test"), progress=False, gallery_precision="int8")
+    assert code == 0 and json.loads(out)["gallery_precision"] == "int8"
+    assert json.loads(out)["recall"] == pytest.approx(int8_gallery.to_dict()["recall"])
     with pytest.raises(SystemExit):  # argparse names the choices
         main([str(a) for a in args] + ["--query-precision", "int4"])
     assert "invalid choice: 'int4'" in capsys.readouterr().err

@@ -250,6 +250,56 @@ def test_interrupted_build_leaves_no_index_and_resumes(tmp_path, tiny_model, mon
     assert resumed.ids == fresh.ids
 
 
+def test_build_encodes_in_the_asked_precision_and_records_it(tmp_path, tiny_model, monkeypatch):
+    from cir_core.precision import query_model, resolve_gallery_precision
+
+    items = index_build.items_from_images(_png_folder(tmp_path / "images", 5))
+    transform = ImageTransform(tiny_model.config.preprocess)
+    pixels = torch.stack([transform(Image.open(item.path)) for item in items])
+    exact = tiny_model.encode_target(pixels).numpy()
+    int8 = GalleryIndex.build(tiny_model, items, tmp_path / "int8", batch_size=5, progress=False, precision="int8")
+    assert int8.info["precision"] == "int8"
+    np.testing.assert_allclose(int8.vectors(range(5)), query_model(tiny_model, "int8").encode_target(pixels).numpy(),
+                               atol=1e-6)
+    assert not np.allclose(int8.vectors(range(5)), exact, atol=1e-6)  # really encoded in int8
+    np.testing.assert_allclose(int8.vectors(range(5)), exact, atol=0.1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        autocast = tiny_model.encode_target(pixels).float().numpy()
+    bf16 = GalleryIndex.build(tiny_model, items, tmp_path / "bf16", batch_size=5, progress=False, precision="bf16")
+    assert bf16.info["precision"] == "bf16"
+    np.testing.assert_allclose(bf16.vectors(range(5)), autocast, atol=1e-6)
+    assert GalleryIndex.load(tmp_path / "int8", model=tiny_model).fingerprint == bf16.fingerprint  # same weights
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: False, raising=False)
+    auto = GalleryIndex.build(tiny_model, items, tmp_path / "auto", batch_size=5, progress=False, precision="auto")
+    assert auto.info["precision"] == "fp32"  # no bf16 units: auto is full precision
+    np.testing.assert_allclose(auto.vectors(range(5)), exact, atol=1e-6)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert resolve_gallery_precision(tiny_model, "auto") == "bf16"
+    with pytest.raises(ValueError, match="gallery precision must be one of auto, fp32, bf16, int8, got 'int4'"):
+        GalleryIndex.build(tiny_model, items, tmp_path / "bad", progress=False, precision="int4")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_build_resumed_in_another_precision_starts_over(tmp_path, tiny_model, monkeypatch):
+    items = index_build.items_from_images(_png_folder(tmp_path / "images", 6))
+    real_encode, calls = index_build._encode_batch, []
+
+    def crash_on_second_batch(model, pixels):
+        calls.append(len(pixels))
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated crash")
+        return real_encode(model, pixels)
+
+    monkeypatch.setattr(index_build, "_encode_batch", crash_on_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        GalleryIndex.build(tiny_model, items, tmp_path / "index", batch_size=3, progress=False)
+    monkeypatch.setattr(index_build, "_encode_batch", real_encode)
+    resumed = GalleryIndex.build(tiny_model, items, tmp_path / "index", batch_size=3, progress=False,
+                                 precision="int8")
+    assert resumed.report.resumed_batches == 0 and resumed.info["precision"] == "int8"
+
+
 def test_crash_while_writing_keeps_the_previous_index(tmp_path, tiny_model, monkeypatch):
     items = index_build.items_from_images(_png_folder(tmp_path / "images", 4))
     out = tmp_path / "index"
@@ -337,7 +387,15 @@ def test_cli_build_index_from_images(tmp_path, tiny_checkpoint, tiny_model, caps
     assert summary["skipped_files"][0]["path"].endswith("readme.txt")
     index = GalleryIndex.load(out, model=tiny_model)
     assert index.info["model"] == f"local-dir:{tiny_checkpoint}"
+    assert summary["precision"] == index.info["precision"] == "fp32"
     assert len(index.search(np.ones(tiny_model.config.embed_dim, dtype=np.float32), 3)) == 3
+    code = main(["build-index", "--images", str(images), "--model", f"local-dir:{tiny_checkpoint}",
+                 "--out", str(tmp_path / "int8"), "--precision", "int8", "--no-progress", "--json"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["precision"] == "int8"
+    with pytest.raises(SystemExit):  # argparse names the choices
+        main(["build-index", "--images", str(images), "--model", f"local-dir:{tiny_checkpoint}",
+              "--out", str(tmp_path / "x"), "--precision", "int4"])
+    assert "invalid choice: 'int4'" in capsys.readouterr().err
 
 
 def test_cli_build_index_errors(tmp_path, tiny_checkpoint, capsys):

@@ -173,7 +173,7 @@ def test_report_rejects_bad_input():
 
 def test_reduced_precision_queries_keep_the_gallery_and_change_only_the_queries(tiny_model, shapes_dir):
     from cir_core.evaluation.features import compute_features
-    from cir_core.query_precision import query_model
+    from cir_core.precision import query_model
 
     split = read_shapes_split(shapes_dir, "test")
     exact = compute_features(tiny_model, split, progress=False)

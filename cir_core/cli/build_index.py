@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from cir_core.cli import CommandError
+from cir_core.precision import GALLERY_PRECISIONS
 
 
 def register(subparsers) -> None:
@@ -27,6 +28,9 @@ def register(subparsers) -> None:
     parser.add_argument("--nlist", type=int, help="ivfpq: IVF lists (default: the power of two at or above sqrt(N*Q), 16 to 16384)")
     parser.add_argument("--nprobe", type=int, help="ivfpq: lists visited per query (default nlist // 20, at least 16)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--precision", choices=GALLERY_PRECISIONS, default="fp32",
+                        help="how images are encoded: fp32 (default), bf16 autocast, int8 (CPU only, fastest) "
+                             "or auto (bf16 on a CPU with bf16 units, else fp32)")
     parser.add_argument("--no-resume", action="store_true", help="discard the encoded batches of an interrupted build")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--json", action="store_true", help="print the build summary as JSON")
@@ -63,12 +67,12 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError("--device cuda was asked for but no CUDA device is available")
     model = load_model(args.model, device=args.device)
     index = GalleryIndex.build(model, items, args.out, batch_size=args.batch_size, progress=not args.no_progress,
-                               resume=not args.no_resume, model_id=args.model, params=params)
+                               resume=not args.no_resume, model_id=args.model, params=params, precision=args.precision)
     report = index.report
     summary = {"index": str(args.out), "kind": index.kind, "images": len(index), "skipped": report.skipped_count,
                "skipped_files": [{"path": s.path, "reason": s.reason} for s in report.skipped],
                "vectors_per_image": index.num_query_tokens, "dim": index.dim, "fingerprint": index.fingerprint,
-               "resumed_batches": report.resumed_batches}
+               "resumed_batches": report.resumed_batches, "precision": index.info.get("precision")}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

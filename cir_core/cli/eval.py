@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from cir_core.cli import CommandError
-from cir_core.query_precision import QUERY_PRECISIONS
+from cir_core.precision import GALLERY_PRECISIONS, QUERY_PRECISIONS
 
 FASHIONIQ_DEFAULT_CATEGORIES = "dress,shirt,toptee"
 
@@ -36,8 +36,9 @@ def register(subparsers) -> None:
     shapes.add_argument("--data", type=Path, required=True, help="a generated shapes dataset folder")
     shapes.add_argument("--split", default="test")
     shapes.add_argument("--query-precision", default="fp32", choices=QUERY_PRECISIONS,
-                        help="encode the queries as an engine with this setting does (int8: CPU only; "
-                             "the gallery stays fp32)")
+                        help="encode the queries as an engine with this setting does (int8: CPU only)")
+    shapes.add_argument("--gallery-precision", default="fp32", choices=GALLERY_PRECISIONS,
+                        help="encode the gallery as `cir build-index --precision` does (int8: CPU only)")
     add_model_arguments(shapes, features=False)
     shapes.set_defaults(handler=_eval_shapes)
 
@@ -175,11 +176,12 @@ def _eval_shapes(args: argparse.Namespace) -> int:
     model = load_model_from_args(args)
     try:
         report = evaluate_shapes(model, split, args.batch_size, not args.no_progress, read_shapes_scenes(args.data),
-                                 query_precision=args.query_precision)
+                                 query_precision=args.query_precision, gallery_precision=args.gallery_precision)
     except ValueError as error:
         raise CommandError(str(error)) from None
     if args.json:
-        print(json.dumps({**report.to_dict(), "query_precision": args.query_precision}, indent=2))
+        print(json.dumps({**report.to_dict(), "query_precision": args.query_precision,
+                          "gallery_precision": args.gallery_precision}, indent=2))
     else:
         _print_shapes_table(report.to_dict())
     return 0

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from cir_core.data.triplets import TripletSplit
 from cir_core.model import SPRCModel
+from cir_core.precision import gallery_encoder, resolve_gallery_precision
 from cir_core.transforms import ImageTransform
 
 logger = logging.getLogger(__name__)
@@ -155,18 +156,24 @@ def encode_queries(model: SPRCModel, split: TripletSplit, batch_size: int = 32, 
 
 def compute_features(model: SPRCModel, split: TripletSplit, batch_size: int = 32, progress: bool = True,
                      cache_reference_features: bool = False, num_workers: int = 0,
-                     query_model: SPRCModel | None = None) -> RetrievalFeatures:
+                     query_model: SPRCModel | None = None, gallery_precision: str = "fp32") -> RetrievalFeatures:
     """Encode a split's gallery and queries with `model` (in eval mode, on its current device).
 
     `cache_reference_features` keeps the gallery's vision features on the CPU so that
     references in the gallery are not encoded twice (faster; ~1.4 MB per ViT-g image).
-    `query_model` (a reduced-precision copy of `model`, see `cir_core.query_precision`)
+    `query_model` (a reduced-precision copy of `model`, see `cir_core.precision`)
     encodes the queries instead, as an engine with that query precision would.
+    `gallery_precision` encodes the gallery as an index built with that precision would; the
+    references are then encoded by the query model, so the reference cache is only used
+    for an fp32 gallery.
     """
     was_training = model.training
     model.eval()
     try:
-        targets, vision = encode_gallery(model, split, batch_size, progress, cache_reference_features, num_workers)
+        precision = resolve_gallery_precision(model, gallery_precision)
+        with gallery_encoder(model, precision) as encoder:
+            targets, vision = encode_gallery(encoder, split, batch_size, progress,
+                                             cache_reference_features and precision == "fp32", num_workers)
         cache = dict(zip(split.gallery, vision)) if vision is not None else None
         queries = encode_queries(query_model if query_model is not None else model, split, batch_size, progress,
                                  cache, num_workers)
@@ -204,13 +211,14 @@ def gallery_columns(split: TripletSplit, image_ids: list[str | None], what: str)
 
 def split_scores(model: SPRCModel | None, split: TripletSplit, features: RetrievalFeatures | None = None,
                  batch_size: int = 32, progress: bool = True, cache_reference_features: bool = False,
-                 num_workers: int = 0, query_model: SPRCModel | None = None) -> torch.Tensor:
+                 num_workers: int = 0, query_model: SPRCModel | None = None,
+                 gallery_precision: str = "fp32") -> torch.Tensor:
     """(Nq, Ng) scores of a split's queries against its gallery, from `features` or computed with `model`."""
     if features is None:
         if model is None:
             raise ValueError("either a model or cached features are needed")
         features = compute_features(model, split, batch_size, progress, cache_reference_features, num_workers,
-                                    query_model)
+                                    query_model, gallery_precision)
     else:
         features.check_matches(split)
     device = model.device if model is not None else "cpu"

@@ -21,7 +21,7 @@ import torch
 from cir_core.data.shapes_scene import ShapesScene
 from cir_core.data.triplets import TripletSplit
 from cir_core.evaluation.features import gallery_columns, split_scores
-from cir_core.query_precision import query_model
+from cir_core.precision import query_model
 from cir_core.evaluation.metrics import exclude, recall_at_k, target_ranks
 from cir_core.evaluation.shapes_confusions import top1_confusions
 from cir_core.model import SPRCModel
@@ -115,18 +115,19 @@ def _first_columns(scores: torch.Tensor, targets: torch.Tensor, ranks: torch.Ten
 
 
 def evaluate_shapes(model: SPRCModel, split: TripletSplit, batch_size: int = 64, progress: bool = True,
-                    scenes: dict[str, ShapesScene] | None = None, query_precision: str = "fp32") -> ShapesReport:
+                    scenes: dict[str, ShapesScene] | None = None, query_precision: str = "fp32",
+                    gallery_precision: str = "fp32") -> ShapesReport:
     """Rank the split's gallery for every query with `model` (eval mode during the run, its own device).
 
     With the scene labels (`read_shapes_scenes`), the report also counts the misses by kind.
-    `query_precision` encodes the queries as an engine with that setting does (the gallery
-    stays in the model's precision).
+    `query_precision` encodes the queries as an engine with that setting does, and
+    `gallery_precision` the gallery as an index built with that setting does.
     """
     if not split.triplets:
         raise ValueError(f"{split.name} has no queries to evaluate")
     with torch.inference_mode():
         scores = split_scores(model, split, batch_size=batch_size, progress=progress, cache_reference_features=True,
-                              query_model=query_model(model, query_precision))
+                              query_model=query_model(model, query_precision), gallery_precision=gallery_precision)
         report = shapes_report_from_scores(scores, split)
     if scenes is not None:
         report.confusions = top1_confusions(split.triplets, report.first_results, scenes)
