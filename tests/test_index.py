@@ -219,26 +219,31 @@ def test_empty_and_unreadable_galleries_are_errors(tmp_path, tiny_model):
         GalleryIndex.build(tiny_model, duplicate, tmp_path / "index", progress=False)
 
 
-def test_interrupted_build_leaves_no_index_and_resumes(tmp_path, tiny_model, monkeypatch):
-    items = index_build.items_from_images(_png_folder(tmp_path / "images", 10))
-    out = tmp_path / "index"
-    real_encode = index_build._encode_batch
-    calls = []
+def _build_crashing_at_batch(monkeypatch, model, items, out, crash_at: int, **kwargs) -> None:
+    """Start a build of `items` that is interrupted while encoding batch number `crash_at` (1-based)."""
+    real_encode, calls = index_build._encode_batch, []
 
-    def crash_on_third_batch(model, pixels):
+    def crash(model, pixels):
         calls.append(len(pixels))
-        if len(calls) == 3:
+        if len(calls) == crash_at:
             raise KeyboardInterrupt("simulated crash")
         return real_encode(model, pixels)
 
-    monkeypatch.setattr(index_build, "_encode_batch", crash_on_third_batch)
+    monkeypatch.setattr(index_build, "_encode_batch", crash)
     with pytest.raises(KeyboardInterrupt):
-        GalleryIndex.build(tiny_model, items, out, batch_size=3, progress=False)
+        GalleryIndex.build(model, items, out, progress=False, **kwargs)
+    monkeypatch.setattr(index_build, "_encode_batch", real_encode)
+
+
+def test_interrupted_build_leaves_no_index_and_resumes(tmp_path, tiny_model, monkeypatch):
+    items = index_build.items_from_images(_png_folder(tmp_path / "images", 10))
+    out = tmp_path / "index"
+    _build_crashing_at_batch(monkeypatch, tiny_model, items, out, crash_at=3, batch_size=3)
     assert not out.exists()
     with pytest.raises(FileNotFoundError):
         GalleryIndex.load(out)
 
-    calls.clear()
+    real_encode, calls = index_build._encode_batch, []
     monkeypatch.setattr(index_build, "_encode_batch", lambda model, pixels: calls.append(len(pixels)) or
                         real_encode(model, pixels))
     resumed = GalleryIndex.build(tiny_model, items, out, batch_size=3, progress=False)
@@ -283,18 +288,7 @@ def test_build_encodes_in_the_asked_precision_and_records_it(tmp_path, tiny_mode
 
 def test_a_build_resumed_in_another_precision_starts_over(tmp_path, tiny_model, monkeypatch):
     items = index_build.items_from_images(_png_folder(tmp_path / "images", 6))
-    real_encode, calls = index_build._encode_batch, []
-
-    def crash_on_second_batch(model, pixels):
-        calls.append(len(pixels))
-        if len(calls) == 2:
-            raise KeyboardInterrupt("simulated crash")
-        return real_encode(model, pixels)
-
-    monkeypatch.setattr(index_build, "_encode_batch", crash_on_second_batch)
-    with pytest.raises(KeyboardInterrupt):
-        GalleryIndex.build(tiny_model, items, tmp_path / "index", batch_size=3, progress=False)
-    monkeypatch.setattr(index_build, "_encode_batch", real_encode)
+    _build_crashing_at_batch(monkeypatch, tiny_model, items, tmp_path / "index", crash_at=2, batch_size=3)
     resumed = GalleryIndex.build(tiny_model, items, tmp_path / "index", batch_size=3, progress=False,
                                  precision="int8")
     assert resumed.report.resumed_batches == 0 and resumed.info["precision"] == "int8"
