@@ -335,6 +335,13 @@ class Engine:
     def gallery_ids(self) -> list[str]:
         return list(self.index.ids)
 
+    def summary(self) -> str:
+        """One line for people: the model, the gallery and the precision each side is encoded in."""
+        precision = self.index.info.get("precision")  # absent from indexes built before it was recorded
+        encoded = f" (encoded in {precision})" if precision else ""
+        return (f"Model {self.model.config.name}, gallery of {len(self.index.ids)} images{encoded}, "
+                f"queries encoded in {self.query_precision}")
+
     def gallery_path(self, image_id: str) -> str:
         return str(self.index.paths[self._row(image_id)])
 

@@ -118,7 +118,7 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
 
     with gr.Blocks(title=title) as app:
         state = gr.State(ViewState())
-        gr.Markdown(f"# {title}\nModel **{engine.model.config.name}**, gallery of {len(engine.gallery_ids)} images. "
+        gr.Markdown(f"# {title}\n{engine.summary()}. "
                     "Give a reference image and a relative caption (\"make the circle red\").")
         with gr.Row():
             with gr.Column(scale=1):

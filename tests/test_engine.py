@@ -401,6 +401,7 @@ def test_reduced_precision_queries_stay_close_to_fp32_and_explanations_stay_fp32
 def test_gallery_precision_names_its_own_cached_index(checkpoint, shapes_dir, cache_root, engine):
     int8 = tiny_engine(checkpoint, shapes_dir, cache_root, gallery_precision="int8")
     assert int8.index.info["precision"] == "int8" and engine.index.info["precision"] in ("fp32", "bf16")
+    assert f"images (encoded in int8), queries encoded in fp32" in int8.summary()
     folders = sorted(folder.name for folder in (cache_root / "indexes").iterdir())
     assert any(name.endswith("-int8") for name in folders) and len(folders) >= 2
     exact, quick = engine.index.vectors(range(len(engine.index))), int8.index.vectors(range(len(int8.index)))
