@@ -29,16 +29,18 @@ QUERY_PRECISIONS = ("fp32", "bf16", "int8")
 GALLERY_PRECISIONS = ("auto", "fp32", "bf16", "int8")
 
 
-def check_query_precision(precision: str) -> str:
-    if precision not in QUERY_PRECISIONS:
-        raise ValueError(f"query precision must be one of {', '.join(QUERY_PRECISIONS)}, got {precision!r}")
+def _check(precision: str, allowed: tuple[str, ...], side: str) -> str:
+    if precision not in allowed:
+        raise ValueError(f"{side} precision must be one of {', '.join(allowed)}, got {precision!r}")
     return precision
+
+
+def check_query_precision(precision: str) -> str:
+    return _check(precision, QUERY_PRECISIONS, "query")
 
 
 def check_gallery_precision(precision: str) -> str:
-    if precision not in GALLERY_PRECISIONS:
-        raise ValueError(f"gallery precision must be one of {', '.join(GALLERY_PRECISIONS)}, got {precision!r}")
-    return precision
+    return _check(precision, GALLERY_PRECISIONS, "gallery")
 
 
 def query_model(model: SPRCModel, precision: str) -> SPRCModel:
@@ -63,18 +65,15 @@ def resolve_gallery_precision(model: SPRCModel, precision: str) -> str:
 
 @contextlib.contextmanager
 def gallery_encoder(model: SPRCModel, precision: str):
-    """Yields the model that encodes gallery images in `precision` (resolve "auto" first), set up for it.
+    """Yields the model that encodes gallery images in `precision` ("auto" included), set up for it.
 
     Measured with shapes-mini on this project's CPU (`python benchmarks/bench_model.py`):
-    bf16 autocast encodes about twice as many images per second as fp32, and int8 about
-    1.3 times as many as bf16; target vectors stay within 2e-3 (bf16) and 2e-2 (int8) of fp32.
+    bf16 autocast encodes about twice as many images per second as fp32, and int8 1.1-1.2
+    times as many as bf16; target vectors stay within 2e-3 (bf16) and 2e-2 (int8) of fp32.
     """
     precision = resolve_gallery_precision(model, precision)
     if precision == "int8":
         yield _int8_copy(model)
-    elif precision == "bf16" and model.device.type == "cpu":
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            yield model
     elif precision == "bf16":
         with torch.autocast(model.device.type, dtype=torch.bfloat16):
             yield model
