@@ -26,6 +26,7 @@ from cir_core.checkpoints import load_model, save_model
 from cir_core.config import apply_overrides, load_preset
 from cir_core.data.triplets import Triplet, TripletSplit
 from cir_core.model import SPRCModel
+from cir_core.precision import resolve_train_precision
 from cir_core.region_supervision import RegionHead, SceneHeads
 from cir_core.train_config import TrainConfig
 from cir_core.transforms import ImageTransform, to_rgb
@@ -261,6 +262,7 @@ class Trainer:
     def __init__(self, config: TrainConfig, resume: bool = False):
         self.config = config
         self.out_dir = Path(config.out_dir)
+        self.precision = resolve_train_precision(config.precision, config.device)
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
         torch.manual_seed(config.seed)
@@ -325,11 +327,15 @@ class Trainer:
                 raise ValueError(f"{name} must be >= 0, got {count}")
         if not any(asked.values()):
             return None
+        from cir_core.data.shapes_negatives import LAYOUT_SPREADS, LookAlikes
+
+        if self.config.position_negative_spread not in LAYOUT_SPREADS:
+            raise ValueError(f"position_negative_spread must be one of {', '.join(LAYOUT_SPREADS)}, "
+                             f"got {self.config.position_negative_spread!r}")
         if self.config.data.kind != "shapes":
             names = " and ".join(name for name, count in asked.items() if count)
             raise ValueError(f"{names} need scene labels, which only the shapes benchmark has")
         from cir_core.data.shapes import read_shapes_info, read_shapes_scenes
-        from cir_core.data.shapes_negatives import LookAlikes
 
         info = read_shapes_info(self.config.data.root)
         return LookAlikes(read_shapes_scenes(self.config.data.root), int(info["image_size"]))
@@ -340,10 +346,8 @@ class Trainer:
         return read_validation(self.config)
 
     def _autocast(self):
-        if self.config.precision == "bf16":
+        if self.precision == "bf16":
             return torch.autocast(device_type=torch.device(self.config.device).type, dtype=torch.bfloat16)
-        if self.config.precision != "fp32":
-            raise ValueError(f"precision must be bf16 or fp32, got {self.config.precision!r}")
         return nullcontext()
 
     def train_step(self) -> dict[str, float]:
@@ -415,7 +419,8 @@ class Trainer:
             return []
         targets = [t.target for t in triplets]
         avoid = set(targets)
-        scenes = self.look_alikes.sample(targets, self.config.position_negatives, self.caption_rng, avoid)
+        scenes = self.look_alikes.sample(targets, self.config.position_negatives, self.caption_rng, avoid,
+                                         spread=self.config.position_negative_spread)
         if self.config.edit_negatives:
             scenes += self.look_alikes.sample_edits(triplets, self.config.edit_negatives, self.caption_rng, avoid)
         return self.look_alikes.render(scenes)
@@ -425,6 +430,9 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
         start = time.monotonic()
+        logger.info("training under %s autocast (precision %r) on %s with %d threads", self.precision,
+                    config.precision, config.device, torch.get_num_threads())
+        self._log({"step": self.step, "precision": self.precision, "threads": torch.get_num_threads()})
         last_metrics: dict[str, float] = {}
         bar = tqdm(total=config.max_steps, initial=self.step, desc="training", disable=not config.progress,
                    unit="step", dynamic_ncols=True)

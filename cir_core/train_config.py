@@ -69,11 +69,12 @@ class TrainConfig:
     hard_negatives: int = 0  # extra look-alike negative targets per batch (datasets that list them)
     position_negatives: int = 0  # rendered negatives per batch: a target's objects in another layout (shapes)
     edit_negatives: int = 0  # rendered negatives per batch: a reference edited the same way, another outcome (shapes)
+    position_negative_spread: str = "even"  # who gets the layout ones: "even" or "inverse_objects" (1/n per n objects)
     region_weight: float = 0.0  # weight of the auxiliary per-region vision loss (datasets with region labels)
     locate_patches: bool = False  # the region head also makes every patch token say where it is
     scene_weight: float = 0.0  # weight of decoding the target scene from query and target vectors (region labels)
     best_metric: str = ""  # flat validation metric deciding the best checkpoint ("" = the dataset's headline)
-    precision: str = "bf16"  # "bf16" autocast or "fp32"
+    precision: str = "auto"  # "bf16" autocast, "fp32", or "auto" (bf16 where the device computes it natively)
     num_threads: int = 0  # torch threads (0 = leave torch's default)
     seed: int = 0  # sampling and initialisation seed
     device: str = "cpu"  # "cpu" or "cuda"

@@ -292,6 +292,32 @@ def test_position_look_alikes_are_spread_over_the_targets():
         sampler.sample(["s0", "missing"], 2, random.Random(0), avoid=set())
 
 
+def test_inverse_objects_spread_gives_lone_objects_more_look_alikes():
+    import random
+    from collections import Counter
+
+    from cir_core.data.shapes_negatives import LookAlikes
+    from cir_core.data.shapes_scene import SceneObject, ShapesScene
+
+    def scene(count, color):
+        return ShapesScene(tuple(SceneObject(i // 3, i % 3, "circle", color, "small") for i in range(count)))
+
+    scenes = {"lone": scene(1, "red"), "pair": scene(2, "blue"), "four": scene(4, "green")}
+    sampler = LookAlikes(scenes, image_size=32)
+    colour = lambda s: s.objects[0].color
+    for spread, expected in [("even", {"red": 2, "green": 2, "blue": 2}),
+                             ("inverse_objects", {"red": 4, "blue": 2, "green": 1})]:
+        found = sampler.sample(sorted(scenes), 6 if spread == "even" else 7, random.Random(0), set(), spread=spread)
+        assert Counter(colour(s) for s in found) == expected, spread
+        assert all(len(s.objects) == len(scenes[{"red": "lone", "blue": "pair", "green": "four"}[colour(s)]].objects)
+                   for s in found)
+    # a batch with no lone object must not stall the passes that only lone objects take part in
+    found = sampler.sample(["four"], 10, random.Random(0), set(), spread="inverse_objects")
+    assert len(found) == 10 and len({s.id for s in found}) == 10
+    with pytest.raises(ValueError, match="unknown look-alike spread 'uneven'"):
+        sampler.sample(["lone"], 1, random.Random(0), set(), spread="uneven")
+
+
 def test_position_negatives_are_rendered_into_the_candidates(tmp_path, shapes_dir):
     import random
 
@@ -364,6 +390,8 @@ def test_edit_negatives_are_rendered_after_the_layouts(tmp_path, shapes_dir):
     ({"edit_negatives": -2}, "edit_negatives must be >= 0"),
     ({"position_negatives": 2, "data": {"kind": "cirr", "root": "."}}, "position_negatives need scene labels"),
     ({"edit_negatives": 2, "data": {"kind": "cirr", "root": "."}}, "edit_negatives need scene labels"),
+    ({"position_negatives": 2, "position_negative_spread": "fair"},
+     "position_negative_spread must be one of even, inverse_objects, got 'fair'"),
 ])
 def test_position_negatives_option_is_checked(tmp_path, shapes_dir, changes, message):
     from cir_core.train import Trainer
@@ -397,3 +425,28 @@ def test_option_values_of_the_wrong_type_are_refused(tmp_path, shapes_dir, key, 
     with pytest.raises(ValueError, match=message):
         build_model(config.with_overrides({key: value}))  # model overrides are checked when the model is built
     assert config.with_overrides({"region_weight": "1"}).region_weight == 1.0  # a whole number is a float
+
+
+@pytest.mark.parametrize("native_bf16, asked, used", [
+    (True, "auto", "bf16"), (False, "auto", "fp32"), (False, "bf16", "bf16"), (True, "fp32", "fp32")])
+def test_training_precision_auto_follows_the_hardware(tmp_path, shapes_dir, monkeypatch, native_bf16, asked, used):
+    import cir_core.precision
+    from cir_core.train import Trainer
+
+    monkeypatch.setattr(cir_core.precision, "has_native_bf16", lambda device: native_bf16)
+    config = TrainConfig.from_file(write_config(tmp_path, shapes_dir, precision=asked, max_steps=1, eval_every=0))
+    trainer = Trainer(config)
+    assert trainer.precision == used
+    with trainer._autocast():
+        assert torch.is_autocast_enabled("cpu") == (used == "bf16")
+    trainer.run()
+    assert read_log(tmp_path / "run")[0] == {"step": 0, "precision": used, "threads": 1}
+
+
+def test_unknown_training_precision_is_refused_before_anything_runs(tmp_path, shapes_dir):
+    from cir_core.train import Trainer
+
+    config = TrainConfig.from_file(write_config(tmp_path, shapes_dir, precision="fp16"))
+    with pytest.raises(ValueError, match="training precision must be one of auto, bf16, fp32, got 'fp16'"):
+        Trainer(config)
+    assert not (tmp_path / "run").exists()

@@ -11,6 +11,8 @@ finds every pair in one pass, without comparing all pairs.
 """
 from __future__ import annotations
 
+import itertools
+import math
 import random
 from collections import defaultdict
 
@@ -18,6 +20,8 @@ from PIL import Image
 
 from cir_core.data.shapes_scene import SceneObject, ShapesScene, render_scene
 from cir_core.data.triplets import Triplet
+
+LAYOUT_SPREADS = ("even", "inverse_objects")  # how layout look-alikes are shared among targets
 
 
 def _one_attribute_apart(a: SceneObject, b: SceneObject) -> bool:
@@ -99,15 +103,22 @@ class LookAlikes:
         except KeyError:
             raise KeyError(f"no scene label for training image {image_id!r}") from None
 
-    def sample(self, target_ids: list[str], count: int, rng: random.Random, avoid: set[str]) -> list[ShapesScene]:
-        """Up to `count` distinct layout look-alikes spread evenly over the targets, none with an id in `avoid`.
+    def sample(self, target_ids: list[str], count: int, rng: random.Random, avoid: set[str],
+               spread: str = "even") -> list[ShapesScene]:
+        """Up to `count` distinct layout look-alikes of the targets, none with an id in `avoid`.
 
-        Each pass over the (shuffled) targets gives each at most one more look-alike, so with
-        `count` = 2 x targets every target gets two; it stops when a pass finds nothing new
-        (a target with few possible layouts may give fewer). Chosen ids are added to `avoid`.
+        `spread` (one of LAYOUT_SPREADS) decides who gets them. "even": each pass over the
+        (shuffled) targets gives each at most one more, so with `count` = 2 x targets every
+        target gets two. "inverse_objects": a target with n objects takes part in every n-th
+        pass, so its share is proportional to 1/n. A lone object is the scene with the most
+        look-alikes in a gallery: every other cell it could stand in holds one, while a
+        scene of five objects has few rivals that keep all five. Chosen ids are added to `avoid`.
         """
+        if spread not in LAYOUT_SPREADS:
+            raise ValueError(f"unknown look-alike spread {spread!r}; choose one of {', '.join(LAYOUT_SPREADS)}")
         scenes = [self._scene(target_id) for target_id in target_ids]
-        return self._spread(scenes, count, avoid, lambda scene: position_look_alike(scene, rng), rng)
+        every = (lambda scene: len(scene.objects)) if spread == "inverse_objects" else None
+        return self._spread(scenes, count, avoid, lambda scene: position_look_alike(scene, rng), rng, every)
 
     def sample_edits(self, triplets: list[Triplet], count: int, rng: random.Random,
                      avoid: set[str]) -> list[ShapesScene]:
@@ -117,13 +128,25 @@ class LookAlikes:
 
     @staticmethod
     def _spread(sources: list, count: int, avoid: set[str], make, rng: random.Random,
-                tries: int = 4) -> list[ShapesScene]:
+                every=None, tries: int = 4) -> list[ShapesScene]:
+        """Look-alikes made in passes over the shuffled sources; a source takes part in the passes
+        whose number is a multiple of `every(source)` (None: in all). It stops at `count`, or
+        when a pass that every source took part in finds nothing new."""
+        if count <= 0:
+            return []
+        periods = [1 if every is None else max(1, every(source)) for source in sources]
+        full_pass = math.lcm(*periods) if periods else 1
         chosen: list[ShapesScene] = []
-        while len(chosen) < count:
-            found_before = len(chosen)
-            for source in rng.sample(sources, len(sources)):
-                if len(chosen) == count:
+        found_since_full_pass = True
+        for pass_number in itertools.count():
+            if pass_number % full_pass == 0:
+                if not found_since_full_pass:
                     break
+                found_since_full_pass = False
+            members = [source for source, period in zip(sources, periods) if pass_number % period == 0]
+            for source in rng.sample(members, len(members)):
+                if len(chosen) == count:
+                    return chosen
                 for _ in range(tries):
                     look_alike = make(source)
                     if look_alike is None or look_alike.id not in avoid:
@@ -133,7 +156,8 @@ class LookAlikes:
                 if look_alike is not None:
                     avoid.add(look_alike.id)
                     chosen.append(look_alike)
-            if len(chosen) == found_before:
+                    found_since_full_pass = True
+            if len(chosen) == count:
                 break
         return chosen
 
