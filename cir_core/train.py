@@ -353,13 +353,9 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         indices = self.sampler.next_batch()
         triplets = [self.train_split.triplets[i] for i in indices]
-        reference = self.images.batch([t.reference for t in triplets]).to(self.config.device)
-        target = self.images.batch([t.target for t in triplets]).to(self.config.device)
         captions = [t.training_caption(self.caption_rng) for t in triplets]
         negative_ids = self._hard_negatives(triplets)
         rendered = self._rendered_negatives(triplets)
-        negatives = (self.images.batch(negative_ids, rendered).to(self.config.device)
-                     if negative_ids or rendered else None)
         extra = {}
         batch = len(triplets)
         labels = None
@@ -367,16 +363,12 @@ class Trainer:
             ids = [t.reference for t in triplets] + [t.target for t in triplets]
             labels = torch.stack([self.train_split.region_labels[i] for i in ids]).to(self.config.device)
         with self._autocast():
-            if self.region_head is None:
-                out = self.model(reference, captions, target, negatives=negatives)
-                loss = out.loss
-            else:
-                pixels = torch.cat([reference, target] + ([negatives] if negatives is not None else []))
-                features = self.model.vision_features(pixels)  # (2B + H, T, W)
-                region = self.region_head.loss(features[:2 * batch], labels)
-                out = self.model(features[:batch], captions, features[batch:2 * batch],
-                                 negatives=features[2 * batch:] if negatives is not None else None)
-                loss = out.loss + self.config.region_weight * region
+            reference, target, negatives = self.batch_features(triplets, negative_ids, rendered)
+            out = self.model(reference, captions, target, negatives=negatives)
+            loss = out.loss
+            if self.region_head is not None:
+                region = self.region_head.loss(torch.cat([reference, target]), labels)
+                loss = loss + self.config.region_weight * region
                 extra["region"] = float(region.detach())
             if self.scene_heads is not None:
                 scene = self.scene_heads.loss(out.query, out.targets[:batch], labels[batch:])
@@ -393,6 +385,26 @@ class Trainer:
         return {"loss": float(loss.detach()), "itc": float(out.itc.detach()), "rtc": float(out.rtc.detach()),
                 "align": float(out.align.detach()), **extra, "temp": float(self.model.temp.detach()),
                 "lr": self.scheduler.get_last_lr()[0]}
+
+    def batch_features(self, triplets: list[Triplet], negative_ids: list[str] = (),
+                       rendered: list[Image.Image] = ()) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Vision features of the batch's references, targets and extra negatives (None without any).
+
+        A batch holds each reference `edits_per_reference` times; the vision encoder has no
+        dropout, so each distinct image is encoded once and its features are repeated, which
+        gives the same values and gradients for a quarter of the reference images' cost.
+        """
+        references = [t.reference for t in triplets]
+        distinct = list(dict.fromkeys(references))
+        parts = [self.images.batch(distinct), self.images.batch([t.target for t in triplets])]
+        if negative_ids or rendered:
+            parts.append(self.images.batch(list(negative_ids), list(rendered)))
+        features = self.model.vision_features(torch.cat(parts).to(self.config.device))
+        position = {image_id: row for row, image_id in enumerate(distinct)}
+        reference = features[torch.tensor([position[i] for i in references], device=features.device)]
+        end = len(distinct) + len(triplets)
+        negatives = features[end:] if len(parts) == 3 else None
+        return reference, features[len(distinct):end], negatives
 
     def _hard_negatives(self, triplets: list[Triplet]) -> list[str]:
         """Up to `config.hard_negatives` look-alikes of this batch's targets that are no batch target."""

@@ -450,3 +450,37 @@ def test_unknown_training_precision_is_refused_before_anything_runs(tmp_path, sh
     with pytest.raises(ValueError, match="training precision must be one of auto, bf16, fp32, got 'fp16'"):
         Trainer(config)
     assert not (tmp_path / "run").exists()
+
+
+def test_each_distinct_reference_is_encoded_once_with_the_same_values_and_gradients(tmp_path, shapes_dir):
+    from cir_core.train import Trainer
+
+    trainer = Trainer(TrainConfig.from_file(write_config(tmp_path, shapes_dir, position_negatives=2)))
+    model = trainer.model.eval()  # no dropout: both ways must agree exactly
+    triplets = [trainer.train_split.triplets[i] for i in trainer.sampler.next_batch()]
+    references = [t.reference for t in triplets]
+    assert len(set(references)) == 2 and len(references) == 8  # 4 edits per reference
+    rendered = trainer._rendered_negatives(triplets)
+    encoded = []
+    vision_features = model.vision_features
+    model.vision_features = lambda pixels: encoded.append(len(pixels)) or vision_features(pixels)
+    captions = [t.caption for t in triplets]
+
+    def vision_gradients(reference, target, negatives):
+        model.zero_grad(set_to_none=True)
+        model(reference, captions, target, negatives=negatives).loss.backward()
+        return {name: p.grad.clone() for name, p in model.vision_model.named_parameters() if p.grad is not None}
+
+    shared = trainer.batch_features(triplets, rendered=rendered)
+    assert encoded == [2 + 8 + 2]
+    shared_gradients = vision_gradients(*shared)
+    every = (vision_features(trainer.images.batch(references)),
+             vision_features(trainer.images.batch([t.target for t in triplets])),
+             vision_features(trainer.images.batch([], rendered)))
+    for mine, theirs in zip(shared, every):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
+    every_gradients = vision_gradients(*every)
+    assert shared_gradients.keys() == every_gradients.keys() and shared_gradients
+    for name, gradient in shared_gradients.items():
+        torch.testing.assert_close(gradient, every_gradients[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert trainer.batch_features(triplets)[2] is None  # no extra negatives asked
