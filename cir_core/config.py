@@ -46,6 +46,9 @@ class VisionConfig:
     # Not in BLIP-2: a learned 2D position table added to the tokens the Q-Former reads, so
     # that its read-out (which weighs tokens by content) can say where things are.
     readout_positions: bool = False
+    # Size of the sines and cosines that table starts from, per channel (the tokens are
+    # layer-normed, about unit size per channel); training hardly changes it.
+    readout_position_scale: float = 0.5
 
     @property
     def num_tokens(self) -> int:

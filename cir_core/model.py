@@ -13,6 +13,8 @@ Mechanism (see docs/sprc-reference.md in the shared docs):
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import torch
@@ -84,6 +86,8 @@ def readout_position_table(vision, scale: float = 0.5) -> torch.Tensor:
     """(1, 1 + P, W): zeros for the class token, then per patch sines and cosines of its row
     (first half of the width) and column (second half) at geometric frequencies, times `scale`
     (the tokens they join are layer-normed, so about unit size per channel)."""
+    if not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"vision.readout_position_scale must be a positive number, got {scale}")
     side, width = vision.image_size // vision.patch_size, vision.hidden_size
     quarter = width // 4
     frequencies = 1.0 / (side ** (torch.arange(quarter, dtype=torch.float32) / max(quarter, 1)))
@@ -121,7 +125,8 @@ class SPRCModel(nn.Module):
         self.text_projection = nn.Linear(q.hidden_size, config.embed_dim)
         self.temp = nn.Parameter(torch.tensor(float(config.temp_init)))
         # (1, T, W) or None; starts as a 2D sine-cosine table so positions are told apart from step one.
-        self.readout_positions = (nn.Parameter(readout_position_table(config.vision))
+        self.readout_positions = (nn.Parameter(readout_position_table(config.vision,
+                                                                      config.vision.readout_position_scale))
                                   if config.vision.readout_positions else None)
         if config.query_mode == "pseudo_word":
             self.pseudo_word_projection = nn.Sequential(

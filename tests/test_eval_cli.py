@@ -129,13 +129,19 @@ def test_eval_shapes_end_to_end(capsys, tmp_path, tiny_checkpoint, tiny_model):
     misses = sum(rank > 0 for rank in evaluate_shapes(tiny_model, read_shapes_split(data, "test"), progress=False).ranks)
     assert set(report["confusions"]) == {"position", "attribute", "count", "other"}
     assert sum(report["confusions"].values()) == misses
+    counts = report["object_counts"]  # by objects in the target; together they are all the queries
+    assert sum(counts.values()) == 6 and set(counts) == set(report["per_object_count"])
+    weighted = sum(report["per_object_count"][n]["R@1"] * counts[n] for n in counts) / 6
+    assert weighted == pytest.approx(report["recall"]["R@1"])
     code, out, _ = run(capsys, *args)
     lines = [line for line in out.splitlines() if not line.startswith("first result wrong")]
     assert (f"first result wrong ({misses})" in out) == (misses > 0)
     assert code == 0 and lines[0].startswith("shapes/test: 6 queries")
     assert lines[1].split() == ["queries", "n", "R@1", "R@5", "R@10", "R@50"]
     assert lines[2].split() == ["all", "6"] + [f"{expected['recall'][k]:.2f}" for k in ("R@1", "R@5", "R@10", "R@50")]
-    per_edit = {line.split()[0]: int(line.split()[1]) for line in lines[3:]}
+    per_edit = {line.split()[0]: int(line.split()[1]) for line in lines[3:] if " object" not in line}
+    by_objects = {line.split()[0]: int(line.split()[2]) for line in lines[3:] if " object" in line}
+    assert by_objects == counts
     assert {edit: per_edit[edit] for edit in expected["edit_counts"]} == expected["edit_counts"]
     code, _, err = run(capsys, "eval", "shapes", "--data", tmp_path / "none", "--model", tiny_checkpoint, *COMMON)
     assert code == 2 and str(tmp_path / "none") in err

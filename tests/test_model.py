@@ -178,3 +178,14 @@ def test_readout_positions_tell_identical_patches_apart(tmp_path):
     groups = parameter_groups(placed, TrainConfig(), pretrained=set())
     group = next(g for g in groups if any(p is table for p in g["params"]))
     assert group["weight_decay"] == 0.0 and group["lr"] == TrainConfig().optim.lr
+
+
+def test_readout_position_scale_sets_the_starting_size_of_the_table():
+    half = cir_core.create_model("tiny-test", **{"vision.readout_positions": True}).readout_positions
+    triple = cir_core.create_model("tiny-test", **{"vision.readout_positions": True,
+                                                   "vision.readout_position_scale": 1.5}).readout_positions
+    assert torch.allclose(triple, 3 * half)
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="readout_position_scale must be a positive number"):
+            cir_core.create_model("tiny-test", **{"vision.readout_positions": True,
+                                                  "vision.readout_position_scale": bad})

@@ -150,7 +150,7 @@ def _eval_fashioniq(args: argparse.Namespace) -> int:
 
 
 def _print_shapes_table(report: dict) -> None:
-    """Rows: all queries, each edit type, then the novel/seen subsets; columns: queries and R@k."""
+    """Rows: all queries, each edit type, the novel/seen subsets, then by objects in the target; columns: queries and R@k."""
     names = list(report["recall"])
     print(f"{report['split']}: {report['num_queries']} queries, gallery {report['gallery_size']}")
     print(f"{'queries':<16} {'n':>6} " + " ".join(f"{name:>7}" for name in names))
@@ -158,6 +158,8 @@ def _print_shapes_table(report: dict) -> None:
     rows += [(edit, report["edit_counts"][edit], recall) for edit, recall in report["per_edit"].items()]
     rows += [("novel", report["num_novel"], report["novel"]),
              ("seen", report["num_queries"] - report["num_novel"], report["seen"])]
+    rows += [(f"{count} object{'s' if count != '1' else ''}", report["object_counts"][count], recall)
+             for count, recall in report.get("per_object_count", {}).items()]
     for label, count, recall in rows:
         if count:
             print(f"{label:<16} {count:>6} " + " ".join(f"{recall[name]:7.2f}" for name in names))

@@ -48,6 +48,9 @@ class ShapesReport:
     ranks: list[int]  # 0-based rank of each query's target (0 = retrieved first)
     first_results: list[str] = field(default_factory=list)  # id each query retrieved first
     confusions: dict[str, int] = field(default_factory=dict)  # misses by kind (shapes_confusions), when labels given
+    # with labels: R@k and query count by the number of objects in the target ("1".."5")
+    per_object_count: dict[str, dict[str, float]] = field(default_factory=dict)
+    object_counts: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self, include_ranks: bool = False) -> dict[str, Any]:
         """JSON-ready summary; `include_ranks` adds {"ranks": {pairid: rank}} for failure listings."""
@@ -114,6 +117,17 @@ def _first_columns(scores: torch.Tensor, targets: torch.Tensor, ranks: torch.Ten
     return columns
 
 
+def _add_object_counts(report: ShapesReport, split: TripletSplit, scenes: dict[str, ShapesScene]) -> None:
+    """R@k by how many objects the target holds: a lone object has every other placement of
+    itself in a full gallery, a crowded scene few rivals, so the two are far apart in difficulty."""
+    counts = [len(scenes[t.target].objects) for t in split.triplets]  # top1_confusions checked the labels
+    ranks = torch.tensor(report.ranks)
+    for count in sorted(set(counts)):
+        mask = [c == count for c in counts]
+        report.per_object_count[str(count)] = _subset_recall(ranks, mask)
+        report.object_counts[str(count)] = sum(mask)
+
+
 def evaluate_shapes(model: SPRCModel, split: TripletSplit, batch_size: int = 64, progress: bool = True,
                     scenes: dict[str, ShapesScene] | None = None, query_precision: str = "fp32",
                     gallery_precision: str = "fp32") -> ShapesReport:
@@ -131,6 +145,7 @@ def evaluate_shapes(model: SPRCModel, split: TripletSplit, batch_size: int = 64,
         report = shapes_report_from_scores(scores, split)
     if scenes is not None:
         report.confusions = top1_confusions(split.triplets, report.first_results, scenes)
+        _add_object_counts(report, split, scenes)
     logger.info("%s: R@1 %.2f R@5 %.2f R@10 %.2f (%d queries, gallery %d)", split.name, report.recall["R@1"],
                 report.recall["R@5"], report.recall["R@10"], report.num_queries, report.gallery_size)
     return report
