@@ -135,7 +135,7 @@ class LookAlikes:
         if count <= 0:
             return []
         periods = [1 if every is None else max(1, every(source)) for source in sources]
-        full_pass = math.lcm(*periods) if periods else 1
+        full_pass = math.lcm(*periods)  # 1 when there are no sources
         chosen: list[ShapesScene] = []
         found_since_full_pass = True
         for pass_number in itertools.count():
@@ -145,8 +145,6 @@ class LookAlikes:
                 found_since_full_pass = False
             members = [source for source, period in zip(sources, periods) if pass_number % period == 0]
             for source in rng.sample(members, len(members)):
-                if len(chosen) == count:
-                    return chosen
                 for _ in range(tries):
                     look_alike = make(source)
                     if look_alike is None or look_alike.id not in avoid:
@@ -157,8 +155,8 @@ class LookAlikes:
                     avoid.add(look_alike.id)
                     chosen.append(look_alike)
                     found_since_full_pass = True
-            if len(chosen) == count:
-                break
+                    if len(chosen) == count:
+                        return chosen
         return chosen
 
     def render(self, scenes: list[ShapesScene]) -> list[Image.Image]:
