@@ -49,6 +49,11 @@ class VisionConfig:
     # Size of the sines and cosines that table starts from, per channel (the tokens are
     # layer-normed, about unit size per channel); training hardly changes it.
     readout_position_scale: float = 0.5
+    # Shortest and longest wavelength of those waves, in patches, spaced geometrically. None
+    # keeps the first band, 2*pi to 2*pi*side patches: mostly longer than the image, so the
+    # codes of neighbouring grid cells are alike (cosine 0.78 on a 6x6 patch grid); a band
+    # such as (3, 12) makes every pair of cells differ (cosine at most 0.39 there).
+    readout_position_wavelengths: tuple[float, float] | None = None
 
     @property
     def num_tokens(self) -> int:

@@ -82,15 +82,24 @@ def _qformer_hf_config(config: SPRCConfig) -> Blip2QFormerConfig:
     )
 
 
-def readout_position_table(vision, scale: float = 0.5) -> torch.Tensor:
+def readout_position_table(vision, scale: float = 0.5,
+                           wavelengths: tuple[float, float] | None = None) -> torch.Tensor:
     """(1, 1 + P, W): zeros for the class token, then per patch sines and cosines of its row
     (first half of the width) and column (second half) at geometric frequencies, times `scale`
-    (the tokens they join are layer-normed, so about unit size per channel)."""
+    (the tokens they join are layer-normed, so about unit size per channel). `wavelengths`
+    (shortest, longest, in patches) sets the band; None is 2*pi to 2*pi*side patches."""
     if not math.isfinite(scale) or scale <= 0:
         raise ValueError(f"vision.readout_position_scale must be a positive number, got {scale}")
     side, width = vision.image_size // vision.patch_size, vision.hidden_size
     quarter = width // 4
-    frequencies = 1.0 / (side ** (torch.arange(quarter, dtype=torch.float32) / max(quarter, 1)))
+    steps = torch.arange(quarter, dtype=torch.float32) / max(quarter, 1)
+    if wavelengths is None:
+        frequencies = 1.0 / (side ** steps)
+    else:
+        shortest, longest = _wavelength_band(wavelengths)
+        # From the shortest wave to the longest, the last one reached exactly (quarter > 1).
+        spread = steps * quarter / max(quarter - 1, 1)
+        frequencies = 2 * math.pi / (shortest * (longest / shortest) ** spread)
     coordinate = torch.arange(side, dtype=torch.float32)
     angles = coordinate[:, None] * frequencies[None]  # (side, quarter)
     waves = torch.cat([angles.sin(), angles.cos()], dim=1)  # (side, 2 * quarter)
@@ -99,6 +108,21 @@ def readout_position_table(vision, scale: float = 0.5) -> torch.Tensor:
     table = torch.zeros(1 + side * side, width)
     table[1:, :4 * quarter] = torch.cat([rows, cols], dim=-1).reshape(side * side, 4 * quarter)
     return (scale * table)[None]
+
+
+def _wavelength_band(wavelengths) -> tuple[float, float]:
+    """(shortest, longest) as floats; ValueError unless 2 <= shortest <= longest, both finite.
+    A wave shorter than 2 patches is aliased: it repeats a longer one at patch centres."""
+    message = (f"vision.readout_position_wavelengths must be [shortest, longest] in patches with "
+               f"2 <= shortest <= longest, got {wavelengths!r}")
+    if isinstance(wavelengths, (str, bytes)) or not hasattr(wavelengths, "__len__") or len(wavelengths) != 2:
+        raise ValueError(message)
+    if not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in wavelengths):
+        raise ValueError(message)
+    shortest, longest = (float(w) for w in wavelengths)
+    if not (math.isfinite(shortest) and math.isfinite(longest) and 2 <= shortest <= longest):
+        raise ValueError(message)
+    return shortest, longest
 
 
 class SPRCModel(nn.Module):
@@ -125,8 +149,8 @@ class SPRCModel(nn.Module):
         self.text_projection = nn.Linear(q.hidden_size, config.embed_dim)
         self.temp = nn.Parameter(torch.tensor(float(config.temp_init)))
         # (1, T, W) or None; starts as a 2D sine-cosine table so positions are told apart from step one.
-        self.readout_positions = (nn.Parameter(readout_position_table(config.vision,
-                                                                      config.vision.readout_position_scale))
+        self.readout_positions = (nn.Parameter(readout_position_table(
+            config.vision, config.vision.readout_position_scale, config.vision.readout_position_wavelengths))
                                   if config.vision.readout_positions else None)
         if config.query_mode == "pseudo_word":
             self.pseudo_word_projection = nn.Sequential(

@@ -4,6 +4,8 @@ import torch.nn.functional as F
 
 import cir_core
 from cir_core.text import TextBatch
+from cir_core.config import load_preset
+from cir_core.model import readout_position_table
 
 
 def images(n, size=32, seed=0):
@@ -189,3 +191,39 @@ def test_readout_position_scale_sets_the_starting_size_of_the_table():
         with pytest.raises(ValueError, match="readout_position_scale must be a positive number"):
             cir_core.create_model("tiny-test", **{"vision.readout_positions": True,
                                                   "vision.readout_position_scale": bad})
+
+
+def _grid_cell_codes(table: torch.Tensor, side: int, cells: int) -> torch.Tensor:
+    """(cells*cells, W) unit vectors: the table's patch codes averaged over each grid cell."""
+    grid = table[0, 1:].view(side, side, -1)
+    step = side // cells
+    codes = [grid[r * step:(r + 1) * step, c * step:(c + 1) * step].reshape(step * step, -1).mean(0)
+             for r in range(cells) for c in range(cells)]
+    return F.normalize(torch.stack(codes), dim=-1)
+
+
+def test_readout_position_wavelengths_set_the_band_and_tell_grid_cells_apart():
+    vision = load_preset("shapes-mini").vision  # 6x6 patches under a 3x3 grid
+    side, quarter = vision.image_size // vision.patch_size, vision.hidden_size // 4
+    default = readout_position_table(vision, 1.0)
+    assert torch.equal(default, readout_position_table(vision, 1.0, None))
+    band = readout_position_table(vision, 1.0, (3, 12))
+    rows = band[0, 1:].view(side, side, -1)[:, 0]  # one column of patches, rows 0..5
+    # The first wave has a 3-patch period: rows 0 and 3 share its sine and cosine.
+    assert torch.allclose(rows[3, [0, quarter]], rows[0, [0, quarter]], atol=1e-5)
+    # The last wave has a 12-patch period: row 6 would be half a turn, so row 3 is a quarter.
+    assert torch.allclose(rows[3, [quarter - 1, 2 * quarter - 1]], torch.tensor([1.0, 0.0]), atol=1e-5)
+    assert torch.allclose(band.norm(dim=-1)[0, 1:], default.norm(dim=-1)[0, 1:])  # same size, other band
+
+    off_diagonal = ~torch.eye(9, dtype=torch.bool)
+    similarity = {name: (lambda c: (c @ c.T)[off_diagonal])(_grid_cell_codes(t, side, 3))
+                  for name, t in (("default", default), ("band", band))}
+    assert similarity["default"].max() > 0.75  # neighbouring cells nearly share a code
+    assert similarity["band"].max() < 0.45
+
+
+@pytest.mark.parametrize("bad", [(1.5, 12), (12, 3), (3,), (3, float("inf")), "3,12", (True, 4)])
+def test_readout_position_wavelengths_refuse_bands_that_cannot_be_drawn(bad):
+    with pytest.raises(ValueError, match="readout_position_wavelengths must be"):
+        cir_core.create_model("tiny-test", **{"vision.readout_positions": True,
+                                              "vision.readout_position_wavelengths": bad})
