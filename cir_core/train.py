@@ -161,9 +161,15 @@ class ImageStore:
 class TripletSampler:
     """Batches of `per_reference` triplets sharing a reference (hard negatives for each other)."""
 
-    def __init__(self, triplets: list[Triplet], batch_size: int, per_reference: int, seed: int):
+    def __init__(self, triplets: list[Triplet], batch_size: int, per_reference: int, seed: int,
+                 repeats: list[int] | None = None):
         self.batch_size, self.rng = batch_size, random.Random(seed)
         self.targets = [t.target for t in triplets]
+        if repeats is not None and (len(repeats) != len(triplets) or min(repeats, default=1) < 1):
+            raise ValueError("repeats needs one count >= 1 per triplet")
+        # Draws of each triplet per pass over the data (None: once each); extra draws come in
+        # later rounds of the pass, so a batch never holds a triplet twice.
+        self.repeats = repeats
         groups: dict[str, list[int]] = {}
         for index, triplet in enumerate(triplets):
             if triplet.target is not None:
@@ -179,10 +185,13 @@ class TripletSampler:
 
     def _refill(self) -> None:
         chunks = []
-        for group in self.groups:
-            group = group[:]
-            self.rng.shuffle(group)
-            chunks.extend(group[i:i + self.per_reference] for i in range(0, len(group), self.per_reference))
+        for round_number in range(max(self.repeats) if self.repeats else 1):
+            for group in self.groups:
+                group = [i for i in group if self.repeats is None or self.repeats[i] > round_number]
+                if not group:
+                    continue
+                self.rng.shuffle(group)
+                chunks.extend(group[i:i + self.per_reference] for i in range(0, len(group), self.per_reference))
         self.rng.shuffle(chunks)
         self._order = [index for chunk in chunks for index in chunk]
 
@@ -270,13 +279,14 @@ class Trainer:
         self.model.to(config.device).train()
         self.transform = ImageTransform(self.model.config.preprocess)
         self.look_alikes = self._look_alikes()
+        self._checked_lone_target_repeats()  # before the (slow) split is read
         self.train_split = read_split(config, config.data.train_split, for_training=True)
         self.region_head = self._region_head()
         self.scene_heads = self._scene_heads()
         self.val_split = self._validation_split()
         self.images = ImageStore(self.train_split, self.transform, config.data.cache_images, config.progress)
         self.sampler = TripletSampler(self.train_split.triplets, config.batch_size, config.edits_per_reference,
-                                      config.seed)
+                                      config.seed, self._triplet_repeats())
         self.caption_rng = random.Random(config.seed + 1)
         if config.optim.head_lr < 0:
             raise ValueError(f"optim.head_lr must be >= 0 (0 = optim.lr), got {config.optim.head_lr}")
@@ -319,6 +329,25 @@ class Trainer:
         config = self.model.config
         heads = SceneHeads(config.embed_dim, config.qformer.num_query_tokens, split.region_grid, split.region_classes)
         return heads.to(self.config.device)
+
+    def _checked_lone_target_repeats(self) -> int:
+        repeats = self.config.lone_target_repeats
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+            raise ValueError(f"lone_target_repeats must be a whole number >= 1, got {repeats!r}")
+        if repeats > 1 and self.config.data.kind != "shapes":
+            raise ValueError("lone_target_repeats needs scene labels; only the shapes benchmark has them")
+        return repeats
+
+    def _triplet_repeats(self) -> list[int] | None:
+        """Draws per pass for each training triplet: `lone_target_repeats` for a one-object target (shapes)."""
+        repeats = self._checked_lone_target_repeats()
+        if repeats == 1:
+            return None
+        from cir_core.data.shapes import read_shapes_scenes
+
+        scenes = self.look_alikes.scenes if self.look_alikes is not None else read_shapes_scenes(self.config.data.root)
+        return [repeats if t.target is not None and len(scenes[t.target].objects) == 1 else 1
+                for t in self.train_split.triplets]
 
     def _look_alikes(self):
         asked = {name: getattr(self.config, name) for name in ("position_negatives", "edit_negatives")}

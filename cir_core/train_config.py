@@ -70,6 +70,7 @@ class TrainConfig:
     position_negatives: int = 0  # rendered negatives per batch: a target's objects in another layout (shapes)
     edit_negatives: int = 0  # rendered negatives per batch: a reference edited the same way, another outcome (shapes)
     position_negative_spread: str = "even"  # who gets the layout ones: "even" or "inverse_objects" (1/n per n objects)
+    lone_target_repeats: int = 1  # draws per pass of each triplet whose target is one object (shapes; 1 = once)
     region_weight: float = 0.0  # weight of the auxiliary per-region vision loss (datasets with region labels)
     locate_patches: bool = False  # the region head also makes every patch token say where it is
     scene_weight: float = 0.0  # weight of decoding the target scene from query and target vectors (region labels)

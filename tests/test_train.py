@@ -1,3 +1,4 @@
+import collections
 import json
 import math
 import types
@@ -484,3 +485,59 @@ def test_each_distinct_reference_is_encoded_once_with_the_same_values_and_gradie
     for name, gradient in shared_gradients.items():
         torch.testing.assert_close(gradient, every_gradients[name], rtol=1e-4, atol=1e-6, msg=name)
     assert trainer.batch_features(triplets)[2] is None  # no extra negatives asked
+
+
+def test_sampler_repeats_draw_a_triplet_that_many_times_per_pass():
+    from cir_core.data.triplets import Triplet
+
+    triplets = [Triplet(i, f"r{i // 4}", "c", f"t{i}") for i in range(32)]
+    repeats = [3 if i % 4 == 0 else 1 for i in range(32)]
+    sampler = TripletSampler(triplets, batch_size=8, per_reference=4, seed=0, repeats=repeats)
+    sampler._refill()
+    drawn = collections.Counter(sampler._order)
+    assert all(drawn[i] == repeats[i] for i in range(32)) and len(sampler._order) == sum(repeats)
+    for _ in range(12):
+        batch = sampler.next_batch()
+        assert len({triplets[i].target for i in batch}) == 8
+    # Once each is exactly the sampler without repeats: same draws.
+    plain = TripletSampler(triplets, batch_size=8, per_reference=4, seed=0)
+    ones = TripletSampler(triplets, batch_size=8, per_reference=4, seed=0, repeats=[1] * 32)
+    assert [plain.next_batch() for _ in range(9)] == [ones.next_batch() for _ in range(9)]
+    with pytest.raises(ValueError, match="one count >= 1 per triplet"):
+        TripletSampler(triplets, batch_size=8, per_reference=4, seed=0, repeats=[0] * 32)
+
+
+def test_lone_target_repeats_draw_one_object_targets_more_often(tmp_path, shapes_dir):
+    from cir_core.data.shapes import read_shapes_scenes
+    from cir_core.train import Trainer
+
+    scenes = read_shapes_scenes(shapes_dir)
+    share = {}
+    for repeats in (1, 3):
+        (tmp_path / str(repeats)).mkdir()
+        trainer = Trainer(TrainConfig.from_file(write_config(tmp_path / str(repeats), shapes_dir,
+                                                             lone_target_repeats=repeats)))
+        triplets = trainer.train_split.triplets
+        lone = [len(scenes[t.target].objects) == 1 for t in triplets]
+        if repeats == 1:
+            assert trainer.sampler.repeats is None
+        else:
+            assert trainer.sampler.repeats == [3 if one else 1 for one in lone]
+        trainer.sampler._refill()
+        order = trainer.sampler._order
+        share[repeats] = sum(lone[i] for i in order) / len(order)
+    base = share[1]
+    assert 0 < base < 1 and math.isclose(share[3], 3 * base / (3 * base + 1 - base))
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"lone_target_repeats": 0}, "lone_target_repeats must be a whole number >= 1, got 0"),
+    ({"lone_target_repeats": 2, "data": {"kind": "cirr", "root": "."}}, "lone_target_repeats needs scene labels"),
+])
+def test_lone_target_repeats_option_is_checked(tmp_path, shapes_dir, changes, message):
+    from cir_core.train import Trainer
+
+    config = TrainConfig.from_file(write_config(tmp_path, shapes_dir)).with_overrides(
+        {key: json.dumps(value) for key, value in changes.items()})
+    with pytest.raises(ValueError, match=message):
+        Trainer(config)
