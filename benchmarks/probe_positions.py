@@ -18,6 +18,12 @@ images and scores them on the other 20%:
    matched with its most similar vector of the other (cosine), averaged. 1.000 means the
    target vectors cannot tell where the object is, whatever a probe would do with them.
 
+4. lone-object queries, nine places: for each query of the split whose target is one
+   object, is the target scored above the same object drawn in every other cell (the
+   reference's cell left out, as retrieval leaves the reference out)? Per edit type, with
+   the median score margin. 3 asks whether the gallery side can tell placements apart;
+   this asks whether the composed query says which one it wants.
+
 They say whether the position information exists where retrieval needs it; they change
 nothing in the model.
 """
@@ -107,6 +113,56 @@ def single_object_placements(model, objects: list[tuple[str, str, str]]) -> dict
             "min": round(float(pairs.min()), 4)}
 
 
+def placement_choices(scores: torch.Tensor, truth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, K) scores of each query against K placements, (N,) index of the right one ->
+    (right, margin): whether the right one scores highest, and its score minus the best other's."""
+    right_scores = scores.gather(1, truth[:, None])[:, 0]
+    others = scores.scatter(1, truth[:, None], float("-inf"))
+    return scores.argmax(dim=1) == truth, right_scores - others.amax(dim=1)
+
+
+def lone_object_queries(model, split, scenes, batch_size: int = 32) -> dict:
+    """Measure 4 over the split's queries whose target is one object (see the module docstring)."""
+    from PIL import Image
+
+    from cir_core.data.shapes_scene import GRID, SceneObject, ShapesScene, render_scene
+    from cir_core.transforms import ImageTransform
+
+    transform = ImageTransform(model.config.preprocess)
+    size = model.config.preprocess.image_size
+    lone = [t for t in split.triplets if t.target is not None and len(scenes[t.target].objects) == 1]
+    per_edit: dict[str, list[int]] = {}
+    margins = []
+    for start in range(0, len(lone), batch_size):
+        batch = lone[start:start + batch_size]
+        references = []
+        for triplet in batch:
+            with Image.open(split.path(triplet.reference)) as image:
+                references.append(transform(image))
+        pixels = torch.stack(references)
+        with torch.inference_mode():
+            queries = model.encode_query(pixels, [t.caption for t in batch]).query
+        for query, triplet in zip(queries, batch):
+            target = scenes[triplet.target].objects[0]
+            places = [ShapesScene((SceneObject(row, col, *target.appearance),))
+                      for row in range(GRID) for col in range(GRID)]
+            places = [scene for scene in places if scene.id != triplet.reference]
+            pixels = torch.stack([transform(render_scene(scene, size)) for scene in places])
+            with torch.inference_mode():
+                scores = model.score(query[None], model.encode_target(pixels))
+            truth = torch.tensor([[scene.id for scene in places].index(triplet.target)])
+            right, margin = placement_choices(scores, truth)
+            counts = per_edit.setdefault(triplet.edit, [0, 0])
+            counts[0] += int(right[0])
+            counts[1] += 1
+            margins.append(float(margin[0]))
+    right_total = sum(right for right, _ in per_edit.values())
+    return {"queries": len(lone), "right": right_total,
+            "rate": round(right_total / len(lone), 4) if lone else None,
+            "per_edit": {edit: f"{right}/{total}" for edit, (right, total) in sorted(per_edit.items())},
+            "median_margin": round(float(torch.tensor(margins).median()), 4) if margins else None}
+
+
 PLACEMENT_OBJECTS = [(shape, "blue", size) for shape in ("square", "circle", "triangle") for size in ("small", "large")]
 
 
@@ -119,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=400, help="training steps of each probe")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--query-split", default="test",
+                        help="split whose one-object-target queries measure 4 reads ('' to skip it)")
     args = parser.parse_args(argv)
     if args.max_images < 50 or args.steps < 1:
         parser.error("--max-images must be at least 50 and --steps at least 1")
@@ -150,6 +208,13 @@ def main(argv: list[str] | None = None) -> int:
         "cell_content_majority_class_accuracy": round(majority, 3),
         "one_object_nine_places_similarity": single_object_placements(model, PLACEMENT_OBJECTS),
     }
+    if args.query_split:
+        try:
+            query_split = read_shapes_split(args.data, args.query_split)
+        except (FileNotFoundError, ValueError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        report[f"lone_object_queries_{args.query_split}"] = lone_object_queries(model, query_split, scenes)
     print(json.dumps(report, indent=2))
     return 0
 

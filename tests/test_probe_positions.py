@@ -59,3 +59,25 @@ def test_placement_similarity_is_one_only_when_vectors_ignore_the_place():
 def test_single_object_placements_reads_a_real_model(tiny_model):
     report = probe.single_object_placements(tiny_model, [("circle", "blue", "large")])
     assert set(report) == {"mean", "max", "min"} and -1.0 <= report["min"] <= report["mean"] <= report["max"] <= 1.0
+
+
+def test_placement_choices_find_the_right_placement_and_its_margin():
+    scores = torch.tensor([[0.9, 0.2, 0.5], [0.1, 0.4, 0.6]])
+    right, margin = probe.placement_choices(scores, torch.tensor([0, 1]))
+    assert right.tolist() == [True, False]
+    assert torch.allclose(margin, torch.tensor([0.4, -0.2]))
+
+
+def test_lone_object_queries_score_every_one_object_target(tiny_model, tmp_path):
+    from cir_core.data.shapes import ShapesCounts, read_shapes_scenes, read_shapes_split, write_shapes_dataset
+
+    data = tmp_path / "shapes"
+    write_shapes_dataset(data, seed=3, image_size=32, counts=ShapesCounts(train=8, val=8, test=60),
+                         progress=False, workers=1)
+    split, scenes = read_shapes_split(data, "test"), read_shapes_scenes(data)
+    lone = [t for t in split.triplets if len(scenes[t.target].objects) == 1]
+    assert lone  # 60 queries hold some one-object targets
+    report = probe.lone_object_queries(tiny_model, split, scenes, batch_size=4)
+    assert report["queries"] == len(lone) and 0 <= report["right"] <= len(lone)
+    totals = [int(counts.split("/")[1]) for counts in report["per_edit"].values()]
+    assert sum(totals) == len(lone) and set(report["per_edit"]) == {t.edit for t in lone}
