@@ -188,3 +188,19 @@ def test_reduced_precision_queries_keep_the_gallery_and_change_only_the_queries(
     on_gpu = types.SimpleNamespace(device=torch.device("cuda"))  # only the device is looked at before refusing
     with pytest.raises(ValueError, match="CPU speed-up"):
         query_model(on_gpu, "int8")
+
+
+def test_int8_copies_scale_each_output_row_of_every_linear_layer(tiny_model):
+    from cir_core.precision import query_model
+
+    quantized = query_model(tiny_model, "int8")
+    originals = dict(tiny_model.named_modules())
+    layers = [(name, module) for name, module in quantized.named_modules() if hasattr(module, "weight")
+              and callable(module.weight) and isinstance(originals.get(name), torch.nn.Linear)]
+    assert len(layers) == sum(isinstance(m, torch.nn.Linear) for m in tiny_model.modules())
+    for name, layer in layers:
+        weight = layer.weight()
+        assert weight.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric), name
+        exact = originals[name].weight.detach()
+        row_step = exact.abs().amax(dim=1, keepdim=True) / 127  # one int8 step of each row's own range
+        assert bool(((weight.dequantize() - exact).abs() <= row_step + 1e-6).all()), name
