@@ -11,25 +11,15 @@ keeps int8 queries' accuracy close to fp32 (`cir eval shapes --query-precision i
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def per_matrix_int8(model):
-    from torch.ao.quantization import quantize_dynamic
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return quantize_dynamic(copy.deepcopy(model).float().eval(), {torch.nn.Linear}, dtype=torch.qint8)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,11 +32,15 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
 
     from cir_core.checkpoints import load_model
-    from cir_core.precision import query_model
+    from cir_core.precision import int8_copy
 
-    model = load_model(args.model).float().eval()
-    settings = {"fp32": model, "int8, one scale per matrix": per_matrix_int8(model),
-                "int8, one scale per row (used)": query_model(model, "int8")}
+    try:
+        model = load_model(args.model).float().eval()
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    settings = {"fp32": model, "int8, one scale per matrix": int8_copy(model, per_row=False),
+                "int8, one scale per row (used)": int8_copy(model)}
     generator = torch.Generator().manual_seed(0)
     size = model.config.preprocess.image_size
     times: dict[str, list[float]] = {name: [] for name in settings}

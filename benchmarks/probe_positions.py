@@ -30,6 +30,7 @@ nothing in the model.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -93,21 +94,26 @@ def placement_similarity(targets: torch.Tensor) -> torch.Tensor:
     return torch.einsum("iqd,jpd->ijqp", vectors, vectors).amax(dim=-1).mean(dim=-1)
 
 
-def single_object_placements(model, objects: list[tuple[str, str, str]]) -> dict[str, float]:
-    """Mean and max of `placement_similarity` over every pair of distinct cells and each object."""
+def nine_placements(model, appearance: tuple[str, str, str]):
+    """One object (shape, colour, size) drawn alone in each grid cell -> (scenes, (9, Q, D) target vectors)."""
     from cir_core.data.shapes_scene import GRID, SceneObject, ShapesScene, render_scene
     from cir_core.transforms import ImageTransform
 
     transform = ImageTransform(model.config.preprocess)
     size = model.config.preprocess.image_size
-    off_diagonal = ~torch.eye(GRID * GRID, dtype=torch.bool)
+    scenes = [ShapesScene((SceneObject(row, col, *appearance),)) for row in range(GRID) for col in range(GRID)]
+    pixels = torch.stack([transform(render_scene(scene, size)) for scene in scenes])
+    with torch.inference_mode():
+        return scenes, model.encode_target(pixels)
+
+
+def single_object_placements(model, objects: list[tuple[str, str, str]]) -> dict[str, float]:
+    """Mean and max of `placement_similarity` over every pair of distinct cells and each object."""
     pairs = []
-    for shape, color, object_size in objects:
-        scenes = [ShapesScene((SceneObject(row, col, shape, color, object_size),))
-                  for row in range(GRID) for col in range(GRID)]
-        pixels = torch.stack([transform(render_scene(scene, size)) for scene in scenes])
-        with torch.inference_mode():
-            pairs.append(placement_similarity(model.encode_target(pixels))[off_diagonal])
+    for appearance in objects:
+        scenes, targets = nine_placements(model, appearance)
+        off_diagonal = ~torch.eye(len(scenes), dtype=torch.bool)
+        pairs.append(placement_similarity(targets)[off_diagonal])
     pairs = torch.cat(pairs)
     return {"mean": round(float(pairs.mean()), 4), "max": round(float(pairs.max()), 4),
             "min": round(float(pairs.min()), 4)}
@@ -123,44 +129,34 @@ def placement_choices(scores: torch.Tensor, truth: torch.Tensor) -> tuple[torch.
 
 def lone_object_queries(model, split, scenes, batch_size: int = 32) -> dict:
     """Measure 4 over the split's queries whose target is one object (see the module docstring)."""
-    from PIL import Image
+    from cir_core.evaluation.features import encode_queries
 
-    from cir_core.data.shapes_scene import GRID, SceneObject, ShapesScene, render_scene
-    from cir_core.transforms import ImageTransform
-
-    transform = ImageTransform(model.config.preprocess)
-    size = model.config.preprocess.image_size
     lone = [t for t in split.triplets if t.target is not None and len(scenes[t.target].objects) == 1]
+    if not lone:
+        return {"queries": 0, "right": 0, "rate": None, "per_edit": {}, "median_margin": None}
+    with torch.inference_mode():
+        queries = encode_queries(model, dataclasses.replace(split, triplets=lone), batch_size, progress=False)
+    placements = {}  # appearance -> (scene ids, target vectors), each object encoded once
     per_edit: dict[str, list[int]] = {}
     margins = []
-    for start in range(0, len(lone), batch_size):
-        batch = lone[start:start + batch_size]
-        references = []
-        for triplet in batch:
-            with Image.open(split.path(triplet.reference)) as image:
-                references.append(transform(image))
-        pixels = torch.stack(references)
-        with torch.inference_mode():
-            queries = model.encode_query(pixels, [t.caption for t in batch]).query
-        for query, triplet in zip(queries, batch):
-            target = scenes[triplet.target].objects[0]
-            places = [ShapesScene((SceneObject(row, col, *target.appearance),))
-                      for row in range(GRID) for col in range(GRID)]
-            places = [scene for scene in places if scene.id != triplet.reference]
-            pixels = torch.stack([transform(render_scene(scene, size)) for scene in places])
-            with torch.inference_mode():
-                scores = model.score(query[None], model.encode_target(pixels))
-            truth = torch.tensor([[scene.id for scene in places].index(triplet.target)])
-            right, margin = placement_choices(scores, truth)
-            counts = per_edit.setdefault(triplet.edit, [0, 0])
-            counts[0] += int(right[0])
-            counts[1] += 1
-            margins.append(float(margin[0]))
+    for query, triplet in zip(queries, lone):
+        appearance = scenes[triplet.target].objects[0].appearance
+        if appearance not in placements:
+            placed, targets = nine_placements(model, appearance)
+            placements[appearance] = ([scene.id for scene in placed], targets)
+        ids, targets = placements[appearance]
+        kept = [i for i, scene_id in enumerate(ids) if scene_id != triplet.reference]  # as retrieval does
+        scores = model.score(query[None], targets[kept])
+        truth = torch.tensor([[ids[i] for i in kept].index(triplet.target)])
+        right, margin = placement_choices(scores, truth)
+        counts = per_edit.setdefault(triplet.edit, [0, 0])
+        counts[0] += int(right[0])
+        counts[1] += 1
+        margins.append(float(margin[0]))
     right_total = sum(right for right, _ in per_edit.values())
-    return {"queries": len(lone), "right": right_total,
-            "rate": round(right_total / len(lone), 4) if lone else None,
+    return {"queries": len(lone), "right": right_total, "rate": round(right_total / len(lone), 4),
             "per_edit": {edit: f"{right}/{total}" for edit, (right, total) in sorted(per_edit.items())},
-            "median_margin": round(float(torch.tensor(margins).median()), 4) if margins else None}
+            "median_margin": round(float(torch.tensor(margins).median()), 4)}
 
 
 PLACEMENT_OBJECTS = [(shape, "blue", size) for shape in ("square", "circle", "triangle") for size in ("small", "large")]
@@ -189,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         split = read_shapes_split(args.data, args.split)
+        query_split = read_shapes_split(args.data, args.query_split) if args.query_split else None
         scenes = read_shapes_scenes(args.data)
         model = load_model(args.model).eval()
     except (FileNotFoundError, ValueError) as error:
@@ -208,12 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         "cell_content_majority_class_accuracy": round(majority, 3),
         "one_object_nine_places_similarity": single_object_placements(model, PLACEMENT_OBJECTS),
     }
-    if args.query_split:
-        try:
-            query_split = read_shapes_split(args.data, args.query_split)
-        except (FileNotFoundError, ValueError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
+    if query_split is not None:
         report[f"lone_object_queries_{args.query_split}"] = lone_object_queries(model, query_split, scenes)
     print(json.dumps(report, indent=2))
     return 0

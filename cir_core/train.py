@@ -279,14 +279,14 @@ class Trainer:
         self.model.to(config.device).train()
         self.transform = ImageTransform(self.model.config.preprocess)
         self.look_alikes = self._look_alikes()
-        self._checked_lone_target_repeats()  # before the (slow) split is read
+        lone_target_repeats = self._checked_lone_target_repeats()  # before the (slow) split is read
         self.train_split = read_split(config, config.data.train_split, for_training=True)
         self.region_head = self._region_head()
         self.scene_heads = self._scene_heads()
         self.val_split = self._validation_split()
         self.images = ImageStore(self.train_split, self.transform, config.data.cache_images, config.progress)
         self.sampler = TripletSampler(self.train_split.triplets, config.batch_size, config.edits_per_reference,
-                                      config.seed, self._triplet_repeats())
+                                      config.seed, self._triplet_repeats(lone_target_repeats))
         self.caption_rng = random.Random(config.seed + 1)
         if config.optim.head_lr < 0:
             raise ValueError(f"optim.head_lr must be >= 0 (0 = optim.lr), got {config.optim.head_lr}")
@@ -338,9 +338,8 @@ class Trainer:
             raise ValueError("lone_target_repeats needs scene labels; only the shapes benchmark has them")
         return repeats
 
-    def _triplet_repeats(self) -> list[int] | None:
-        """Draws per pass for each training triplet: `lone_target_repeats` for a one-object target (shapes)."""
-        repeats = self._checked_lone_target_repeats()
+    def _triplet_repeats(self, repeats: int) -> list[int] | None:
+        """Draws per pass for each training triplet: `repeats` for a one-object target (shapes)."""
         if repeats == 1:
             return None
         from cir_core.data.shapes import read_shapes_scenes

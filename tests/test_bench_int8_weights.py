@@ -29,3 +29,8 @@ def test_benchmark_times_three_settings_side_by_side(tiny_model, tmp_path, capsy
 def test_too_few_queries_are_refused():
     with pytest.raises(SystemExit):
         bench.main(["--queries", "2"])
+
+
+def test_a_missing_model_is_a_clear_error(tmp_path, capsys):
+    assert bench.main(["--model", f"local-dir:{tmp_path / 'none'}", "--queries", "5"]) == 2
+    assert "error:" in capsys.readouterr().err

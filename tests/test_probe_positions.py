@@ -81,3 +81,15 @@ def test_lone_object_queries_score_every_one_object_target(tiny_model, tmp_path)
     assert report["queries"] == len(lone) and 0 <= report["right"] <= len(lone)
     totals = [int(counts.split("/")[1]) for counts in report["per_edit"].values()]
     assert sum(totals) == len(lone) and set(report["per_edit"]) == {t.edit for t in lone}
+
+
+def test_an_unknown_query_split_is_refused_before_any_work(tiny_model, tmp_path, capsys):
+    import cir_core
+    from cir_core.data.shapes import ShapesCounts, write_shapes_dataset
+
+    data = tmp_path / "shapes"
+    write_shapes_dataset(data, seed=3, image_size=32, counts=ShapesCounts(train=8, val=8, test=8),
+                         progress=False, workers=1)
+    saved = cir_core.save_model(tiny_model, tmp_path / "tiny")
+    assert probe.main(["--data", str(data), "--model", f"local-dir:{saved}", "--query-split", "nope"]) == 2
+    assert "error:" in capsys.readouterr().err
