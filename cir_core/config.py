@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,34 @@ class SPRCConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"invalid model config {self.name!r}: {message}")
+        try:  # checked even while the table is off, so a config never carries a value it cannot build
+            checked_position_scale(v.readout_position_scale)
+            if v.readout_position_wavelengths is not None:
+                checked_wavelength_band(v.readout_position_wavelengths)
+        except ValueError as error:
+            raise ValueError(f"invalid model config {self.name!r}: {error}") from None
+
+
+def checked_position_scale(scale: Any) -> float:
+    """`scale` as a float; ValueError unless it is a positive finite number."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"vision.readout_position_scale must be a positive number, got {scale!r}")
+    return float(scale)
+
+
+def checked_wavelength_band(wavelengths: Any) -> tuple[float, float]:
+    """(shortest, longest) as floats; ValueError unless 2 <= shortest <= longest, both finite.
+    A wave shorter than 2 patches is aliased: it repeats a longer one at patch centres."""
+    message = (f"vision.readout_position_wavelengths must be [shortest, longest] in patches with "
+               f"2 <= shortest <= longest, got {wavelengths!r}")
+    if isinstance(wavelengths, (str, bytes)) or not hasattr(wavelengths, "__len__") or len(wavelengths) != 2:
+        raise ValueError(message)
+    if not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in wavelengths):
+        raise ValueError(message)
+    shortest, longest = (float(w) for w in wavelengths)
+    if not (math.isfinite(shortest) and math.isfinite(longest) and 2 <= shortest <= longest):
+        raise ValueError(message)
+    return shortest, longest
 
 
 def read_json(path: str | Path, what: str) -> Any:

@@ -23,7 +23,7 @@ from torch import nn
 from transformers import Blip2QFormerConfig, Blip2VisionConfig
 from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerModel, Blip2TextEmbeddings, Blip2VisionModel
 
-from cir_core.config import SPRCConfig
+from cir_core.config import SPRCConfig, checked_position_scale, checked_wavelength_band
 from cir_core.text import TextBatch, load_tokenizer, tokenize
 
 
@@ -88,15 +88,14 @@ def readout_position_table(vision, scale: float = 0.5,
     (first half of the width) and column (second half) at geometric frequencies, times `scale`
     (the tokens they join are layer-normed, so about unit size per channel). `wavelengths`
     (shortest, longest, in patches) sets the band; None is 2*pi to 2*pi*side patches."""
-    if not math.isfinite(scale) or scale <= 0:
-        raise ValueError(f"vision.readout_position_scale must be a positive number, got {scale}")
+    scale = checked_position_scale(scale)
     side, width = vision.image_size // vision.patch_size, vision.hidden_size
     quarter = width // 4
     steps = torch.arange(quarter, dtype=torch.float32) / max(quarter, 1)
     if wavelengths is None:
         frequencies = 1.0 / (side ** steps)
     else:
-        shortest, longest = _wavelength_band(wavelengths)
+        shortest, longest = checked_wavelength_band(wavelengths)
         # From the shortest wave to the longest, the last one reached exactly (quarter > 1).
         spread = steps * quarter / max(quarter - 1, 1)
         frequencies = 2 * math.pi / (shortest * (longest / shortest) ** spread)
@@ -108,21 +107,6 @@ def readout_position_table(vision, scale: float = 0.5,
     table = torch.zeros(1 + side * side, width)
     table[1:, :4 * quarter] = torch.cat([rows, cols], dim=-1).reshape(side * side, 4 * quarter)
     return (scale * table)[None]
-
-
-def _wavelength_band(wavelengths) -> tuple[float, float]:
-    """(shortest, longest) as floats; ValueError unless 2 <= shortest <= longest, both finite.
-    A wave shorter than 2 patches is aliased: it repeats a longer one at patch centres."""
-    message = (f"vision.readout_position_wavelengths must be [shortest, longest] in patches with "
-               f"2 <= shortest <= longest, got {wavelengths!r}")
-    if isinstance(wavelengths, (str, bytes)) or not hasattr(wavelengths, "__len__") or len(wavelengths) != 2:
-        raise ValueError(message)
-    if not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in wavelengths):
-        raise ValueError(message)
-    shortest, longest = (float(w) for w in wavelengths)
-    if not (math.isfinite(shortest) and math.isfinite(longest) and 2 <= shortest <= longest):
-        raise ValueError(message)
-    return shortest, longest
 
 
 class SPRCModel(nn.Module):

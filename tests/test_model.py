@@ -1,10 +1,12 @@
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 import cir_core
 from cir_core.text import TextBatch
-from cir_core.config import load_preset
+from cir_core.config import SPRCConfig, load_preset
 from cir_core.model import readout_position_table
 
 
@@ -227,3 +229,17 @@ def test_readout_position_wavelengths_refuse_bands_that_cannot_be_drawn(bad):
     with pytest.raises(ValueError, match="readout_position_wavelengths must be"):
         cir_core.create_model("tiny-test", **{"vision.readout_positions": True,
                                               "vision.readout_position_wavelengths": bad})
+
+
+@pytest.mark.parametrize("key, bad", [("readout_position_scale", 0.0), ("readout_position_scale", float("inf")),
+                                      ("readout_position_wavelengths", [1, 12]),
+                                      ("readout_position_wavelengths", [12, 3])])
+def test_a_config_with_a_bad_position_table_is_refused_when_read_not_when_built(tmp_path, key, bad):
+    data = load_preset("tiny-test").to_dict()
+    assert data["vision"]["readout_positions"] is False  # refused even while the table is off
+    data["vision"][key] = bad
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(data))
+    config = SPRCConfig.from_json_file(path)
+    with pytest.raises(ValueError, match=f"invalid model config 'tiny-test': vision.{key} must be"):
+        config.validate()
