@@ -41,7 +41,7 @@ def test_checkpoint_fits_the_budget_and_its_card_reports_its_metrics(default_mod
 def test_default_model_finds_benchmark_targets(default_model):
     """60 test queries against a 300-scene slice of the test gallery: far above chance.
 
-    The whole split (5,233 scenes) gives R@1 89.65 / R@5 99.3 (model card); a smaller gallery
+    The whole split (5,233 scenes) gives R@1 90.1 / R@5 99.4 (model card); a smaller gallery
     can only be easier, and a broken checkpoint or preprocessing gives R@5 near 2%.
     """
     split = read_shapes_split(SHIPPED_SPLIT, "test")
