@@ -29,8 +29,10 @@ def test_checkpoint_fits_the_budget_and_its_card_reports_its_metrics(default_mod
     assert default_model.config.name == "shapes-mini" and default_model.config.query_mode == "sprc"
     training = json.loads((CHECKPOINT / "training.json").read_text())
     card = (CHECKPOINT / "README.md").read_text()
+    project_readme = (ROOT / "README.md").read_text()
     for number in (training["test"]["recall"]["R@1"], training["test"]["recall"]["R@5"]):
         assert f"{number:.1f}" in card
+        assert f"{number:.1f}%" in project_readme, "the README's headline numbers describe another checkpoint"
     # the documented command reproduces this checkpoint: the shipped recipe is configs/shapes_mini.json
     recipe = TrainConfig.from_file(ROOT / "configs" / "shapes_mini.json").to_dict()
     shipped = TrainConfig.from_file(CHECKPOINT / "train_config.json").to_dict()
