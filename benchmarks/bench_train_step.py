@@ -1,9 +1,9 @@
 """Where a training step's time goes: look-alike rendering, pixel preparation, the step itself.
 
-    python benchmarks/bench_train_step.py [--config configs/shapes_mini.json] [--steps 8] [key=value ...]
+    python benchmarks/bench_train_step.py [--config configs/shapes_mini.json] [--steps 8] [--key=value ...]
 
-Builds the trainer of a recipe (overrides as `cir train` takes them, without the leading
-dashes: `max_steps=1000`), runs two warm-up steps, then for each timed step draws a batch
+Builds the trainer of a recipe (overrides exactly as `cir train` takes them:
+`--max_steps=1000`), runs two warm-up steps, then for each timed step draws a batch
 and times, one after the other: rendering its look-alike scenes, turning its images into
 normalised pixels, and a whole `train_step` (which draws, renders and prepares its own
 batch, then runs forward, backward and the optimizer). Prints medians in ms and each
@@ -29,22 +29,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(ROOT / "configs" / "shapes_mini.json"))
     parser.add_argument("--steps", type=int, default=8, help="timed steps (after two warm-up steps)")
-    parser.add_argument("overrides", nargs="*", help="recipe settings as key=value (dotted keys for sections)")
-    args = parser.parse_args(argv)
+    args, overrides = parser.parse_known_args(argv)  # the rest: recipe overrides, as `cir train` takes them
     if args.steps < 3:
         parser.error("--steps must be at least 3")
-    bad = [item for item in args.overrides if "=" not in item]
-    if bad:
-        parser.error(f"overrides must be key=value, got {bad}")
 
-    from cir_core.train import Trainer
-    from cir_core.train_config import TrainConfig
+    from cir_core.train import Trainer, config_from_args
 
     with tempfile.TemporaryDirectory() as out_dir:
-        overrides = {**dict(item.split("=", 1) for item in args.overrides),
-                     "out_dir": out_dir, "eval_every": "0", "progress": "false"}
         try:
-            trainer = Trainer(TrainConfig.from_file(args.config).with_overrides(overrides))
+            config = config_from_args(args, overrides).with_overrides(
+                {"out_dir": out_dir, "eval_every": "0", "progress": "false"})
+            trainer = Trainer(config)
         except (FileNotFoundError, ValueError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
@@ -63,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                 times["whole step"].append(1000 * (time.perf_counter() - prepared_at))
         rendered_count = len(rendered)
     median = {name: round(statistics.median(values), 2) for name, values in times.items()}
-    report = {"config": args.config, "overrides": args.overrides, "steps": args.steps,
+    report = {"config": args.config, "overrides": overrides, "steps": args.steps,
               "precision": trainer.precision, "threads": torch.get_num_threads(),
               "rendered_scenes_per_step": rendered_count, "median_ms": median,
               "share_of_step": {name: round(median[name] / median["whole step"], 4)
