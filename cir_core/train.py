@@ -34,6 +34,7 @@ from cir_core.transforms import ImageTransform, to_rgb
 logger = logging.getLogger(__name__)
 
 TRAINER_STATE_FILE = "trainer_state.pt"
+TRAINER_STATE_KEYS = ("step", "best", "optimizer", "scheduler", "torch_rng", "sampler", "caption_rng")
 
 
 # ---------------------------------------------------------------------- data
@@ -531,9 +532,9 @@ class Trainer:
         state_path = folder / TRAINER_STATE_FILE
         if not state_path.is_file():
             raise FileNotFoundError(f"cannot resume: {state_path} does not exist")
+        state = read_trainer_state(state_path)
         resumed = load_model(folder)
         self.model.load_state_dict(resumed.state_dict())
-        state = torch.load(state_path, weights_only=False)  # our own file: holds Python RNG states
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
@@ -544,6 +545,23 @@ class Trainer:
                 head.load_state_dict(state[name])
         self.step, self.best = state["step"], state["best"]
         logger.info("resumed from %s at step %d", folder, self.step)
+
+
+def read_trainer_state(path: Path) -> dict:
+    """The resumable state of a run, read without running any code the file might carry.
+
+    `weights_only=True` admits tensors and plain containers only; the states saved by
+    `Trainer.save_last` are made of nothing else (Python RNG states are tuples of ints).
+    """
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as error:  # a truncated zip, a pickle of other objects, random bytes, ...
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise ValueError(f"cannot resume: {path} is not a readable trainer state ({reason})") from None
+    missing = [key for key in TRAINER_STATE_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise ValueError(f"cannot resume: {path} lacks {', '.join(missing)}")
+    return state
 
 
 def parse_args(argv: list[str] | None) -> tuple[TrainConfig, bool]:

@@ -75,6 +75,51 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, shapes_di
         assert torch.allclose(a, b, atol=1e-6), name
 
 
+class _RunsCodeWhenUnpickled:
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("touch PWNED",))
+
+
+def test_resume_never_runs_code_from_the_state_file(tmp_path, shapes_dir, monkeypatch):
+    from cir_core.train import TRAINER_STATE_FILE, Trainer
+
+    config = TrainConfig.from_file(write_config(tmp_path, shapes_dir)).with_overrides(
+        {"eval_every": "0", "out_dir": str(tmp_path / "run")})
+    trainer = Trainer(config)
+    (tmp_path / "run").mkdir()
+    trainer.train_step()
+    trainer.save_last()
+    state_path = tmp_path / "run" / "last" / TRAINER_STATE_FILE
+    monkeypatch.chdir(tmp_path)
+    torch.save({"step": 1, "payload": _RunsCodeWhenUnpickled()}, state_path)
+    with pytest.raises(ValueError, match="not a readable trainer state"):
+        Trainer(config, resume=True)
+    assert not (tmp_path / "PWNED").exists()
+
+    valid = {"step": 1}
+    torch.save(valid, state_path)
+    with pytest.raises(ValueError, match="lacks best, optimizer"):
+        Trainer(config, resume=True)
+
+
+def test_resume_from_a_truncated_state_is_one_line_error(tmp_path, shapes_dir):
+    from cir_core.cli import main as cir_main
+    from cir_core.train import TRAINER_STATE_FILE, Trainer
+
+    config_file = write_config(tmp_path, shapes_dir)
+    config = TrainConfig.from_file(config_file).with_overrides({"eval_every": "0", "out_dir": str(tmp_path / "run")})
+    trainer = Trainer(config)
+    (tmp_path / "run").mkdir()
+    trainer.train_step()
+    trainer.save_last()
+    state_path = tmp_path / "run" / "last" / TRAINER_STATE_FILE
+    state_path.write_bytes(state_path.read_bytes()[: state_path.stat().st_size // 2])
+    assert cir_main(["train", "--config", str(config_file), "--resume", f"--out_dir={tmp_path / 'run'}",
+                     "--eval_every=0"]) == 2
+
+
 def test_overrides_and_bad_options(tmp_path, shapes_dir):
     config = write_config(tmp_path, shapes_dir)
     with pytest.raises(ValueError, match="unknown training option"):
