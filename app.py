@@ -1,17 +1,25 @@
 """Launch the SPRC composed image retrieval app.
 
-    python app.py [--model URI] [--index DIR] [--gallery DIR]
+    python app.py [--model URI] [--dataset shapes|cirr|fashioniq --data-root DIR [--split S] [--category C]]
+                  [--gallery IMAGES_DIR] [--index DIR]
 
-Environment: CIR_MODEL, CIR_INDEX, CIR_GALLERY (flags win), GRADIO_SERVER_NAME (default
-127.0.0.1), GRADIO_SERVER_PORT (default 7860), CIR_PREPARE_FAILURES=0 (do not rank the
-benchmark queries for the failure view in the background at start), CIR_QUERY_PRECISION=bf16
-or int8 (encode searches without explanations with a reduced-precision copy of the model:
-faster on a CPU, rankings can differ from fp32 where scores nearly tie; default fp32),
-CIR_GALLERY_PRECISION=fp32, bf16, int8 or auto (how the default gallery is indexed on first
-start; auto, the default, is bf16 on a CPU with bf16 units; int8 is the fastest). Models are `local-dir:PATH` or
-`hf-hub:org/name` URIs. The default is the embedded shapes-mini model with the shapes
-benchmark's test gallery (assets/shapes when shipped, else data/shapes as written by
-`cir data shapes --out data/shapes`, else generated once with seed 0), indexed on first start.
+A benchmark (`--dataset` with its `--data-root`: a shapes folder, the official CIRR
+`cirr_dataset` folder or the FashionIQ folder) gives the app its gallery, example
+queries, ground truth and failure inspection; `--gallery` serves a plain folder of images
+without ground truth; `--index` serves a prebuilt index (`cir build-index`). Indexes
+are built once per model, dataset and split and cached under ~/.cache/cir ($CIR_CACHE).
+
+Environment (flags win): CIR_MODEL, CIR_DATASET, CIR_DATA_ROOT, CIR_SPLIT, CIR_CATEGORY,
+CIR_GALLERY, CIR_INDEX, GRADIO_SERVER_NAME (default 127.0.0.1), GRADIO_SERVER_PORT
+(default 7860), CIR_PREPARE_FAILURES=0 (do not rank the benchmark queries for the failure
+view in the background at start), CIR_QUERY_PRECISION=bf16 or int8 (encode searches
+without explanations with a reduced-precision copy of the model: faster on a CPU,
+rankings can differ from fp32 where scores nearly tie; default fp32),
+CIR_GALLERY_PRECISION=fp32, bf16, int8 or auto (how a gallery is indexed on first start;
+auto, the default, is bf16 on a CPU with bf16 units; int8 is the fastest). Models are
+`local-dir:PATH` or `hf-hub:org/name` URIs. The default is the embedded shapes-mini model
+with the shapes benchmark's test split (assets/shapes when shipped, else data/shapes as
+written by `cir data shapes --out data/shapes`, else generated once with seed 0).
 """
 import argparse
 import logging
@@ -20,7 +28,8 @@ import sys
 from pathlib import Path
 
 from cir_core.checkpoints import CheckpointError
-from cir_core.engine import Engine
+from cir_core.data.sources import DATASETS, open_source
+from cir_core.engine import DEFAULT_CACHE_ROOT, Engine
 from cir_core.precision import GALLERY_PRECISIONS, QUERY_PRECISIONS
 
 DEFAULT_MODEL = "local-dir:checkpoints/shapes-mini"
@@ -28,40 +37,97 @@ SHAPES_FOLDERS = (Path("assets/shapes"), Path("data/shapes"))  # the shapes benc
 EXAMPLES_FILE = Path("assets/examples.json")
 
 
+class StartError(Exception):
+    """A setting the app cannot start with: printed as one line, exit code 2."""
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=os.environ.get("CIR_MODEL", DEFAULT_MODEL), help="model URI")
-    parser.add_argument("--index", default=os.environ.get("CIR_INDEX"), help="gallery index folder (cir build-index)")
-    parser.add_argument("--gallery", default=os.environ.get("CIR_GALLERY"),
-                        help="gallery data: a shapes benchmark folder or a folder of images")
+    env = os.environ.get
+    parser.add_argument("--model", default=env("CIR_MODEL", DEFAULT_MODEL), help="model URI")
+    parser.add_argument("--dataset", default=env("CIR_DATASET"),
+                        help=f"labelled benchmark to serve: {', '.join(DATASETS)} (default shapes)")
+    parser.add_argument("--data-root", default=env("CIR_DATA_ROOT"), help="the benchmark's folder")
+    parser.add_argument("--split", default=env("CIR_SPLIT"),
+                        help="benchmark split (default: test for shapes, val for CIRR and FashionIQ)")
+    parser.add_argument("--category", default=env("CIR_CATEGORY"),
+                        help="FashionIQ category: dress, shirt or toptee (default: all three in one gallery)")
+    parser.add_argument("--gallery", default=env("CIR_GALLERY"), help="a plain folder of images (no ground truth)")
+    parser.add_argument("--index", default=env("CIR_INDEX"), help="gallery index folder (cir build-index)")
     return parser.parse_args(argv)
 
 
-def _setting(name: str, default: str, allowed: tuple[str, ...]) -> str | None:
-    """The environment variable `name` when it is one of `allowed` (else None, after saying so)."""
+def _setting(name: str, default: str, allowed: tuple[str, ...]) -> str:
     value = os.environ.get(name, default)
     if value not in allowed:
-        print(f"cannot start the app: {name} must be {', '.join(allowed[:-1])} or {allowed[-1]}, got {value!r}",
-              file=sys.stderr)
-        return None
+        raise StartError(f"{name} must be {', '.join(allowed[:-1])} or {allowed[-1]}, got {value!r}")
     return value
+
+
+def server_port() -> int:
+    """GRADIO_SERVER_PORT, checked before the (slow) model load."""
+    raw = os.environ.get("GRADIO_SERVER_PORT", "7860")
+    try:
+        port = int(raw)
+    except ValueError:
+        raise StartError(f"GRADIO_SERVER_PORT must be a port number, got {raw!r}") from None
+    if not 0 < port < 65536:
+        raise StartError(f"GRADIO_SERVER_PORT must be between 1 and 65535, got {port}")
+    return port
+
+
+def default_shapes_folder() -> Path:
+    """The shapes benchmark shipped or generated here, else generated once (seed 0) into the cache."""
+    folder = next((folder for folder in SHAPES_FOLDERS if (folder / "info.json").is_file()), None)
+    if folder is not None:
+        return folder
+    from cir_core.data.shapes import write_shapes_dataset
+
+    folder = DEFAULT_CACHE_ROOT / "shapes-seed0"
+    if not (folder / "info.json").is_file():
+        logging.getLogger(__name__).info("generating the shapes benchmark (seed 0) into %s (once)", folder)
+        write_shapes_dataset(folder, seed=0, overwrite=True)
+    return folder
+
+
+def benchmark_source(args: argparse.Namespace):
+    """The labelled benchmark the flags name, None for a plain gallery or a prebuilt index alone."""
+    dataset, data_root = args.dataset, args.data_root
+    if args.gallery and (dataset or data_root):
+        raise StartError("give either --gallery (a plain folder of images) or --dataset/--data-root, not both")
+    if args.gallery:
+        if (Path(args.gallery) / "info.json").is_file():  # a shapes benchmark folder given as a gallery
+            dataset, data_root = "shapes", args.gallery
+        else:
+            return None
+    if dataset is None and data_root is None and args.index:
+        return None
+    dataset = dataset or "shapes"
+    if dataset not in DATASETS:
+        raise StartError(f"unknown --dataset {dataset!r}; choose from {', '.join(DATASETS)}")
+    if data_root is None:
+        if dataset != "shapes":
+            raise StartError(f"--dataset {dataset} needs --data-root (the benchmark's folder)")
+        data_root = default_shapes_folder()
+    return open_source(dataset, data_root, split=args.split, category=args.category)
 
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    prepare_failures = _setting("CIR_PREPARE_FAILURES", "1", ("0", "1"))
-    query_precision = _setting("CIR_QUERY_PRECISION", "fp32", QUERY_PRECISIONS)
-    gallery_precision = _setting("CIR_GALLERY_PRECISION", "auto", GALLERY_PRECISIONS)
-    if None in (prepare_failures, query_precision, gallery_precision):
-        return 2
-    gallery = args.gallery or next((folder for folder in SHAPES_FOLDERS if (folder / "info.json").is_file()), None)
     try:
-        engine = Engine.from_uris(args.model, index_dir=args.index, gallery_data=gallery,
+        prepare_failures = _setting("CIR_PREPARE_FAILURES", "1", ("0", "1"))
+        query_precision = _setting("CIR_QUERY_PRECISION", "fp32", QUERY_PRECISIONS)
+        gallery_precision = _setting("CIR_GALLERY_PRECISION", "auto", GALLERY_PRECISIONS)
+        port = server_port()
+        source = benchmark_source(args)
+        gallery = args.gallery if source is None else None
+        engine = Engine.from_uris(args.model, index_dir=args.index, gallery_data=gallery, source=source,
                                   query_precision=query_precision, gallery_precision=gallery_precision)
-    except (CheckpointError, FileNotFoundError, ValueError) as error:
+    except (StartError, CheckpointError, FileNotFoundError, ValueError) as error:
         hint = ("\nThe default model is missing: train it into checkpoints/shapes-mini (see README), "
-                "or point CIR_MODEL / --model at another checkpoint." if args.model == DEFAULT_MODEL else "")
+                "or point CIR_MODEL / --model at another checkpoint."
+                if isinstance(error, CheckpointError) and args.model == DEFAULT_MODEL else "")
         print(f"cannot start the app: {error}{hint}", file=sys.stderr)
         return 2
     if prepare_failures == "1":
@@ -69,7 +135,7 @@ def main(argv=None) -> int:
     from demo import launch
 
     launch(engine, examples_file=EXAMPLES_FILE, server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-           server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")))
+           server_port=port)
     return 0
 
 

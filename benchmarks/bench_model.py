@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cir_core.checkpoints import load_model
     from cir_core.data.shapes import read_shapes_split
+    from cir_core.data.sources import open_source
     from cir_core.engine import Engine, limit_threads
     from cir_core.transforms import ImageTransform
 
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     pixels = torch.stack([transform(Image.open(split.path(i))) for i in ids])
     throughput = {precision: gallery_throughput(model, pixels, 64, precision) for precision in ("fp32", "bf16", "int8")}
 
-    base = Engine.from_uris(args.model, gallery_data=args.gallery)
+    base = Engine.from_uris(args.model, source=open_source("shapes", args.gallery))
     queries = split.triplets[:args.queries]
     gallery = torch.from_numpy(base.index.vectors(range(len(base.index)))).float()
     report = {

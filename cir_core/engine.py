@@ -7,8 +7,10 @@ guarded by locks.
 
 Results are dataclasses: `RetrievalResult` (ranked `Hit`s, `StageTimings`, the
 ground truth's `GroundTruth` rank, an optional `explain.Explanation`), `Comparison`
-(three `MethodRanking`s) and `FailureCase` lists. Bad input raises `QueryError`, a
-ValueError whose message says what is wrong.
+(three `MethodRanking`s) and `BenchmarkReport` (recall per query group and the
+`FailureCase`s). Bad input raises `QueryError`, a ValueError whose message says what
+is wrong. A labelled benchmark reaches the engine as a `data.sources.BenchmarkSource`
+(any of shapes, CIRR, FashionIQ); the engine knows nothing else of benchmarks.
 """
 from __future__ import annotations
 
@@ -34,7 +36,9 @@ from cir_core.checkpoints import load_model, weights_fingerprint
 from cir_core.config import QUERY_MODE_DESCRIPTIONS
 from cir_core.explain import Explanation, RelevanceMap, Vocabulary, attention_maps, result_relevance
 from cir_core.index import GalleryIndex, GalleryIndexError
-from cir_core.index_build import gallery_items
+from cir_core.data.sources import BenchmarkSource
+from cir_core.evaluation.metrics import recall_at_k
+from cir_core.index_build import GalleryItem, items_from_images
 from cir_core.model import SPRCModel
 from cir_core.precision import check_gallery_precision, check_query_precision, query_model, resolve_gallery_precision
 from cir_core.text import TextBatch, clean_caption
@@ -43,7 +47,8 @@ from cir_core.transforms import ImageTransform, to_rgb
 logger = logging.getLogger(__name__)
 
 MAX_QUERY_PIXELS = 40_000_000  # larger images are refused before decoding (decompression-bomb guard)
-VIEW_ANGLE_EDITS = ("mirror", "rotate")  # edits that change the viewpoint, listed first among failures
+FAILURE_TOP = 3  # results kept per failure (what ranked above the target)
+GROUP_RECALL_KS = (1, 5)  # recall reported per query group
 DEFAULT_CACHE_ROOT = Path(os.environ.get("CIR_CACHE", "~/.cache/cir")).expanduser()
 
 
@@ -148,8 +153,7 @@ class BenchmarkQuery:
     reference_id: str  # gallery id of the reference image
     target_id: str  # gallery id of the target image
     caption: str  # relative caption
-    edit: str  # edit type (e.g. "color", "mirror"); "" when the benchmark has none
-    novel: bool  # involves held-out combinations or phrasings
+    groups: tuple[str, ...]  # query groups (edit type, category, caption keyword groups); may be empty
 
 
 @dataclass
@@ -157,10 +161,45 @@ class FailureCase:
     """A benchmark query whose target is not ranked first."""
 
     query: BenchmarkQuery  # the triplet
-    rank: int  # 1-based rank of the target (reference excluded)
+    rank: int  # 1-based rank of the target (reference excluded where the protocol excludes it)
     target_score: float  # the target's score
-    top_id: str  # gallery id ranked first instead
-    top_score: float  # its score
+    top_ids: list[str]  # gallery ids ranked first, second, third (up to FAILURE_TOP)
+    top_scores: list[float]  # their scores
+
+    @property
+    def top_id(self) -> str:
+        return self.top_ids[0]
+
+    def to_json(self) -> dict:
+        return {"pairid": self.query.pairid, "caption": self.query.caption, "groups": list(self.query.groups),
+                "target_rank": self.rank, "reference": self.query.reference_id, "target": self.query.target_id,
+                "target_score": round(self.target_score, 6), "top": self.top_ids}
+
+
+@dataclass
+class GroupRecall:
+    """Recall of the benchmark queries of one group."""
+
+    queries: int  # queries in the group
+    recall: dict[str, float]  # "R@1", "R@5": percent of queries with the target within the top k
+
+    def to_json(self) -> dict:
+        return {"queries": self.queries, **{name: round(value, 2) for name, value in self.recall.items()}}
+
+
+@dataclass
+class BenchmarkReport:
+    """Recall per group over a benchmark split's queries, and the failures matching a filter."""
+
+    split: str  # e.g. "cirr/val"
+    queries: int  # queries ranked (those whose reference and target are in the gallery)
+    groups: dict[str, GroupRecall]  # "all" first, then each group in the source's order
+    failures: list[FailureCase]  # targets not ranked first, filtered by group and keyword; view angle first
+
+    def to_json(self) -> dict:
+        return {"split": self.split, "queries": self.queries,
+                "groups": {name: group.to_json() for name, group in self.groups.items()},
+                "failures": [case.to_json() for case in self.failures]}
 
 
 @dataclass
@@ -265,12 +304,13 @@ def limit_threads(count: int = 1) -> None:
 class Engine:
     """A loaded model and gallery index; every method is safe to call from several threads."""
 
-    def __init__(self, model: SPRCModel, index: GalleryIndex, benchmark_dir: str | Path | None = None,
+    def __init__(self, model: SPRCModel, index: GalleryIndex, source: BenchmarkSource | None = None,
                  feature_cache_size: int = 256, num_threads: int = 1, cache_dir: str | Path | None = None,
                  query_precision: str = "fp32"):
-        """`index` was built with `model`; `benchmark_dir`, a shapes folder, provides benchmark queries.
+        """`index` was built with `model`; `source`, a labelled benchmark split, provides the queries
+        for examples, ground truth and failure inspection (None: a plain gallery).
 
-        `cache_dir` keeps computed failure lists across restarts (ranking every benchmark
+        `cache_dir` keeps the benchmark queries' ranks across restarts (ranking every
         query takes tens of seconds on a CPU); None keeps them in memory only.
         `num_threads` is the process's torch/faiss thread count (one per request suits a
         server with concurrent users).
@@ -284,7 +324,7 @@ class Engine:
         limit_threads(num_threads)
         self.model = model.eval()
         self.index = index
-        self.benchmark_dir = Path(benchmark_dir) if benchmark_dir is not None else None
+        self.source = source
         self.transform = ImageTransform(model.config.preprocess)
         self._row_of = {image_id: row for row, image_id in enumerate(index.ids)}
         self._feature_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -294,9 +334,9 @@ class Engine:
         self.cache_misses = 0  # gallery references that went through the vision encoder
         self._vocabulary: Vocabulary | None = None
         self._auxiliary_tokens = None
-        self._benchmark: dict[str, list[BenchmarkQuery]] = {}
-        self._failures: dict[str, list[FailureCase]] = {}
-        self._failures_lock = threading.Lock()
+        self._benchmark: list[BenchmarkQuery] | None = None
+        self._ranks: list[FailureCase] | None = None  # every benchmark query's rank, failures or not
+        self._ranks_lock = threading.Lock()
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.query_precision = query_precision
         self._query_model = query_model(model, query_precision)
@@ -304,31 +344,35 @@ class Engine:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_uris(cls, model_uri: str, index_dir: str | Path | None = None, gallery_data: str | Path | None = None,
-                  cache_root: str | Path | None = None, progress: bool = True, num_threads: int = 1,
-                  gallery_precision: str = "auto", **kwargs) -> Engine:
+                  source: BenchmarkSource | None = None, cache_root: str | Path | None = None, progress: bool = True,
+                  num_threads: int = 1, gallery_precision: str = "auto", **kwargs) -> Engine:
         """Load a model from a URI and its gallery index.
 
         With `index_dir`, that index is loaded (refused if another model built it).
-        Without, the gallery in `gallery_data` (a shapes benchmark folder, whose test
-        gallery is used, or any folder of images) is indexed once and cached under
+        Without, the gallery of `source` (a labelled benchmark split), else every image
+        under `gallery_data` (a plain folder), is indexed once and cached under
         `cache_root` (default ~/.cache/cir, or $CIR_CACHE), keyed by the model's weights
-        fingerprint and `gallery_precision` (how its images are encoded). Without either,
-        the shapes benchmark is generated there (seed 0).
-        `gallery_data` that is a shapes folder also provides the benchmark queries.
+        fingerprint, the gallery and `gallery_precision` (how its images are encoded).
+        `source` also provides the benchmark queries (examples, ground truth, failures).
         """
         check_gallery_precision(gallery_precision)
+        if index_dir is None and source is None and gallery_data is None:
+            raise ValueError("no gallery: give an index folder, a benchmark source or a folder of images")
         limit_threads(num_threads)  # the gallery build below too
         model = load_model(model_uri)
         cache_root = Path(cache_root) if cache_root is not None else DEFAULT_CACHE_ROOT
         if index_dir is not None:
             index = GalleryIndex.load(index_dir, model=model)
+        elif source is not None:
+            name = f"{source.name.replace('/', '-')}-{source.cache_key()}"
+            index = default_gallery_index(model, source.gallery_items(), name, cache_root, progress, gallery_precision)
         else:
-            if gallery_data is None:
-                gallery_data = default_shapes_gallery(cache_root, progress=progress)
-            index = default_gallery_index(model, gallery_data, cache_root, progress, gallery_precision)
+            folder = Path(gallery_data).expanduser().resolve()
+            index = default_gallery_index(model, items_from_images(folder), folder.name, cache_root, progress,
+                                          gallery_precision)
         logger.info("engine ready: model %s, %d gallery images", model.config.name, len(index.ids))
         kwargs.setdefault("cache_dir", cache_root / "failures")
-        return cls(model, index, benchmark_dir=gallery_data, num_threads=num_threads, **kwargs)
+        return cls(model, index, source=source, num_threads=num_threads, **kwargs)
 
     # ------------------------------------------------------------------ public API
     @property
@@ -346,8 +390,9 @@ class Engine:
         return str(self.index.paths[self._row(image_id)])
 
     def gallery_label(self, image_id: str) -> str:
+        """The caption that describes a gallery image, else its label ("" when it has neither)."""
         row = self._row(image_id)
-        return readable_label(self.index.captions[row], self.index.labels[row])
+        return self.index.captions[row] or self.index.labels[row] or ""
 
     def file_roots(self) -> list[str]:
         """Folders holding the gallery's images (an app must be allowed to serve them)."""
@@ -443,52 +488,55 @@ class Engine:
             rankings.append(MethodRanking(name=name, description=description, hits=hits, ground_truth=truth))
         return Comparison(caption=caption, reference_id=reference_id, rankings=rankings, notes=caption_check.notes)
 
-    def benchmark_queries(self, split: str = "test") -> list[BenchmarkQuery]:
-        """The benchmark split's triplets whose reference and target are in the gallery (read once)."""
+    def benchmark_queries(self) -> list[BenchmarkQuery]:
+        """The source's queries whose reference and target are in the gallery (read once; [] without a source)."""
         with self._lock:
-            if split in self._benchmark:
-                return self._benchmark[split]
-        if self.benchmark_dir is None:
-            return []
-        from cir_core.data.shapes import read_shapes_split
-
-        try:
-            triplets = read_shapes_split(self.benchmark_dir, split).triplets
-        except (FileNotFoundError, ValueError) as error:
-            logger.info("no benchmark queries for this gallery: %s", error)
-            triplets = []
-        queries = [BenchmarkQuery(pairid=str(t.pairid), reference_id=t.reference, target_id=t.target,
-                                  caption=t.caption, edit=t.edit or "", novel=bool(t.extras.get("novel", False)))
-                   for t in triplets if t.target in self._row_of and t.reference in self._row_of]
+            if self._benchmark is not None:
+                return self._benchmark
+        queries = []
+        if self.source is not None:
+            queries = [BenchmarkQuery(pairid=str(t.pairid), reference_id=t.reference, target_id=t.target,
+                                      caption=t.caption, groups=tuple(self.source.groups(t)))
+                       for t in self.source.queries if t.target in self._row_of and t.reference in self._row_of]
         with self._lock:
-            self._benchmark[split] = queries
+            self._benchmark = queries
         return queries
 
-    def failure_cases(self, edit_type: str | None = None, keyword: str | None = None,
-                      split: str = "test") -> list[FailureCase]:
-        """Benchmark queries whose target is not first: view-angle edits first, then worst rank first."""
-        with self._failures_lock:  # held while computing: a second caller waits instead of recomputing
-            failures = self._failures.get(split)
-            cached = self._failures_file(split) if failures is None else None  # hashes the weights: once
-            if failures is None and cached is not None:
-                failures = self._load_failures(cached, split)
-            if failures is None:
-                failures = self._compute_failures(split)
-                if cached is not None:
-                    self._save_failures(cached, split, failures)
-            self._failures[split] = failures
-        keyword = (keyword or "").strip().lower()
-        return [case for case in failures
-                if (not edit_type or case.query.edit == edit_type) and keyword in case.query.caption.lower()]
+    def group_names(self) -> list[str]:
+        """The query groups of the source, view-angle groups first ([] without a source)."""
+        return self.source.group_names() if self.source is not None else []
 
-    def prepare_failures(self, split: str = "test") -> threading.Thread:
-        """Compute (or read from the cache) the failure list in a background thread, so that the
-        first look at the failure-inspection view does not wait for it."""
+    def failure_cases(self, group: str | None = None, keyword: str | None = None) -> list[FailureCase]:
+        """Benchmark queries whose target is not first, in `group` and with `keyword` in the caption
+        (None or "" = any): view-angle groups first, then worst rank first."""
+        keyword = (keyword or "").strip().lower()
+        first = {name: position for position, name in enumerate(self.source.first_groups if self.source else ())}
+        cases = [case for case in self._benchmark_ranks() if case.rank > 1
+                 and (not group or group in case.query.groups) and keyword in case.query.caption.lower()]
+        return sorted(cases, key=lambda case: (min((first.get(g, len(first)) for g in case.query.groups),
+                                                   default=len(first)), -case.rank))
+
+    def benchmark_report(self, group: str | None = None, keyword: str | None = None) -> BenchmarkReport:
+        """Recall@1/5 of all benchmark queries and of each group, and the failures of `group` / `keyword`."""
+        if self.source is None:
+            raise QueryError("this gallery has no benchmark: start the app with --dataset to inspect failures")
+        if group and group not in self.group_names():
+            raise QueryError(f"unknown group {group!r}; this benchmark has {', '.join(self.group_names()) or 'none'}")
+        ranked = self._benchmark_ranks()
+        groups = {"all": self._group_recall(ranked)}
+        for name in self.group_names():
+            groups[name] = self._group_recall([case for case in ranked if name in case.query.groups])
+        return BenchmarkReport(split=self.source.name, queries=len(ranked), groups=groups,
+                               failures=self.failure_cases(group, keyword))
+
+    def prepare_failures(self) -> threading.Thread:
+        """Rank the benchmark queries (or read their ranks from the cache) in a background thread,
+        so that the first look at the failure-inspection view does not wait for it."""
         def work():
             try:
-                self.failure_cases(split=split)
+                self._benchmark_ranks()
             except Exception:  # never take the server down; the view reports the error when opened
-                logger.exception("preparing the failure list failed")
+                logger.exception("ranking the benchmark queries failed")
 
         thread = threading.Thread(target=work, name="prepare-failures", daemon=True)
         thread.start()
@@ -531,8 +579,11 @@ class Engine:
             features = model.vision_features(pixels)
         return None, features, rgb if keep_image else None
 
-    def _gallery_features(self, image_id: str) -> torch.Tensor:
-        """(1, T, W) vision features of a gallery image, from the LRU cache when possible."""
+    def _gallery_features(self, image_id: str, remember: bool = True) -> torch.Tensor:
+        """(1, T, W) vision features of a gallery image, from the LRU cache when possible.
+
+        `remember=False` (ranking a whole benchmark) leaves the cache to the users' queries.
+        """
         self._row(image_id)
         with self._lock:
             features = self._feature_cache.get(image_id)
@@ -544,6 +595,8 @@ class Engine:
         with torch.inference_mode():
             pixels = self.transform(load_query_image(self.gallery_path(image_id))).unsqueeze(0)
             features = self.model.vision_features(pixels)
+        if not remember:
+            return features
         with self._lock:
             self._feature_cache[image_id] = features
             while len(self._feature_cache) > self._feature_cache_size:
@@ -553,7 +606,7 @@ class Engine:
     def _search(self, query: torch.Tensor, k: int, excluded: list[str]) -> list[Hit]:
         found = self.index.search(query, k, exclude=excluded)
         return [Hit(rank=position + 1, id=hit.id, score=float(hit.score), path=str(hit.path),
-                    label=readable_label(hit.caption, hit.label)) for position, hit in enumerate(found)]
+                    label=hit.caption or hit.label or "") for position, hit in enumerate(found)]
 
     def _ground_truth(self, query: torch.Tensor, truth_id: str, excluded: list[str], hits: list[Hit]) -> GroundTruth:
         scores = torch.as_tensor(self.index.score_all(query), dtype=torch.float32).clone()  # (N,)
@@ -579,120 +632,112 @@ class Engine:
                 self._auxiliary_tokens = self._vocabulary.nearest(self.model.prompt_tokens[0])
             return self._vocabulary, self._auxiliary_tokens
 
-    def _failures_file(self, split: str) -> Path | None:
-        """Where the failure list of this model, index and benchmark split is cached (None: not cached)."""
-        split_file = self.benchmark_dir / f"{split}.json" if self.benchmark_dir is not None else None
-        if self.cache_dir is None or split_file is None or not split_file.is_file():
-            return None
-        key = json.dumps([weights_fingerprint(self.model), self.index.info.get("files"), split,
-                          hashlib.sha256(split_file.read_bytes()).hexdigest()], sort_keys=True)
-        return self.cache_dir / f"{self.model.config.name}-{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    @staticmethod
+    def _group_recall(cases: list[FailureCase]) -> GroupRecall:
+        ranks = torch.tensor([case.rank - 1 for case in cases], dtype=torch.long)  # 0-based, as recall_at_k counts
+        recall = recall_at_k(ranks, GROUP_RECALL_KS) if cases else {f"R@{k}": 0.0 for k in GROUP_RECALL_KS}
+        return GroupRecall(queries=len(cases), recall=recall)
 
-    def _load_failures(self, path: Path, split: str) -> list[FailureCase] | None:
+    def _benchmark_ranks(self) -> list[FailureCase]:
+        """Every benchmark query's target rank and first results, computed once (held while computing:
+        a second caller waits instead of ranking again) and cached on disk when `cache_dir` is set."""
+        with self._ranks_lock:
+            if self._ranks is None:
+                cached = self._ranks_file()
+                ranks = self._load_ranks(cached) if cached is not None else None
+                if ranks is None:
+                    ranks = self._compute_ranks()
+                    if cached is not None:
+                        self._save_ranks(cached, ranks)
+                self._ranks = ranks
+            return self._ranks
+
+    def _ranks_file(self) -> Path | None:
+        """Where the ranks of this model, index and benchmark split are cached (None: not cached)."""
+        if self.cache_dir is None or self.source is None:
+            return None
+        key = json.dumps([weights_fingerprint(self.model), self.index.info.get("files"), self.source.cache_key()],
+                         sort_keys=True)
+        name = self.source.name.replace("/", "-")
+        return self.cache_dir / f"{self.model.config.name}-{name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+    def _load_ranks(self, path: Path) -> list[FailureCase] | None:
         if not path.is_file():
             return None
-        queries = {q.pairid: q for q in self.benchmark_queries(split)}
+        queries = {q.pairid: q for q in self.benchmark_queries()}
         try:
             rows = json.loads(path.read_text())["cases"]
-            return [FailureCase(query=queries[row["pairid"]], rank=int(row["rank"]),
-                                target_score=float(row["target_score"]), top_id=str(row["top_id"]),
-                                top_score=float(row["top_score"])) for row in rows]
+            cases = [FailureCase(query=queries[row["pairid"]], rank=int(row["rank"]),
+                                 target_score=float(row["target_score"]), top_ids=[str(i) for i in row["top_ids"]],
+                                 top_scores=[float(x) for x in row["top_scores"]]) for row in rows]
         except (OSError, ValueError, KeyError, TypeError) as error:
-            logger.warning("recomputing the failure list: cached %s is unusable (%s)", path, error)
+            logger.warning("ranking the benchmark again: cached %s is unusable (%s)", path, error)
             return None
+        if len(cases) != len(queries):
+            logger.warning("ranking the benchmark again: cached %s holds %d of %d queries", path, len(cases),
+                           len(queries))
+            return None
+        return cases
 
-    def _save_failures(self, path: Path, split: str, failures: list[FailureCase]) -> None:
+    def _save_ranks(self, path: Path, cases: list[FailureCase]) -> None:
         rows = [{"pairid": case.query.pairid, "rank": case.rank, "target_score": case.target_score,
-                 "top_id": case.top_id, "top_score": case.top_score} for case in failures]
+                 "top_ids": case.top_ids, "top_scores": case.top_scores} for case in cases]
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            staging.write_text(json.dumps({"split": split, "cases": rows}))
+            staging.write_text(json.dumps({"split": self.source.name, "cases": rows}))
             os.replace(staging, path)  # readers never see a half-written list
         except OSError as error:
-            logger.warning("could not cache the failure list in %s: %s", path.parent, error)
+            logger.warning("could not cache the benchmark ranks in %s: %s", path.parent, error)
 
-    def _compute_failures(self, split_name: str) -> list[FailureCase]:
-        """Rank every benchmark query against this index and keep the misses (the shapes protocol's ranks)."""
-        queries = {q.pairid: q for q in self.benchmark_queries(split_name)}
+    def _compute_ranks(self, batch_size: int = 32) -> list[FailureCase]:
+        """Rank the gallery for every benchmark query: the target's rank (the reference excluded where
+        the source's protocol excludes it) and the first FAILURE_TOP results."""
+        queries = self.benchmark_queries()
         if not queries:
             return []
-        from cir_core.data.shapes import read_shapes_split
-        from cir_core.evaluation.features import encode_queries
-        from cir_core.evaluation.shapes import shapes_report_from_scores
-
-        split = read_shapes_split(self.benchmark_dir, split_name)
-        split.triplets = [t for t in split.triplets if str(t.pairid) in queries]
-        split.gallery = [image_id for image_id in split.gallery if image_id in self._row_of]
-        with torch.inference_mode():
-            vectors = encode_queries(self.model, split, progress=False)  # (Nq, D)
-        rows = [self._row_of[image_id] for image_id in split.gallery]
-        scores = torch.from_numpy(self.index.score_all(vectors.numpy())[:, rows])  # (Nq, Ng) in split.gallery order
-        report = shapes_report_from_scores(scores, split)
-        column = {image_id: position for position, image_id in enumerate(split.gallery)}
+        exclude_reference = self.source.split.exclude_reference
         cases = []
-        for position, (pairid, rank) in enumerate(zip(report.pairids, report.ranks)):
-            if rank == 0:
-                continue
-            query = queries[str(pairid)]
-            row_scores = scores[position].clone()
-            row_scores[column[query.reference_id]] = float("-inf")
-            top = int(row_scores.argmax())
-            target_score = float(row_scores[column[query.target_id]])
-            cases.append(FailureCase(query=query, rank=rank + 1, target_score=target_score,
-                                     top_id=split.gallery[top], top_score=float(row_scores[top])))
-        cases.sort(key=lambda case: (case.query.edit not in VIEW_ANGLE_EDITS, -case.rank))
-        logger.info("%s: %d of %d benchmark queries miss their target at rank 1", split.name, len(cases), len(queries))
+        started = time.perf_counter()
+        for start in range(0, len(queries), batch_size):
+            batch = queries[start:start + batch_size]
+            with torch.inference_mode():
+                reference = torch.cat([self._gallery_features(q.reference_id, remember=False) for q in batch])
+                vectors = self.model.encode_query(reference, [q.caption for q in batch]).query  # (B, D)
+            scores = torch.as_tensor(self.index.score_all(vectors.float().cpu().numpy()), dtype=torch.float32)
+            for query, row_scores in zip(batch, scores):  # row_scores: (N,)
+                row_scores = row_scores.clone()
+                if exclude_reference and query.reference_id != query.target_id:
+                    row_scores[self._row_of[query.reference_id]] = float("-inf")
+                target_score = row_scores[self._row_of[query.target_id]]
+                top = torch.topk(row_scores, min(FAILURE_TOP, len(row_scores)))
+                cases.append(FailureCase(query=query, rank=int((row_scores > target_score).sum()) + 1,
+                                         target_score=float(target_score),
+                                         top_ids=[self.index.ids[i] for i in top.indices.tolist()],
+                                         top_scores=[float(x) for x in top.values]))
+        misses = sum(case.rank > 1 for case in cases)
+        logger.info("%s: %d of %d benchmark queries miss their target at rank 1 (ranked in %.1f s)",
+                    self.source.name, misses, len(cases), time.perf_counter() - started)
         return cases
 
 
-def default_gallery_index(model: SPRCModel, gallery_data: str | Path, cache_root: str | Path,
+def default_gallery_index(model: SPRCModel, items: list[GalleryItem], gallery_name: str, cache_root: str | Path,
                           progress: bool = True, precision: str = "auto") -> GalleryIndex:
-    """The index of `gallery_data` for `model`, built on first use and cached under `cache_root`.
+    """The index of `items` for `model`, built on first use and cached under `cache_root`.
 
-    The cache folder is named by the model's weights fingerprint and the encoding
-    `precision` (`cir_core.precision.GALLERY_PRECISIONS`; "auto" is bf16 on a CPU with bf16
-    units: about twice fp32's speed, vectors within 2e-3), so a retrained model or another
+    The cache folder is named by the model's weights fingerprint, `gallery_name` (which
+    must change when the items do) and the encoding `precision`
+    (`cir_core.precision.GALLERY_PRECISIONS`; "auto" is bf16 on a CPU with bf16 units:
+    about twice fp32's speed, vectors within 2e-3), so a retrained model or another
     precision gets a new index; `GalleryIndex.load` re-checks the fingerprint anyway.
     """
     precision = resolve_gallery_precision(model, precision)
-    gallery_data = Path(gallery_data).expanduser().resolve()
     folder = (Path(cache_root) / "indexes"
-              / f"{model.config.name}-{weights_fingerprint(model)}-{gallery_data.name}-{precision}")
+              / f"{model.config.name}-{weights_fingerprint(model)}-{gallery_name}-{precision}")
     if folder.is_dir():
         try:
             return GalleryIndex.load(folder, model=model)
         except (GalleryIndexError, FileNotFoundError) as error:
             logger.warning("rebuilding the cached gallery index: %s", error)
-    items = gallery_items(gallery_data)
-    logger.info("indexing %d gallery images of %s into %s (once, %s)", len(items), gallery_data, folder, precision)
+    logger.info("indexing %d gallery images (%s) into %s (once, %s)", len(items), gallery_name, folder, precision)
     return GalleryIndex.build(model, items, folder, progress=progress, precision=precision)
-
-
-def default_shapes_gallery(cache_root: str | Path, seed: int = 0, progress: bool = True) -> Path:
-    """The shapes benchmark (seed 0) under `cache_root`, generated on first use."""
-    from cir_core.data.shapes import write_shapes_dataset
-
-    folder = Path(cache_root) / f"shapes-seed{seed}"
-    if not (folder / "info.json").is_file():
-        logger.info("generating the shapes benchmark (seed %d) into %s (once)", seed, folder)
-        write_shapes_dataset(folder, seed=seed, progress=progress, overwrite=True)
-    return folder
-
-
-def readable_label(caption: str | None, label: str | None) -> str:
-    """The caption of a gallery image, else its label; a shapes scene label reads as words."""
-    if caption:
-        return caption
-    if not label:
-        return ""
-    try:
-        scene = json.loads(label)
-    except json.JSONDecodeError:
-        return label
-    if isinstance(scene, dict) and isinstance(scene.get("objects"), list):
-        from cir_core.data.shapes_scene import position_name
-
-        return "; ".join(f"{o['size']} {o['color']} {o['shape']} {position_name(o['row'], o['col'])}"
-                         for o in scene["objects"])
-    return label

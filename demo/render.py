@@ -6,10 +6,12 @@ returned and formats it.
 from __future__ import annotations
 
 import html
+import textwrap
+from collections.abc import Callable
 
-from PIL import Image
+from PIL import Image, ImageDraw, ImageOps
 
-from cir_core.engine import Comparison, FailureCase, GroundTruth, Hit, RetrievalResult, StageTimings
+from cir_core.engine import BenchmarkReport, Comparison, FailureCase, GroundTruth, Hit, RetrievalResult, StageTimings
 from cir_core.explain import Explanation, TokenMatch, heatmap_overlay
 from cir_core.transforms import ImageTransform
 
@@ -111,9 +113,61 @@ def comparison_summary(comparison: Comparison) -> str:
     return "\n".join(lines + [f"Note: {note}" for note in comparison.notes])
 
 
-FAILURE_HEADERS = ["pairid", "edit", "caption", "target rank", "target score", "ranked first"]
+GROUP_HEADERS = ["group", "queries", "R@1", "R@5"]
+THUMB = 112  # side of a thumbnail in a failure row, pixels
+CAPTION_HEIGHT = 38  # the caption band above the thumbnails
+LABEL_HEIGHT = 18  # the label under each thumbnail
+TARGET_FRAME = (222, 160, 0)  # the target's frame, the colour of the results' target mark
 
 
-def failure_rows(cases: list[FailureCase]) -> list[list]:
-    return [[case.query.pairid, case.query.edit, case.query.caption, case.rank, round(case.target_score, 3),
-             case.top_id] for case in cases]
+def group_rows(report: BenchmarkReport) -> list[list]:
+    """One row per group: name, query count, R@1, R@5 ("all" first)."""
+    return [[name, group.queries, round(group.recall["R@1"], 1), round(group.recall["R@5"], 1)]
+            for name, group in report.groups.items()]
+
+
+def failure_count_line(report: BenchmarkReport, shown: int) -> str:
+    total = report.groups["all"]
+    line = (f"{report.split}: {report.queries} queries ranked, R@1 {total.recall['R@1']:.1f}, "
+            f"R@5 {total.recall['R@5']:.1f}. **{len(report.failures)} failure(s)** match the filter")
+    return line + (f"; the first {shown} are shown." if shown < len(report.failures) else ".")
+
+
+def _thumbnail(path: str, label: str, framed: bool) -> Image.Image:
+    tile = Image.new("RGB", (THUMB, THUMB + LABEL_HEIGHT), "white")
+    try:
+        with Image.open(path) as image:
+            picture = ImageOps.contain(image.convert("RGB"), (THUMB - 6, THUMB - 6))
+    except (OSError, ValueError):
+        picture = Image.new("RGB", (THUMB - 6, THUMB - 6), (200, 200, 200))  # unreadable: a grey square
+    tile.paste(picture, ((THUMB - picture.width) // 2, (THUMB - picture.height) // 2))
+    draw = ImageDraw.Draw(tile)
+    if framed:
+        draw.rectangle([0, 0, THUMB - 1, THUMB - 1], outline=TARGET_FRAME, width=3)
+    draw.text((3, THUMB + 3), label[:18], fill="black")
+    return tile
+
+
+def failure_row_image(case: FailureCase, path_of: Callable[[str], str]) -> Image.Image:
+    """One failure as a picture: the caption, then reference | target (its rank) | the first results."""
+    tiles = [_thumbnail(path_of(case.query.reference_id), "reference", False),
+             _thumbnail(path_of(case.query.target_id), f"target: rank {case.rank}", True)]
+    tiles += [_thumbnail(path_of(image_id), f"#{position + 1}  {score:.3f}", False)
+              for position, (image_id, score) in enumerate(zip(case.top_ids, case.top_scores))]
+    gap = 8
+    width = len(tiles) * THUMB + (len(tiles) - 1) * gap
+    row = Image.new("RGB", (width, CAPTION_HEIGHT + THUMB + LABEL_HEIGHT), "white")
+    draw = ImageDraw.Draw(row)
+    lines = textwrap.wrap(f"{case.query.pairid}: {case.query.caption}", width=width // 6)[:2]
+    for number, line in enumerate(lines):
+        draw.text((2, 2 + 16 * number), line, fill="black")
+    for position, tile in enumerate(tiles):
+        row.paste(tile, (position * (THUMB + gap), CAPTION_HEIGHT))
+    return row
+
+
+def failure_gallery(cases: list[FailureCase], path_of: Callable[[str], str]) -> list[tuple[Image.Image, str]]:
+    """(row picture, caption) pairs for gr.Gallery."""
+    return [(failure_row_image(case, path_of),
+             f"{case.query.pairid} · target rank {case.rank} · {', '.join(case.query.groups) or 'no group'}")
+            for case in cases]

@@ -17,14 +17,15 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
-from cir_core.engine import VIEW_ANGLE_EDITS, BenchmarkQuery, Engine, QueryError, RetrievalResult, load_query_image
+from cir_core.engine import BenchmarkQuery, Engine, QueryError, RetrievalResult, load_query_image
 from demo import render
 
 logger = logging.getLogger(__name__)
 
 MAX_K = 50
 NO_REFERENCE = "Reference: upload an image or pick one below."
-EXAMPLES_PER_EDIT = 2  # benchmark examples shown per edit type when no curated list matches the gallery
+EXAMPLES_PER_GROUP = 2  # benchmark examples shown per query group when no curated list matches the gallery
+FAILURES_SHOWN = 60  # failure rows drawn at once (the JSON answer lists them all)
 CSS = """
 .cir-chip-row {display: flex; flex-wrap: wrap; align-items: center; gap: 4px; margin: 2px 0;}
 .cir-chip {border-radius: 10px; padding: 1px 8px; font-family: monospace; color: #111;}
@@ -89,8 +90,9 @@ def load_curated_examples(path: str | Path | None) -> list[dict]:
     return [entry for entry in entries if isinstance(entry, dict)]
 
 
-def choose_examples(queries: list[BenchmarkQuery], curated: list[dict]) -> list[BenchmarkQuery]:
-    """The curated queries that match this gallery's benchmark exactly, else a few per edit type.
+def choose_examples(queries: list[BenchmarkQuery], curated: list[dict], groups: list[str]) -> list[BenchmarkQuery]:
+    """The curated queries that match this gallery's benchmark exactly, else a few per group
+    (in the order of `groups`, view angle first; a query is shown once).
 
     A curated entry matches when its pairid, reference, target and caption are those of a
     benchmark query, so examples never point at the wrong images of another benchmark.
@@ -104,16 +106,18 @@ def choose_examples(queries: list[BenchmarkQuery], curated: list[dict]) -> list[
             chosen.append(query)
     if chosen:
         return chosen
-    edits = sorted({q.edit for q in queries}, key=lambda edit: (edit not in VIEW_ANGLE_EDITS, edit))
-    return [q for edit in edits for q in [q for q in queries if q.edit == edit][:EXAMPLES_PER_EDIT]]
+    shown: dict[str, BenchmarkQuery] = {}
+    for group in groups:
+        members = [q for q in queries if group in q.groups and q.pairid not in shown]
+        shown.update((q.pairid, q) for q in members[:EXAMPLES_PER_GROUP])
+    return list(shown.values()) or queries[:EXAMPLES_PER_GROUP]
 
 
 def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str = "SPRC composed image retrieval"
              ) -> gr.Blocks:
     """The whole app as gr.Blocks (call .queue() and .launch() on it, as app.py does)."""
-    examples = choose_examples(engine.benchmark_queries(), load_curated_examples(examples_file))
-    edit_types = sorted({q.edit for q in engine.benchmark_queries()},
-                        key=lambda edit: (edit not in VIEW_ANGLE_EDITS, edit))
+    groups = engine.group_names()
+    examples = choose_examples(engine.benchmark_queries(), load_curated_examples(examples_file), groups)
     num_prompt_tokens = engine.model.num_query_tokens
 
     with gr.Blocks(title=title) as app:
@@ -139,8 +143,9 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
                 examples_table = gr.Dataset(
                     label="Benchmark examples (click to load; the target is marked in the results)",
                     components=["image", "textbox", "textbox"],
-                    headers=["reference", "caption", "edit"], type="index",
-                    samples=[[engine.gallery_path(q.reference_id), q.caption, q.edit] for q in examples],
+                    headers=["reference", "caption", "groups"], type="index",
+                    samples=[[engine.gallery_path(q.reference_id), q.caption, ", ".join(q.groups)]
+                             for q in examples],
                     samples_per_page=8, visible=bool(examples))
             with gr.Column(scale=2):
                 summary = gr.Markdown(elem_id="summary")
@@ -173,15 +178,22 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
                     compare_galleries = [gr.Gallery(label=name, columns=2, height=360, allow_preview=False)
                                          for name in ("text-only", "image-only", "SPRC")]
             with gr.Tab("Failure inspection"):
-                gr.Markdown("Benchmark queries whose target is not ranked first (computed once, on first use). "
-                            "View-angle edits (mirror, rotate) come first. Click a row to load it.")
+                gr.Markdown("Recall per query group and the benchmark queries whose target is not ranked first "
+                            "(every query is ranked once, then cached). View-angle queries come first. Each row: "
+                            "the caption, the reference, the target with its rank, the first three results. "
+                            "Click a row to load it into the query views."
+                            if groups else "This gallery has no benchmark: start the app with --dataset.")
                 with gr.Row():
-                    edit_filter = gr.Dropdown(choices=["all", *edit_types], value="all", label="Edit type")
-                    keyword = gr.Textbox(label="Caption keyword")
-                    find_button = gr.Button("Find failures")
+                    group_filter = gr.Dropdown(choices=[("all", ""), *[(name, name) for name in groups]], value="",
+                                               label="Query group", elem_id="group-filter")
+                    keyword = gr.Textbox(label="Caption keyword", elem_id="failure-keyword")
+                    find_button = gr.Button("Find failures", elem_id="find-failures")
                 failure_count = gr.Markdown(elem_id="failure-count")
-                failures = gr.Dataframe(headers=render.FAILURE_HEADERS, interactive=False, wrap=True,
-                                        elem_id="failures")
+                group_table = gr.Dataframe(headers=render.GROUP_HEADERS, interactive=False, elem_id="group-recall")
+                failures = gr.Gallery(label="Failures (click one to load it)", columns=1, height=560,
+                                      allow_preview=False, object_fit="contain", elem_id="failures")
+                with gr.Accordion("/benchmark answer (JSON)", open=False):
+                    benchmark_json = gr.JSON(label="/benchmark answer")
                 failure_ids = gr.State([])
 
         # -------------------------------------------------------------- handlers
@@ -266,7 +278,8 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
 
         def load_query(query: BenchmarkQuery):
             path, info = reference_outputs(query.reference_id)
-            info += f"; benchmark query {query.pairid} ({query.edit}), target `{query.target_id}`"
+            groups = f" ({', '.join(query.groups)})" if query.groups else ""
+            info += f"; benchmark query {query.pairid}{groups}, target `{query.target_id}`"
             return path, info, query.caption, ViewState(reference_id=query.reference_id,
                                                         ground_truth_id=query.target_id)
 
@@ -283,10 +296,18 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
             return (render.comparison_summary(comparison), *render.comparison_galleries(comparison))
 
         @user_errors
-        def find_failures(edit, word):
-            cases = engine.failure_cases(edit_type=None if edit in (None, "", "all") else edit, keyword=word)
-            count = f"{len(cases)} failure(s)" if engine.benchmark_queries() else "No benchmark for this gallery."
-            return count, render.failure_rows(cases), [case.query.pairid for case in cases]
+        def benchmark(group, word):
+            """JSON: recall per group and the failures of `group` with `word` in the caption ("" = any)."""
+            if group is not None and not isinstance(group, str) or word is not None and not isinstance(word, str):
+                raise QueryError("group and keyword must be text (\"\" for any)")
+            return engine.benchmark_report(group=group or None, keyword=word or None).to_json()
+
+        @user_errors
+        def show_failures(group, word):
+            report = engine.benchmark_report(group=group or None, keyword=word or None)
+            shown = report.failures[:FAILURES_SHOWN]
+            return (render.failure_count_line(report, len(shown)), render.group_rows(report),
+                    render.failure_gallery(shown, engine.gallery_path), [case.query.pairid for case in shown])
 
         @user_errors
         def load_failure(pairids, event: gr.SelectData):
@@ -319,8 +340,9 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
                              api_name="load_example")
         compare_button.click(run_compare, [reference, caption, top_k, state], [compare_summary, *compare_galleries],
                              api_name="compare", preprocess=False)
-        find_button.click(find_failures, [edit_filter, keyword], [failure_count, failures, failure_ids],
-                          api_name="failures")
+        find_button.click(benchmark, [group_filter, keyword], [benchmark_json], api_name="benchmark").success(
+            show_failures, [group_filter, keyword], [failure_count, group_table, failures, failure_ids],
+            api_name="failures", api_visibility="undocumented")
         failures.select(load_failure, [failure_ids], [reference, reference_info, caption, state],
                         api_name="load_failure").success(
             run_search, query_inputs, search_outputs, api_name="search_failure", api_visibility="undocumented",

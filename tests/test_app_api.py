@@ -91,7 +91,7 @@ def test_uploads_over_the_size_limit_are_refused(client, tmp_path):
 
 def test_every_event_has_an_api_name(served, client):
     info = client.view_api(print_info=False, return_format="dict")
-    assert {"/search", "/compare", "/failures"} <= set(info["named_endpoints"])
+    assert {"/search", "/compare", "/benchmark"} <= set(info["named_endpoints"])
     app_config = client.config
     dependencies = app_config["dependencies"]
     assert all(d.get("api_name") for d in dependencies), [d.get("api_name") for d in dependencies]
@@ -183,10 +183,12 @@ def test_curated_examples_are_used_only_when_they_match_the_benchmark(served, tm
                 "caption": queries[4].caption}]
     path = tmp_path / "examples.json"
     path.write_text(json.dumps({"queries": entries}))
-    assert choose_examples(queries, load_curated_examples(path)) == [wanted]
-    fallback = choose_examples(queries, [entries[1]])  # nothing matches: a few per edit type, view-angle first
-    assert fallback and fallback[0].edit in ("mirror", "rotate")
-    assert len({q.edit for q in fallback}) == len({q.edit for q in queries})
+    groups = engine.group_names()
+    assert choose_examples(queries, load_curated_examples(path), groups) == [wanted]
+    fallback = choose_examples(queries, [entries[1]], groups)  # nothing matches: a few per group, view angle first
+    assert fallback and "view angle" in fallback[0].groups
+    assert {g for q in fallback for g in q.groups} == set(groups)  # every group has an example
+    assert len({q.pairid for q in fallback}) == len(fallback)
     shipped = load_curated_examples(Path(__file__).parent.parent / "assets" / "examples.json")
     assert len(shipped) >= 8 and {"mirror", "rotate"} <= {entry["edit"] for entry in shipped}
 

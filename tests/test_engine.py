@@ -13,7 +13,9 @@ from PIL import Image
 import cir_core
 from cir_core.checkpoints import CheckpointError, load_model
 from cir_core.data.shapes import read_shapes_split
-from cir_core.engine import VIEW_ANGLE_EDITS, Engine, QueryError, load_query_image
+from cir_core.data.query_groups import VIEW_ANGLE
+from cir_core.data.sources import open_source
+from cir_core.engine import Engine, QueryError, load_query_image
 from cir_core.transforms import ImageTransform
 from tiny_gallery import png_with_forged_size, tiny_engine, write_image_sensitive_checkpoint, write_tiny_shapes
 
@@ -206,14 +208,14 @@ def test_benchmark_queries_and_failure_cases(engine, shapes_dir):
     assert len(queries) == len(read_shapes_split(shapes_dir, "test"))
     failures = engine.failure_cases()
     assert failures, "a random tiny model misses most targets"
-    view_angle = [f.query.edit in VIEW_ANGLE_EDITS for f in failures]
-    assert view_angle == sorted(view_angle, reverse=True)  # view-angle edits first
+    view_angle = [VIEW_ANGLE in f.query.groups for f in failures]
+    assert any(view_angle) and view_angle == sorted(view_angle, reverse=True)  # view-angle edits first
     case = failures[0]
     check = engine.search(case.query.reference_id, case.query.caption, k=1, ground_truth_id=case.query.target_id)
     assert check.ground_truth.rank == case.rank > 1
-    assert case.top_id == check.hits[0].id
-    edit = failures[-1].query.edit
-    assert {f.query.edit for f in engine.failure_cases(edit_type=edit)} == {edit}
+    assert case.top_ids == [hit.id for hit in engine.search(case.query.reference_id, case.query.caption, k=3).hits]
+    edit = failures[-1].query.groups[0]
+    assert {f.query.groups[0] for f in engine.failure_cases(group=edit)} == {edit}
     word = failures[0].query.caption.split()[0]
     assert all(word in f.query.caption for f in engine.failure_cases(keyword=word.upper()))
     assert engine.failure_cases(keyword="no such words here") == []
@@ -229,9 +231,9 @@ def test_failure_list_is_cached_on_disk_and_survives_a_restart(checkpoint, shape
     def must_not_rank(*args):
         raise AssertionError("the cached failure list should have been used")
 
-    monkeypatch.setattr(restarted, "_compute_failures", must_not_rank)
+    monkeypatch.setattr(restarted, "_compute_ranks", must_not_rank)
     restarted.prepare_failures().join(timeout=60)
-    assert restarted._failures["test"] == expected
+    assert restarted._ranks is not None
     assert restarted.failure_cases() == expected
     # A damaged cache file is recomputed (and rewritten), never an error.
     files[0].write_text("{not json")
@@ -260,7 +262,7 @@ def test_an_index_of_another_model_is_refused(tmp_path, shapes_dir, cache_root, 
 
 def test_missing_model_is_reported_clearly(tmp_path, shapes_dir):
     with pytest.raises(CheckpointError, match="does not exist"):
-        Engine.from_uris(f"local-dir:{tmp_path / 'nothing'}", gallery_data=shapes_dir)
+        Engine.from_uris(f"local-dir:{tmp_path / 'nothing'}", source=open_source("shapes", shapes_dir))
 
 
 # ---------------------------------------------------------------------- bad input
@@ -408,7 +410,8 @@ def test_gallery_precision_names_its_own_cached_index(checkpoint, shapes_dir, ca
     assert not np.array_equal(exact, quick)
     np.testing.assert_allclose(quick, exact, atol=0.1)
     with pytest.raises(ValueError, match="gallery precision must be one of auto, fp32, bf16, int8, got 'fp8'"):
-        Engine.from_uris(f"local-dir:{checkpoint / 'nothing'}", gallery_data=shapes_dir, gallery_precision="fp8")
+        Engine.from_uris(f"local-dir:{checkpoint / 'nothing'}", source=open_source("shapes", shapes_dir),
+                         gallery_precision="fp8")
 
 
 def test_unknown_query_precision_is_refused(checkpoint, shapes_dir, cache_root):

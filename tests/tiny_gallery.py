@@ -8,6 +8,7 @@ import torch
 
 import cir_core
 from cir_core.data.shapes import ShapesCounts, write_shapes_dataset
+from cir_core.data.sources import open_source
 from cir_core.engine import Engine
 
 TINY_COUNTS = ShapesCounts(train=4, val=2, test=16)
@@ -36,7 +37,8 @@ def write_image_sensitive_checkpoint(folder: Path, seed: int = 0) -> Path:
 
 
 def tiny_engine(checkpoint: Path, shapes_dir: Path, cache_root: Path, **kwargs) -> Engine:
-    return Engine.from_uris(f"local-dir:{checkpoint}", gallery_data=shapes_dir, cache_root=cache_root,
+    """An engine serving the tiny shapes benchmark's test split."""
+    return Engine.from_uris(f"local-dir:{checkpoint}", source=open_source("shapes", shapes_dir), cache_root=cache_root,
                             progress=False, **kwargs)
 
 

@@ -1,0 +1,160 @@
+"""Labelled benchmarks as data sources: one interface for shapes, CIRR and FashionIQ.
+
+A `BenchmarkSource` is one split of one benchmark, ready for an app or a tool that
+ranks a gallery: the gallery's images with ids (`gallery_items`), the queries with
+pairid, reference, caption and target (`split.triplets`), and the groups each query
+belongs to (`groups`), for recall per group in failure inspection. Code that serves
+or inspects a benchmark depends on this interface only; `open_source` is the one
+registry that knows which reader each benchmark has.
+
+    source = open_source("cirr", "/data/cirr_dataset", split="val")
+    items = source.gallery_items()          # what to index
+    source.groups(source.split.triplets[0])  # ("view angle", "count")
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cir_core.data.fashioniq import FASHIONIQ_CATEGORIES
+from cir_core.data.query_groups import VIEW_ANGLE, keyword_groups
+from cir_core.data.triplets import Triplet, TripletSplit
+from cir_core.index_build import GalleryItem
+
+@dataclass
+class BenchmarkSource:
+    """One split of a labelled benchmark: its gallery, its queries and their groups."""
+
+    dataset: str  # registry name: "shapes", "cirr" or "fashioniq"
+    split: TripletSplit  # queries (triplets) and the gallery they are ranked against
+    grouping: Callable[[Triplet], tuple[str, ...]]  # the groups of one query
+    first_groups: tuple[str, ...] = ()  # groups listed first (the view-angle ones)
+    captions: dict[str, str] = field(default_factory=dict)  # gallery id -> text describing the image, when known
+    labels: dict[str, str] = field(default_factory=dict)  # gallery id -> machine-readable label (e.g. scene JSON)
+
+    @property
+    def name(self) -> str:
+        """E.g. "cirr/val", "shapes/test", "fashioniq/val"."""
+        return self.split.name
+
+    @property
+    def queries(self) -> list[Triplet]:
+        """The queries whose target is known (test splits without targets have none)."""
+        return [t for t in self.split.triplets if t.target is not None]
+
+    def groups(self, triplet: Triplet) -> tuple[str, ...]:
+        return self.grouping(triplet)
+
+    def group_names(self) -> list[str]:
+        """Every group some query belongs to, the `first_groups` first, then alphabetically."""
+        names = {name for triplet in self.queries for name in self.groups(triplet)}
+        first = {name: position for position, name in enumerate(self.first_groups)}
+        return sorted(names, key=lambda name: (first.get(name, len(first)), name))
+
+    def gallery_items(self) -> list[GalleryItem]:
+        """The images to index, in the split's gallery order."""
+        return [GalleryItem(id=image_id, path=str(self.split.path(image_id)), caption=self.captions.get(image_id),
+                            label=self.labels.get(image_id)) for image_id in self.split.gallery]
+
+    def cache_key(self) -> str:
+        """Changes whenever the gallery or the queries change (caches of ranks are keyed by it)."""
+        digest = hashlib.sha256()
+        digest.update(json.dumps([self.dataset, self.name, self.split.gallery,
+                                  [str(self.split.path(image_id)) for image_id in self.split.gallery],
+                                  self.split.exclude_reference]).encode())
+        for t in self.split.triplets:
+            digest.update(json.dumps([str(t.pairid), t.reference, t.target, t.caption, self.groups(t)]).encode())
+        return digest.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------- the registry
+def _open_shapes(data_root: Path, split: str, category: str | None, check_images: bool) -> BenchmarkSource:
+    from cir_core.data.shapes import read_shapes_scenes, read_shapes_split
+    from cir_core.data.shapes_scene import position_name
+
+    if category:
+        raise ValueError("--category applies to FashionIQ only")
+    triplets = read_shapes_split(data_root, split)
+    scenes = read_shapes_scenes(data_root)
+    described = {image_id: scenes[image_id] for image_id in triplets.gallery if image_id in scenes}
+    captions = {image_id: "; ".join(f"{o.size} {o.color} {o.shape} {position_name(o.row, o.col)}"
+                                    for o in scene.objects) for image_id, scene in described.items()}
+    labels = {image_id: json.dumps(scene.to_dict(), sort_keys=True) for image_id, scene in described.items()}
+
+    def grouping(triplet: Triplet) -> tuple[str, ...]:
+        # mirror and rotate change the viewpoint of the whole scene: shapes' view-angle edits
+        view = (VIEW_ANGLE,) if triplet.edit in ("mirror", "rotate") else ()
+        novel = ("novel",) if triplet.extras.get("novel") else ()
+        return (*view, triplet.edit or "", *novel)
+
+    return BenchmarkSource("shapes", triplets, grouping, first_groups=(VIEW_ANGLE, "mirror", "rotate"),
+                           captions=captions, labels=labels)
+
+
+def _open_cirr(data_root: Path, split: str, category: str | None, check_images: bool) -> BenchmarkSource:
+    from cir_core.data.cirr import read_cirr
+
+    if category:
+        raise ValueError("--category applies to FashionIQ only")
+    return BenchmarkSource("cirr", read_cirr(data_root, split, check_images=check_images),
+                           lambda triplet: keyword_groups(triplet.caption), first_groups=(VIEW_ANGLE,))
+
+
+def _open_fashioniq(data_root: Path, split: str, category: str | None, check_images: bool) -> BenchmarkSource:
+    """One category, or all three in one gallery (their union) with the category as a group.
+
+    The official protocol ranks each category's gallery on its own (`cir eval fashioniq`);
+    the union lets one app serve every category, so ranks there can be lower.
+    """
+    from cir_core.data.fashioniq import read_fashioniq
+
+    if category is not None and category not in FASHIONIQ_CATEGORIES:
+        raise ValueError(f"unknown FashionIQ category {category!r}; choose from {', '.join(FASHIONIQ_CATEGORIES)}")
+    categories = (category,) if category else FASHIONIQ_CATEGORIES
+    parts = [read_fashioniq(data_root, name, split, check_images=check_images) for name in categories]
+    triplets = [Triplet(pairid=f"{name}-{t.pairid}", reference=t.reference, caption=t.caption, target=t.target,
+                        edit=name, caption_variants=t.caption_variants)
+                for name, part in zip(categories, parts) for t in part.triplets]
+    image_paths = {image_id: path for part in parts for image_id, path in part.image_paths.items()}
+    gallery = list(dict.fromkeys(image_id for part in parts for image_id in part.gallery))
+    merged = TripletSplit(name=f"fashioniq-{category}/{split}" if category else f"fashioniq/{split}",
+                          triplets=triplets, image_paths=image_paths, gallery=gallery, exclude_reference=False)
+    return BenchmarkSource("fashioniq", merged, lambda triplet: (triplet.edit,) + keyword_groups(triplet.caption),
+                           first_groups=FASHIONIQ_CATEGORIES)
+
+
+@dataclass(frozen=True)
+class DatasetKind:
+    """How to open one benchmark's splits."""
+
+    open: Callable[[Path, str, str | None, bool], BenchmarkSource]  # (data_root, split, category, check_images)
+    splits: tuple[str, ...]  # splits that can be served
+    default_split: str  # the split served when none is named
+
+
+DATASETS: dict[str, DatasetKind] = {
+    "shapes": DatasetKind(_open_shapes, ("train", "val", "test"), "test"),
+    "cirr": DatasetKind(_open_cirr, ("train", "val", "test1"), "val"),
+    "fashioniq": DatasetKind(_open_fashioniq, ("train", "val", "test"), "val"),
+}
+
+
+def open_source(dataset: str, data_root: str | Path, split: str | None = None, category: str | None = None,
+                check_images: bool = True) -> BenchmarkSource:
+    """The `split` of `dataset` under `data_root` (ValueError / FileNotFoundError with a one-line message)."""
+    kind = DATASETS.get(dataset)
+    if kind is None:
+        raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
+    split = split or kind.default_split
+    if split not in kind.splits:
+        raise ValueError(f"unknown {dataset} split {split!r}; choose from {', '.join(kind.splits)}")
+    root = Path(data_root).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"data root {root} is not a folder")
+    source = kind.open(root.resolve(), split, category or None, check_images)
+    if not source.split.gallery:
+        raise ValueError(f"{source.name} has an empty gallery")
+    return source
