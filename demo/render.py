@@ -115,7 +115,9 @@ def comparison_summary(comparison: Comparison) -> str:
 
 GROUP_HEADERS = ["group", "queries", "R@1", "R@5"]
 THUMB = 112  # side of a thumbnail in a failure row, pixels
-CAPTION_HEIGHT = 38  # the caption band above the thumbnails
+CAPTION_LINES = 3  # caption lines drawn above the thumbnails
+CAPTION_HEIGHT = 14 * CAPTION_LINES + 6  # the caption band above the thumbnails
+FAILURE_COLUMNS = 3  # thumbnails per line of a failure card
 LABEL_HEIGHT = 18  # the label under each thumbnail
 TARGET_FRAME = (222, 160, 0)  # the target's frame, the colour of the results' target mark
 
@@ -149,21 +151,24 @@ def _thumbnail(path: str, label: str, framed: bool) -> Image.Image:
 
 
 def failure_row_image(case: FailureCase, path_of: Callable[[str], str]) -> Image.Image:
-    """One failure as a picture: the caption, then reference | target (its rank) | the first results."""
-    tiles = [_thumbnail(path_of(case.query.reference_id), "reference", False),
-             _thumbnail(path_of(case.query.target_id), f"target: rank {case.rank}", True)]
-    tiles += [_thumbnail(path_of(image_id), f"#{position + 1}  {score:.3f}", False)
-              for position, (image_id, score) in enumerate(zip(case.top_ids, case.top_scores))]
+    """One failure as a near-square card for a gallery cell: the caption, then reference and
+    target (framed, with its rank) on one line and the first three results below."""
     gap = 8
-    width = len(tiles) * THUMB + (len(tiles) - 1) * gap
-    row = Image.new("RGB", (width, CAPTION_HEIGHT + THUMB + LABEL_HEIGHT), "white")
-    draw = ImageDraw.Draw(row)
-    lines = textwrap.wrap(f"{case.query.pairid}: {case.query.caption}", width=width // 6)[:2]
+    first_line = [_thumbnail(path_of(case.query.reference_id), "reference", False),
+                  _thumbnail(path_of(case.query.target_id), f"target: rank {case.rank}", True)]
+    second_line = [_thumbnail(path_of(image_id), f"#{position + 1}  {score:.3f}", False)
+                   for position, (image_id, score) in enumerate(zip(case.top_ids, case.top_scores))]
+    width = FAILURE_COLUMNS * THUMB + (FAILURE_COLUMNS - 1) * gap
+    tile_height = THUMB + LABEL_HEIGHT + gap
+    card = Image.new("RGB", (width, CAPTION_HEIGHT + 2 * tile_height), "white")
+    draw = ImageDraw.Draw(card)
+    lines = textwrap.wrap(f"{case.query.pairid}: {case.query.caption}", width=width // 6)[:CAPTION_LINES]
     for number, line in enumerate(lines):
-        draw.text((2, 2 + 16 * number), line, fill="black")
-    for position, tile in enumerate(tiles):
-        row.paste(tile, (position * (THUMB + gap), CAPTION_HEIGHT))
-    return row
+        draw.text((2, 2 + 14 * number), line, fill="black")
+    for top, tiles in ((CAPTION_HEIGHT, first_line), (CAPTION_HEIGHT + tile_height, second_line)):
+        for position, tile in enumerate(tiles):
+            card.paste(tile, (position * (THUMB + gap), top))
+    return card
 
 
 def failure_gallery(cases: list[FailureCase], path_of: Callable[[str], str]) -> list[tuple[Image.Image, str]]:

@@ -190,7 +190,7 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
                     find_button = gr.Button("Find failures", elem_id="find-failures")
                 failure_count = gr.Markdown(elem_id="failure-count")
                 group_table = gr.Dataframe(headers=render.GROUP_HEADERS, interactive=False, elem_id="group-recall")
-                failures = gr.Gallery(label="Failures (click one to load it)", columns=1, height=560,
+                failures = gr.Gallery(label="Failures (click one to load it)", columns=3, height=760,
                                       allow_preview=False, object_fit="contain", elem_id="failures")
                 with gr.Accordion("/benchmark answer (JSON)", open=False):
                     benchmark_json = gr.JSON(label="/benchmark answer")

@@ -77,7 +77,59 @@ def test_upload_caption_search_shows_results_tokens_and_heatmaps(app_url, tmp_pa
             page.get_by_role("tab", name="Failure inspection").click()
             page.get_by_role("button", name="Find failures").click()
             expect(page.locator("#failure-count")).to_contain_text("failure(s)", timeout=60_000)
-            page.locator("#failures .body-cell").nth(2).click()
+            page.locator("#failures button.thumbnail-item").first.click()
             expect(page.locator("#summary")).to_contain_text("Ground truth", timeout=60_000)
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def cirr_url(tmp_path_factory):
+    from standins import needs_real_annotations, write_cirr_val_standin
+    from tiny_gallery import write_image_sensitive_checkpoint
+
+    if needs_real_annotations.args[0]:
+        pytest.skip(needs_real_annotations.kwargs["reason"])
+    import app
+    from cir_core.engine import Engine
+    from demo import launch
+
+    root = tmp_path_factory.mktemp("browser-cirr")
+    args = app.parse_args(["--model", f"local-dir:{write_image_sensitive_checkpoint(root / 'model')}",
+                           "--dataset", "cirr", "--data-root", str(write_cirr_val_standin(root / "cirr"))])
+    engine = Engine.from_uris(args.model, source=app.benchmark_source(args), cache_root=root / "cache",
+                              progress=False)
+    port = free_port()
+    server = launch(engine, server_port=port, prevent_thread_lock=True)
+    yield f"http://127.0.0.1:{port}/"
+    server.close()
+
+
+def test_cirr_failure_view_loads_a_view_angle_failure(cirr_url):
+    from playwright.sync_api import expect, sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1800})
+            page.goto(cirr_url, wait_until="load")
+            page.get_by_role("tab", name="Failure inspection").click()
+            page.locator("#group-filter input").click()
+            page.get_by_role("option", name="view angle").click()
+            page.locator("#find-failures").click()
+            expect(page.locator("#failure-count")).to_contain_text("cirr/val: 4181 queries", timeout=120_000)
+            expect(page.locator("#group-recall")).to_contain_text("view angle", timeout=30_000)
+            expect(page.locator("#failures button.thumbnail-item").first).to_be_visible(timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "browser_cirr_failures.png"), full_page=True)
+            first_caption = page.locator("#failures button.thumbnail-item").first.inner_text()
+            assert "view angle" in first_caption and "target rank" in first_caption
+            page.locator("#failures button.thumbnail-item").first.click()
+            expect(page.locator("#reference-info")).to_contain_text("benchmark query", timeout=60_000)
+            expect(page.locator("#reference-info")).to_contain_text("view angle")
+            expect(page.locator("#summary")).to_contain_text("Ground truth", timeout=60_000)
+            expect(page.locator("#results img").first).to_be_visible(timeout=30_000)
         finally:
             browser.close()
