@@ -99,46 +99,6 @@ def items_from_images(folder: str | Path) -> list[GalleryItem]:
     return [GalleryItem(id=path.relative_to(folder).as_posix(), path=str(path.resolve())) for path in files]
 
 
-def items_from_shapes(data_dir: str | Path, split: str = "test") -> list[GalleryItem]:
-    """The gallery of one split of a shapes benchmark folder; each scene's JSON is its label."""
-    from cir_core.data.shapes import IMAGES_DIR, read_shapes_info, read_shapes_scenes
-
-    data_dir = Path(data_dir).expanduser().resolve()
-    info = read_shapes_info(data_dir)
-    available = sorted(info.get("splits", {}))
-    if split not in available:
-        raise ValueError(f"{data_dir} has no shapes split {split!r}; available: {available}")
-    gallery_path = data_dir / f"gallery_{split}.json"
-    if not gallery_path.is_file():
-        raise FileNotFoundError(f"shapes gallery {gallery_path} is missing")
-    try:
-        gallery = json.loads(gallery_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"cannot read shapes gallery {gallery_path}: {error}") from error
-    if not isinstance(gallery, list) or not all(isinstance(image_id, str) for image_id in gallery):
-        raise ValueError(f"{gallery_path}: expected a list of image ids")
-    if not gallery:
-        raise ValueError(f"{gallery_path} lists no images")
-    scenes = read_shapes_scenes(data_dir)
-    return [GalleryItem(id=image_id, path=str(data_dir / IMAGES_DIR / f"{image_id}.png"),
-                        label=json.dumps(scenes[image_id].to_dict(), sort_keys=True) if image_id in scenes else None)
-            for image_id in gallery]
-
-
-def gallery_items(source: str | Path, split: str = "test") -> list[GalleryItem]:
-    """Items of a shapes benchmark folder (one with a shapes info.json), else of any folder of images."""
-    source = Path(source).expanduser()
-    info_path = source / "info.json"
-    if info_path.is_file():
-        try:
-            is_shapes = json.loads(info_path.read_text()).get("benchmark") == "shapes"
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-            is_shapes = False
-        if is_shapes:
-            return items_from_shapes(source, split)
-    return items_from_images(source)
-
-
 # ------------------------------------------------------------------------------------------- build
 def build_gallery_index(model, items: list[GalleryItem], out_dir: Path, params: IndexParams, batch_size: int = 64,
                         progress: bool = True, resume: bool = True, model_id: str | None = None,

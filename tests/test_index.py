@@ -426,7 +426,22 @@ def test_cli_build_index_from_shapes_data(tmp_path, tiny_checkpoint, capsys):
     assert "objects" in json.loads(index.labels[0])
     assert main(["build-index", "--data", str(data), "--split", "nope", "--model", f"local-dir:{tiny_checkpoint}",
                  "--out", str(tmp_path / "other")]) == 2
-    assert "no shapes split 'nope'" in capsys.readouterr().err
+    assert "unknown shapes split 'nope'" in capsys.readouterr().err
+
+
+def test_cli_build_index_from_cirr_data(tmp_path, tiny_checkpoint, capsys):
+    from test_cirr import make_cirr_standin
+
+    from cir_core.data.cirr import read_cirr
+
+    data = make_cirr_standin(tmp_path / "cirr", query_sets=1, gallery_size=10)
+    out = tmp_path / "index"
+    assert main(["build-index", "--data", str(data), "--dataset", "cirr", "--model", f"local-dir:{tiny_checkpoint}",
+                 "--out", str(out), "--no-progress"]) == 0
+    assert GalleryIndex.load(out).ids == read_cirr(data, "val").gallery  # the val split by default
+    assert main(["build-index", "--data", str(data), "--dataset", "coco", "--model", f"local-dir:{tiny_checkpoint}",
+                 "--out", str(tmp_path / "other")]) == 2
+    assert "unknown dataset 'coco'" in capsys.readouterr().err
 
 
 def test_cli_bench_index(capsys):

@@ -1,4 +1,4 @@
-"""`cir build-index (--images DIR | --data DIR [--split test]) --model URI --out INDEX_DIR`."""
+"""`cir build-index (--images DIR | --data DIR [--dataset shapes|cirr|fashioniq] [--split S]) --model URI --out INDEX_DIR`."""
 from __future__ import annotations
 
 import argparse
@@ -17,8 +17,12 @@ def register(subparsers) -> None:
                     "unreadable files are skipped and listed.")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", type=Path, metavar="DIR", help="index every image file under DIR (recursively)")
-    source.add_argument("--data", type=Path, metavar="DIR", help="a shapes benchmark folder: index one split's gallery")
-    parser.add_argument("--split", default="test", help="split of --data whose gallery is indexed (default: test)")
+    source.add_argument("--data", type=Path, metavar="DIR",
+                        help="a benchmark's folder (see --dataset): index one split's gallery")
+    parser.add_argument("--dataset", default="shapes", help="benchmark of --data: shapes (default), cirr or fashioniq")
+    parser.add_argument("--split", help="split of --data whose gallery is indexed (default: test for shapes, "
+                                        "val for CIRR and FashionIQ)")
+    parser.add_argument("--category", help="FashionIQ category of --data (default: the three categories' union)")
     parser.add_argument("--model", required=True, help="model URI: local-dir:PATH, hf-hub:org/name or a folder")
     parser.add_argument("--out", type=Path, required=True, metavar="INDEX_DIR", help="index folder to write")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -51,12 +55,16 @@ def _check_destination(out: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     from cir_core.checkpoints import load_model
     from cir_core.index import GalleryIndex, IndexParams
-    from cir_core.index_build import items_from_images, items_from_shapes
+    from cir_core.data.sources import open_source
+    from cir_core.index_build import items_from_images
 
     if args.batch_size < 1:
         raise CommandError("--batch-size must be at least 1")
     _check_destination(args.out)
-    items = items_from_images(args.images) if args.images else items_from_shapes(args.data, args.split)
+    if args.images:
+        items = items_from_images(args.images)
+    else:
+        items = open_source(args.dataset, args.data, split=args.split, category=args.category).gallery_items()
     overrides = {name: getattr(args, name) for name in ("candidates", "nlist", "nprobe") if getattr(args, name) is not None}
     params = IndexParams(kind=args.kind, **overrides)
     params.validate()
