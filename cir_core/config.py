@@ -131,7 +131,15 @@ class SPRCConfig:
         return cls.from_dict(read_json(path, "model config"))
 
     def validate(self) -> None:
-        """Raise ValueError naming the first inconsistent setting."""
+        """Raise ValueError naming the first setting out of its range or inconsistent with another.
+
+        Every field is checked before any is used, so a hostile or mistyped config file is one
+        clear error instead of a division by zero, a NaN model or an allocation of terabytes.
+        """
+        try:
+            _check_field_ranges(self)
+        except ValueError as error:
+            raise ValueError(f"invalid model config {self.name!r}: {error}") from None
         v, q, p = self.vision, self.qformer, self.preprocess
         checks = [
             (v.hidden_size % v.num_attention_heads == 0, "vision.hidden_size must divide by vision.num_attention_heads"),
@@ -144,6 +152,9 @@ class SPRCConfig:
             (p.max_caption_tokens >= 3, "preprocess.max_caption_tokens must be >= 3"),
             (self.attn_implementation in ("eager", "sdpa"), "attn_implementation must be 'eager' or 'sdpa'"),
             (self.query_mode in QUERY_MODES, f"query_mode must be one of {QUERY_MODES}"),
+            (estimated_parameters(self) <= MAX_PARAMETERS,
+             f"the model would have about {estimated_parameters(self):,} parameters, more than the "
+             f"{MAX_PARAMETERS:,} this code builds"),
         ]
         for ok, message in checks:
             if not ok:
@@ -154,6 +165,109 @@ class SPRCConfig:
                 checked_wavelength_band(v.readout_position_wavelengths)
         except ValueError as error:
             raise ValueError(f"invalid model config {self.name!r}: {error}") from None
+
+
+# Upper bounds that no real model reaches (BLIP-2's EVA ViT-g has 39 blocks and about 1.2
+# billion parameters in all): a config past them is a mistake, refused before anything is allocated.
+MAX_LAYERS = 256
+MAX_PARAMETERS = 5_000_000_000
+RESAMPLE_FILTERS = ("bicubic", "bilinear", "lanczos", "nearest")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_int(value: Any, where: str, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ValueError(f"{where} must be a whole number {bound}, got {value!r}")
+
+
+def _check_float(value: Any, where: str, low: float, high: float | None = None, low_open: bool = False,
+                 high_open: bool = False) -> None:
+    ok = _is_number(value) and math.isfinite(value) and (value > low if low_open else value >= low)
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        bound = ("> " if low_open else ">= ") + f"{low:g}"
+        if high is not None:
+            bound += (" and < " if high_open else " and <= ") + f"{high:g}"
+        raise ValueError(f"{where} must be a finite number {bound}, got {value!r}")
+
+
+def _check_choice(value: Any, where: str, choices) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{where} must be one of {sorted(choices)}, got {value!r}")
+
+
+def _check_triple(value: Any, where: str, positive: bool) -> None:
+    if (isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 3
+            or not all(_is_number(x) and math.isfinite(x) and (x > 0 or not positive) for x in value)):
+        kind = "positive finite numbers" if positive else "finite numbers"
+        raise ValueError(f"{where} must be 3 {kind} (one per RGB channel), got {value!r}")
+
+
+def _check_field_ranges(config: SPRCConfig) -> None:
+    """ValueError naming the first field whose type or range is wrong (consistency is checked after)."""
+    from transformers.activations import ACT2FN
+
+    v, q, p, loss = config.vision, config.qformer, config.preprocess, config.loss
+    if not isinstance(config.name, str):
+        raise ValueError(f"name must be text, got {config.name!r}")
+    for prefix, section in (("vision", v), ("qformer", q)):
+        _check_int(section.hidden_size, f"{prefix}.hidden_size", 1)
+        _check_int(section.intermediate_size, f"{prefix}.intermediate_size", 1)
+        _check_int(section.num_hidden_layers, f"{prefix}.num_hidden_layers", 1, MAX_LAYERS)
+        _check_int(section.num_attention_heads, f"{prefix}.num_attention_heads", 1)
+        _check_float(section.layer_norm_eps, f"{prefix}.layer_norm_eps", 0, low_open=True)
+        _check_choice(section.hidden_act, f"{prefix}.hidden_act", ACT2FN)
+    _check_int(v.image_size, "vision.image_size", 1)
+    _check_int(v.patch_size, "vision.patch_size", 1)
+    _check_float(v.ln_vision_eps, "vision.ln_vision_eps", 0, low_open=True)
+    for name in ("qkv_bias", "readout_positions"):
+        if not isinstance(getattr(v, name), bool):
+            raise ValueError(f"vision.{name} must be true or false, got {getattr(v, name)!r}")
+    _check_int(q.cross_attention_frequency, "qformer.cross_attention_frequency", 1)
+    _check_int(q.max_position_embeddings, "qformer.max_position_embeddings", 1)
+    _check_int(q.vocab_size, "qformer.vocab_size", 1)
+    _check_int(q.num_query_tokens, "qformer.num_query_tokens", 1)
+    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+        _check_float(getattr(q, name), f"qformer.{name}", 0, 1, high_open=True)
+    _check_int(p.image_size, "preprocess.image_size", 1)
+    # TargetPad pads the short side up to long / ratio: a ratio below 1 would crop instead.
+    _check_float(p.target_pad_ratio, "preprocess.target_pad_ratio", 1)
+    _check_choice(p.resample, "preprocess.resample", RESAMPLE_FILTERS)
+    _check_triple(p.mean, "preprocess.mean", positive=False)
+    _check_triple(p.std, "preprocess.std", positive=True)  # pixels are divided by it
+    _check_int(p.max_caption_words, "preprocess.max_caption_words", 1)
+    _check_int(p.max_caption_tokens, "preprocess.max_caption_tokens", 1)
+    for name in ("itc_weight", "rtc_weight", "align_weight"):
+        _check_float(getattr(loss, name), f"loss.{name}", 0)
+    _check_int(config.embed_dim, "embed_dim", 1)
+    _check_float(config.temp_init, "temp_init", 0, low_open=True)  # logits are divided by it
+    _check_choice(config.attn_implementation, "attn_implementation", ("eager", "sdpa"))
+    _check_choice(config.query_mode, "query_mode", QUERY_MODES)
+
+
+def estimated_parameters(config: SPRCConfig) -> int:
+    """About the parameter count of the model `config` builds (within 0.1%), from its sizes alone."""
+    v, q = config.vision, config.qformer
+    width, height = v.hidden_size, q.hidden_size
+    tokens = (v.image_size // v.patch_size) ** 2 + 1
+    vision_block = 4 * width * width + 2 * width * v.intermediate_size + v.intermediate_size + 8 * width
+    vision = (3 * v.patch_size ** 2 * width + 2 * width + tokens * width + v.num_hidden_layers * vision_block
+              + 2 * width + (tokens * width if v.readout_positions else 0))
+    self_attention = 4 * height * height + 6 * height
+    cross_attention = 2 * height * height + 2 * width * height + 6 * height
+    feed_forward = 2 * (2 * height * q.intermediate_size + q.intermediate_size + 3 * height)  # text and query FFNs
+    cross_layers = len(range(0, q.num_hidden_layers, q.cross_attention_frequency))
+    qformer = (q.num_hidden_layers * (self_attention + feed_forward) + cross_layers * cross_attention + 2 * height
+               + (q.vocab_size + q.max_position_embeddings) * height + 2 * height)
+    heads = 2 * q.num_query_tokens * height + 2 * (height * config.embed_dim + config.embed_dim) + 1
+    if config.query_mode == "pseudo_word":
+        heads += 2 * (height * height + height)
+    return vision + qformer + heads
 
 
 def checked_position_scale(scale: Any) -> float:
@@ -183,8 +297,10 @@ def read_json(path: str | Path, what: str) -> Any:
     path = Path(path)
     try:
         return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ValueError(f"cannot read {what} {path}: {error}") from error
+    except RecursionError:
+        raise ValueError(f"cannot read {what} {path}: it is nested too deeply to be a {what}") from None
 
 
 def set_dotted(data: dict[str, Any], key: str, value: Any, what: str) -> None:

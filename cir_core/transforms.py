@@ -10,14 +10,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from cir_core.config import PreprocessConfig
+from cir_core.config import RESAMPLE_FILTERS, PreprocessConfig
 
-_RESAMPLE = {
-    "bicubic": Image.Resampling.BICUBIC,
-    "bilinear": Image.Resampling.BILINEAR,
-    "nearest": Image.Resampling.NEAREST,
-    "lanczos": Image.Resampling.LANCZOS,
-}
+_RESAMPLE = {name: Image.Resampling[name.upper()] for name in RESAMPLE_FILTERS}
 
 
 def target_pad(image: Image.Image, ratio: float) -> Image.Image:
