@@ -160,3 +160,12 @@ def test_bad_server_port_is_refused_before_the_model_loads(roots, capsys, monkey
     monkeypatch.setenv("GRADIO_SERVER_PORT", "abc")
     assert app.main(["--model", "local-dir:/no/such/model"]) == 2
     assert "GRADIO_SERVER_PORT must be a port number" in capsys.readouterr().err
+
+
+def test_documented_keyword_table_is_the_code_list():
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "docs" / "failure-inspection.md").read_text()
+    rows = {line.split("|")[1].strip(): tuple(w.strip() for w in line.split("|")[2].split(","))
+            for line in doc.splitlines() if line.startswith("| ") and not line.startswith("| group")}
+    assert rows == CAPTION_KEYWORD_GROUPS
