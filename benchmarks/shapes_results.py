@@ -1,37 +1,30 @@
-"""Regenerate the shapes results table and plots (docs/results.md, docs/figures/).
+"""Regenerate the shapes results: docs/results.json, docs/results.md, docs/figures/results_*.png.
 
-    python benchmarks/shapes_results.py --data data/shapes --train all --steps 200
+    python benchmarks/shapes_results.py --rows OUT/rows.jsonl --data data/shapes
 
-trains every baseline and ablation with the same budget (`--steps` optimisation steps of
-the embedded default's recipe, batch 64, one OneCycle schedule each), then evaluates them,
-the embedded default model and its inference-time baselines on the shapes test split.
-Without `--train`, existing runs under `--runs` are evaluated again.
+takes the trained rows written by `benchmarks/shapes_sweep.py` (every row today's recipe
+at one budget), evaluates the embedded default model and its inference-time baselines on
+the shapes test split here, writes all of them to docs/results.json, then renders
+docs/results.md and the figures from docs/results.json. Without `--rows` it only renders
+again from docs/results.json. Rows at another budget or recipe than the main table's are
+shown in their own labelled table, never in the main one. The text after READING_MARKER in
+docs/results.md is written by hand and kept across regenerations.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import statistics
 import sys
-import time
+from collections import Counter
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
-# name -> (description, training overrides on top of configs/shapes_mini.json)
-TRAINED = {
-    "sprc": ("SPRC (Q=8, align 0.4)", {}),
-    "static_prompt": ("static learned prompt (BLIP4CIR+Bi-like)", {"model.overrides.query_mode": '"static_prompt"'}),
-    "pseudo_word": ("pseudo-word (Pic2Word/SEARLE-like)", {"model.overrides.query_mode": '"pseudo_word"'}),
-    "late_fusion": ("late fusion, trained", {"model.overrides.query_mode": '"late_fusion"'}),
-    "prompt_4": ("SPRC, prompt length 4", {"model.overrides.qformer.num_query_tokens": "4"}),
-    "prompt_16": ("SPRC, prompt length 16", {"model.overrides.qformer.num_query_tokens": "16"}),
-    "prompt_32": ("SPRC, prompt length 32", {"model.overrides.qformer.num_query_tokens": "32"}),
-    "align_0": ("SPRC, alignment weight 0", {"model.overrides.loss.align_weight": "0.0"}),
-    "align_0.8": ("SPRC, alignment weight 0.8", {"model.overrides.loss.align_weight": "0.8"}),
-}
+from shapes_sweep import SEEDED_GROUPS, VARIANTS  # noqa: E402  (the sweep's own table of rows)
+
 READING_MARKER = "## Reading the table"  # hand-written commentary starts here in the output
 # Query modes evaluated on the embedded default's weights without training.
 INFERENCE_BASELINES = {
@@ -39,25 +32,98 @@ INFERENCE_BASELINES = {
     "text_only": "text only (caption with the auxiliary prompt)",
     "late_fusion": "late fusion (sum of the two above)",
 }
+# Every row of docs/results.json records these; trained rows also record TRAINED_FIELDS.
+ROW_FIELDS = ("name", "group", "description", "table", "steps", "seed", "query_mode", "prompt_length",
+              "align_weight", "train_seconds", "seconds_per_step", "device", "precision", "report")
+TRAINED_FIELDS = ("recipe", "overrides", "train_flops_per_step", "concurrent_rows", "threads")
+REPORT_FIELDS = ("recall", "novel", "per_edit", "per_object_count", "num_queries", "gallery_size")
+RECALLS = ("R@1", "R@5", "R@10", "R@50")
 
 
-def train_entry(name: str, args) -> Path:
-    from cir_core.train import main as train_main
+# ---------------------------------------------------------------------- rows
+def read_rows(paths: list[Path]) -> list[dict]:
+    """Rows of the sweep's rows.jsonl files, in file order; a name twice or a missing field is refused."""
+    rows, seen = [], set()
+    for path in paths:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            check_row(row, f"{path}:{number}", trained=True)
+            if row["name"] in seen:
+                raise ValueError(f"{path}:{number}: row {row['name']!r} appears twice; keep one")
+            seen.add(row["name"])
+            rows.append(row)
+    return rows
 
-    out = Path(args.runs) / name
-    overrides = {"out_dir": str(out), "data.root": args.data, "max_steps": str(args.steps), "eval_every": "0",
-                 "checkpoint_every": str(args.steps), "num_threads": str(args.threads), **TRAINED[name][1]}
-    argv = ["--config", str(ROOT / "configs" / "shapes_mini.json")] + [f"--{k}={v}" for k, v in overrides.items()]
-    start = time.monotonic()
-    train_main(argv)
-    (out / "wall_seconds.txt").write_text(f"{time.monotonic() - start:.0f}\n")
-    return out
+
+def check_row(row: dict, where: str, trained: bool) -> None:
+    missing = [f for f in ROW_FIELDS + (TRAINED_FIELDS if trained else ()) if f not in row]
+    missing += [f"report.{f}" for f in REPORT_FIELDS if f not in row.get("report", {})]
+    if missing:
+        raise ValueError(f"{where}: row {row.get('name')!r} lacks {', '.join(missing)}")
 
 
-def evaluate_model(model, split) -> dict:
+def main_budget(rows: list[dict]) -> tuple[int, str] | None:
+    """(steps, recipe) of the main table: the one most trained rows share (ties: more steps)."""
+    budgets = Counter((row["steps"], row["recipe"]) for row in rows if row["table"] == "main")
+    if not budgets:
+        return None
+    return max(budgets, key=lambda budget: (budgets[budget], budget[0]))
+
+
+def split_by_budget(rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """The main rows, and the trained rows at another budget or recipe (shown apart, labelled)."""
+    budget = main_budget(rows)
+    main = [r for r in rows if r["table"] == "main" and (r["steps"], r["recipe"]) == budget]
+    other = [r for r in rows if r["table"] == "main" and (r["steps"], r["recipe"]) != budget]
+    return main, other
+
+
+def evaluate_default_rows(folder: Path, data: Path, threads: int, previous: list[dict]) -> list[dict]:
+    """The embedded default and the inference-time baselines on its weights (test split, CPU).
+
+    Rows already in `previous` for the same weights and test split are reused.
+    """
+    import torch
+
+    import cir_core
+    from cir_core.checkpoints import weights_fingerprint
+    from cir_core.data.shapes import read_shapes_scenes, read_shapes_split
     from cir_core.evaluation.shapes import evaluate_shapes
 
-    return evaluate_shapes(model, split, progress=False).to_dict()
+    torch.set_num_threads(threads)
+    model = cir_core.load_model(f"local-dir:{folder}")
+    fingerprint = weights_fingerprint(model)
+    split = read_shapes_split(data, "test")
+    scenes = read_shapes_scenes(data)
+    known = {r["name"]: r for r in previous if r.get("weights") == fingerprint
+             and r["report"]["num_queries"] == len(split.triplets)}
+    card = json.loads((folder / "training.json").read_text()) if (folder / "training.json").is_file() else {}
+    recipe = json.loads((folder / "train_config.json").read_text()) if (folder / "train_config.json").is_file() else {}
+    steps = card.get("max_steps")
+    wall = card.get("train_wall_seconds")
+    base = {"group": "default", "seed": recipe.get("seed"), "prompt_length": model.config.qformer.num_query_tokens,
+            "align_weight": model.config.loss.align_weight, "device": "cpu", "precision": recipe.get("precision"),
+            "weights": fingerprint}
+    entries = [("default", "SPRC, embedded default (its own budget)", "default", model.config.query_mode, steps,
+                wall, model)]
+    for mode, description in INFERENCE_BASELINES.items():
+        variant = with_mode(model, mode)
+        entries.append((f"default/{mode}", f"{description}, default weights", "inference", mode, 0, None, variant))
+    rows = []
+    for name, description, table, mode, row_steps, seconds, variant in entries:
+        if name in known:
+            rows.append(known[name])
+            continue
+        print(f"evaluating {name} on the test split", file=sys.stderr)
+        report = evaluate_shapes(variant, split, progress=False, scenes=scenes).to_dict()
+        rows.append({**base, "name": name, "description": description, "table": table, "query_mode": mode,
+                     "steps": row_steps, "train_seconds": seconds,
+                     # the card's wall time includes its validations every eval_every steps
+                     "seconds_per_step": round(seconds / row_steps, 3) if seconds and row_steps else None,
+                     "report": report})
+    return rows
 
 
 def with_mode(model, mode: str):
@@ -68,127 +134,294 @@ def with_mode(model, mode: str):
     return variant
 
 
-def collect(args) -> list[dict]:
-    import cir_core
-    from cir_core.data.shapes import read_shapes_split
+# ---------------------------------------------------------------------- numbers
+@dataclasses.dataclass
+class Spread:
+    """A metric over the seeds of one group: mean, sample standard deviation, min and max."""
 
-    split = read_shapes_split(args.data, "test")
-    rows = []
-    default = cir_core.load_model(f"local-dir:{args.default}")
-    rows.append({"name": "default", "description": "SPRC, embedded default (full recipe)",
-                 "report": evaluate_model(default, split), "steps": default_steps(args.default)})
-    for mode, description in INFERENCE_BASELINES.items():
-        rows.append({"name": f"default/{mode}", "description": f"{description}, default weights",
-                     "report": evaluate_model(with_mode(default, mode), split), "steps": 0})
-    for name, (description, _) in TRAINED.items():
-        folder = Path(args.runs) / name / "best"
-        if not folder.is_dir():
-            print(f"skipping {name}: no run at {folder}", file=sys.stderr)
-            continue
-        cached = folder.parent / "test_report.json"
-        if cached.is_file() and cached.stat().st_mtime > (folder / "model.safetensors").stat().st_mtime:
-            report = json.loads(cached.read_text())  # evaluated after this checkpoint was written
-        else:
-            report = evaluate_model(cir_core.load_model(folder), split)
-            cached.write_text(json.dumps(report))
-        rows.append({"name": name, "description": description, "steps": args.steps, "report": report})
-    return rows
+    values: list[float]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.values) if len(self.values) > 1 else 0.0
+
+    def text(self) -> str:
+        if len(self.values) == 1:
+            return f"{self.values[0]:.1f}"
+        return f"{self.mean:.1f} ± {self.std:.1f}"
+
+    def range_text(self) -> str:
+        return f"{min(self.values):.1f}–{max(self.values):.1f}"
 
 
-def default_steps(folder: str) -> int | None:
-    card = Path(folder) / "training.json"
-    return json.loads(card.read_text()).get("max_steps") if card.is_file() else None
+def metric(row: dict, path: str) -> float:
+    value = row["report"]
+    for key in path.split("/"):
+        value = value[key]
+    return float(value)
 
 
-def write_markdown(rows: list[dict], args, figures: Path) -> str:
-    edits = sorted(rows[0]["report"]["per_edit"])
+def groups_of(rows: list[dict]) -> dict[str, list[dict]]:
+    """Main rows by group, in the sweep's order of groups, seeds in order."""
+    order = {group: i for i, group in enumerate(VARIANTS)}
+    grouped: dict[str, list[dict]] = {}
+    for row in sorted(rows, key=lambda r: (order.get(r["group"], len(order)), r["seed"])):
+        grouped.setdefault(row["group"], []).append(row)
+    return grouped
+
+
+def spread(rows: list[dict], path: str) -> Spread:
+    return Spread([metric(row, path) for row in rows])
+
+
+def seed_zero(rows: list[dict]) -> dict:
+    return min(rows, key=lambda r: r["seed"])
+
+
+def curve(grouped: dict[str, list[dict]], field_name: str) -> list[dict]:
+    """Seed-0 rows that are SPRC except for `field_name`, sorted by it (SPRC itself included)."""
+    prefix = {"prompt_length": "prompt_", "align_weight": "align_"}[field_name]
+    members = [seed_zero(rows) for group, rows in grouped.items() if group == "sprc" or group.startswith(prefix)]
+    return sorted(members, key=lambda r: r[field_name])
+
+
+# ---------------------------------------------------------------------- markdown
+def fmt(value, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def gflops(row: dict) -> str:
+    flops = row.get("train_flops_per_step")
+    return "-" if flops is None else f"{flops / 1e9:.3g}"
+
+
+def recall_cells(rows: list[dict]) -> list[str]:
+    return [spread(rows, f"recall/{k}").text() for k in RECALLS] + [spread(rows, "novel/R@1").text()]
+
+
+def write_markdown(rows: list[dict], data: str, figures: Path) -> str:
+    main, other = split_by_budget(rows)
+    default = [r for r in rows if r["table"] in ("default", "inference")]
+    anchor = (main or default or other)[0]["report"]
     lines = [
         "# Shapes benchmark results",
         "",
-        "Test split of the shapes benchmark (`cir data shapes --seed 0`): "
-        f"{rows[0]['report']['num_queries']} queries, gallery of {rows[0]['report']['gallery_size']} scenes, "
-        "reference excluded from its own ranking. Recall in percent.",
+        f"Test split of the shapes benchmark (`cir data shapes --seed 0`): {anchor['num_queries']} queries, "
+        f"gallery of {anchor['gallery_size']} scenes, reference excluded from its own ranking. Recall in percent.",
         "",
-        f"Regenerate: `python benchmarks/shapes_results.py --data {args.data} --train all --steps {args.steps}` "
-        "(trains every baseline and ablation with the same budget, then evaluates); without `--train` it "
-        "re-evaluates the existing runs.",
-        "",
-        "| model | steps | R@1 | R@5 | R@10 | R@50 | novel R@1 |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for row in rows:
-        r = row["report"]
-        lines.append(f"| {row['description']} | {row['steps'] if row['steps'] is not None else '-'} | "
-                     f"{r['recall']['R@1']:.1f} | {r['recall']['R@5']:.1f} | {r['recall']['R@10']:.1f} | "
-                     f"{r['recall']['R@50']:.1f} | {r['novel']['R@1']:.1f} |")
-    lines += ["", "R@1 per edit type:", "", "| model | " + " | ".join(edits) + " |",
-              "|---|" + "---|" * len(edits)]
-    for row in rows:
-        per = row["report"]["per_edit"]
-        lines.append(f"| {row['description']} | " + " | ".join(f"{per[e]['R@1']:.1f}" for e in edits) + " |")
-    lines += ["", f"![R@1 by model]({figures.name}/results_r1.png)", "",
-              f"![R@1 per edit type]({figures.name}/results_per_edit.png)", ""]
+    if main:
+        lines += main_section(main, data, figures)
+    if other:
+        lines += ["## Rows at another budget or recipe (not comparable with the main table)", "",
+                  "| model | steps | recipe | seed | R@1 | R@5 | R@10 | R@50 | novel R@1 |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for row in other:
+            lines.append(f"| {row['description']} | {row['steps']} | {row['recipe']} | {row['seed']} | "
+                         + " | ".join(recall_cells([row])) + " |")
+        lines.append("")
+    if default:
+        lines += default_section(default)
     return "\n".join(lines)
 
 
+def main_section(main: list[dict], data: str, figures: Path) -> list[str]:
+    grouped = groups_of(main)
+    steps, recipe = main[0]["steps"], main[0]["recipe"]
+    devices = sorted({r["device"] for r in main})
+    precisions = sorted({r["precision"] for r in main})
+    concurrent = sorted({r["concurrent_rows"] for r in main})
+    lines = [
+        f"## Trained at one budget: {steps} steps of today's recipe",
+        "",
+        f"Every row below is `{recipe}` (look-alikes included) trained for {steps} steps, one OneCycle "
+        "schedule each, differing only in what the row names; its saved model is evaluated on the test split. "
+        f"SPRC and the static prompt were trained with seeds {', '.join(str(r['seed']) for r in grouped.get('sprc', []))}: "
+        "their cells are mean ± sample standard deviation over the seeds, with the R@1 range beside them; "
+        "every other row is seed 0.",
+        "",
+        f"Trained on {', '.join(devices)} in {', '.join(precisions)}, {', '.join(map(str, concurrent))} rows at a "
+        "time sharing the machine (so seconds per step are comparable between rows, not with a machine to "
+        "themselves). FLOPs per step count the matrix products of one training step, forward and backward "
+        "(torch's FlopCounterMode).",
+        "",
+        "Regenerate: on a GPU machine, `python -m cir_core data shapes --out data/shapes --seed 0` then "
+        f"`python benchmarks/shapes_sweep.py --data {data} --device cuda --steps {steps} --parallel 7 "
+        "--deadline-seconds 420 --out OUT`; then here `python benchmarks/shapes_results.py --rows OUT/rows.jsonl "
+        f"--data {data}`.",
+        "",
+        "| model | seeds | R@1 | R@1 range | R@5 | R@10 | R@50 | novel R@1 | train s | s/step | GFLOPs/step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for group, rows in grouped.items():
+        cells = recall_cells(rows)
+        r1_range = spread(rows, "recall/R@1").range_text() if len(rows) > 1 else "-"
+        seconds = Spread([r["train_seconds"] for r in rows])
+        per_step = Spread([r["seconds_per_step"] for r in rows])
+        lines.append(f"| {rows[0]['description']} | {len(rows)} | {cells[0]} | {r1_range} | "
+                     + " | ".join(cells[1:]) + f" | {seconds.mean:.0f} | {per_step.mean:.3f} | {gflops(rows[0])} |")
+    if all(g in grouped for g in SEEDED_GROUPS):
+        lines += ["", "Per seed (R@1):", "", "| model | " + " | ".join(
+            f"seed {r['seed']}" for r in grouped[SEEDED_GROUPS[0]]) + " |",
+            "|---|" + "---|" * len(grouped[SEEDED_GROUPS[0]])]
+        for group in SEEDED_GROUPS:
+            lines.append(f"| {grouped[group][0]['description']} | "
+                         + " | ".join(f"{metric(r, 'recall/R@1'):.1f}" for r in grouped[group]) + " |")
+    edits = sorted(main[0]["report"]["per_edit"])
+    counts = sorted(main[0]["report"]["per_object_count"], key=int)
+    lines += ["", "R@1 per edit type and by objects in the target (seeded rows: mean over seeds):", "",
+              "| model | " + " | ".join(edits) + " | " + " | ".join(f"{c} obj" for c in counts) + " |",
+              "|---|" + "---|" * (len(edits) + len(counts))]
+    for group, rows in grouped.items():
+        lines.append(f"| {rows[0]['description']} | "
+                     + " | ".join(f"{spread(rows, f'per_edit/{e}/R@1').mean:.1f}" for e in edits) + " | "
+                     + " | ".join(f"{spread(rows, f'per_object_count/{c}/R@1').mean:.1f}" for c in counts) + " |")
+    for title, field_name, unit in (("Prompt length", "prompt_length", "Q"),
+                                    ("Alignment weight", "align_weight", "weight")):
+        points = curve(grouped, field_name)
+        if len(points) < 2:
+            continue
+        lines += ["", f"{title} (seed 0 each; SPRC is Q=8, weight 0.4):", "",
+                  f"| {unit} | R@1 | R@5 | novel R@1 | s/step | GFLOPs/step |", "|---|---|---|---|---|---|"]
+        for row in points:
+            lines.append(f"| {row[field_name]:g} | {metric(row, 'recall/R@1'):.1f} | {metric(row, 'recall/R@5'):.1f} | "
+                         f"{metric(row, 'novel/R@1'):.1f} | {row['seconds_per_step']:.3f} | {gflops(row)} |")
+    lines += ["", f"![R@1 of the main rows]({figures.name}/results_r1.png)", "",
+              f"![R@1 and compute per step against prompt length]({figures.name}/results_prompt_length.png)", "",
+              f"![R@1 against alignment weight]({figures.name}/results_align_weight.png)", "",
+              f"![R@1 per edit type]({figures.name}/results_per_edit.png)", ""]
+    return lines
+
+
+def default_section(rows: list[dict]) -> list[str]:
+    default = next((r for r in rows if r["table"] == "default"), None)
+    steps = default["steps"] if default else "-"
+    lines = [f"## The embedded default ({steps} steps) and inference-time baselines on its weights", "",
+             "Not part of the table above: the default (`checkpoints/shapes-mini`) had its own budget. The "
+             "baselines change only how its query is formed, without training. Evaluated with "
+             "`python benchmarks/shapes_results.py --rows ...` on the CPU.", "",
+             "| model | steps | R@1 | R@5 | R@10 | R@50 | novel R@1 | train s |", "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['description']} | {row['steps'] if row['steps'] is not None else '-'} | "
+                     + " | ".join(recall_cells([row])) + f" | {fmt(row['train_seconds'], 0)} |")
+    return lines + [""]
+
+
+# ---------------------------------------------------------------------- figures
 def plot(rows: list[dict], figures: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    main, _ = split_by_budget(rows)
+    if not main:
+        return
     figures.mkdir(parents=True, exist_ok=True)
-    names = [row["description"] for row in rows]
-    values = [row["report"]["recall"]["R@1"] for row in rows]
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1))
-    ax.barh(names[::-1], values[::-1], color="#4c72b0")
-    ax.set_xlabel("R@1 (%)")
+    grouped = groups_of(main)
+    steps = main[0]["steps"]
+
+    names = [rows_[0]["description"] for rows_ in grouped.values()]
+    r1 = [spread(rows_, "recall/R@1") for rows_ in grouped.values()]
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) + 1.2))
+    ax.barh(names[::-1], [s.mean for s in r1][::-1], xerr=[s.std for s in r1][::-1], color="#4c72b0", capsize=3)
+    for rows_, y in zip(list(grouped.values())[::-1], range(len(names))):
+        ax.plot([metric(r, "recall/R@1") for r in rows_], [y] * len(rows_), "k.", markersize=4)
+    ax.set_xlabel(f"test R@1 (%) after {steps} steps (dots: seeds)")
     ax.set_xlim(0, 100)
     fig.tight_layout()
     fig.savefig(figures / "results_r1.png", dpi=120)
     plt.close(fig)
 
-    edits = sorted(rows[0]["report"]["per_edit"])
+    points = curve(grouped, "prompt_length")
+    if len(points) >= 2:
+        lengths = [r["prompt_length"] for r in points]
+        fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
+        left.plot(lengths, [metric(r, "recall/R@1") for r in points], "o-", color="#4c72b0")
+        left.set_xscale("log", base=2)
+        left.set_xticks(lengths, [str(q) for q in lengths])
+        left.set_xlabel("prompt length Q")
+        left.set_ylabel(f"test R@1 (%) after {steps} steps")
+        right.plot(lengths, [r["seconds_per_step"] for r in points], "o-", color="#dd8452", label="s/step")
+        right.set_xscale("log", base=2)
+        right.set_xticks(lengths, [str(q) for q in lengths])
+        right.set_xlabel("prompt length Q")
+        right.set_ylabel("seconds per training step", color="#dd8452")
+        if all(r.get("train_flops_per_step") for r in points):
+            twin = right.twinx()
+            twin.plot(lengths, [r["train_flops_per_step"] / 1e9 for r in points], "s--", color="#55a868")
+            twin.set_ylabel("GFLOPs per training step", color="#55a868")
+            twin.set_ylim(bottom=0)
+        right.set_ylim(bottom=0)
+        fig.tight_layout()
+        fig.savefig(figures / "results_prompt_length.png", dpi=120)
+        plt.close(fig)
+
+    points = curve(grouped, "align_weight")
+    if len(points) >= 2:
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        ax.plot([r["align_weight"] for r in points], [metric(r, "recall/R@1") for r in points], "o-", color="#4c72b0")
+        ax.set_xlabel("alignment loss weight")
+        ax.set_ylabel(f"test R@1 (%) after {steps} steps")
+        fig.tight_layout()
+        fig.savefig(figures / "results_align_weight.png", dpi=120)
+        plt.close(fig)
+
+    edits = sorted(main[0]["report"]["per_edit"])
     fig, ax = plt.subplots(figsize=(9, 4))
-    width = 0.8 / len(rows)
-    for i, row in enumerate(rows):
+    width = 0.8 / len(grouped)
+    for i, rows_ in enumerate(grouped.values()):
         ax.bar([e + i * width for e in range(len(edits))],
-               [row["report"]["per_edit"][e]["R@1"] for e in edits], width, label=row["description"])
+               [spread(rows_, f"per_edit/{e}/R@1").mean for e in edits], width, label=rows_[0]["description"])
     ax.set_xticks([e + 0.4 - width / 2 for e in range(len(edits))], edits)
-    ax.set_ylabel("R@1 (%)")
+    ax.set_ylabel(f"test R@1 (%) after {steps} steps")
     ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(figures / "results_per_edit.png", dpi=120)
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default="data/shapes", help="shapes benchmark folder")
-    parser.add_argument("--default", default=str(ROOT / "checkpoints" / "shapes-mini"), help="embedded default model")
-    parser.add_argument("--runs", default="runs/ablations", help="folder of the baseline and ablation runs")
-    parser.add_argument("--train", default="", help="comma-separated entries to (re)train first, or 'all'")
-    parser.add_argument("--steps", type=int, default=200, help="training steps of every trained entry")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads for training")
-    parser.add_argument("--out", default=str(ROOT / "docs" / "results.md"))
-    args = parser.parse_args(argv)
-    names = list(TRAINED) if args.train == "all" else [n for n in args.train.split(",") if n]
-    unknown = [n for n in names if n not in TRAINED]
-    if unknown:
-        parser.error(f"unknown entries {unknown}; choose from {list(TRAINED)}")
-    for name in names:
-        train_entry(name, args)
-    torch.set_num_threads(args.threads)
-    rows = collect(args)
-    out = Path(args.out)
+# ---------------------------------------------------------------------- main
+def render(results_json: Path, out: Path, data: str) -> str:
+    results = json.loads(results_json.read_text())
+    if not isinstance(results, dict) or "rows" not in results:
+        raise SystemExit(f"{results_json} is not in the rows format (an older table); write it again with --rows")
+    rows = results["rows"]
+    for row in rows:
+        check_row(row, str(results_json), trained=row["table"] == "main")
     figures = out.parent / "figures"
     plot(rows, figures)
-    # The commentary after READING_MARKER is written by hand: keep it across regenerations.
     previous = out.read_text() if out.is_file() else ""
+    # The commentary after READING_MARKER is written by hand: keep it across regenerations.
     commentary = previous[previous.index(READING_MARKER):] if READING_MARKER in previous else ""
-    out.write_text(write_markdown(rows, args, figures) + ("\n" + commentary if commentary else ""))
-    (out.parent / "results.json").write_text(json.dumps(rows, indent=2))
-    print(out.read_text())
+    text = write_markdown(rows, data, figures) + ("\n" + commentary if commentary else "")
+    out.write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=Path, action="append", default=[],
+                        help="a rows.jsonl of benchmarks/shapes_sweep.py (repeatable); none: render only")
+    parser.add_argument("--data", default="data/shapes", help="shapes benchmark folder")
+    parser.add_argument("--default", default=str(ROOT / "checkpoints" / "shapes-mini"),
+                        help="embedded default model; '' leaves it out")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for evaluating the default")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md")
+    args = parser.parse_args(argv)
+    results_json = args.out.parent / "results.json"
+    if args.rows:
+        rows = read_rows(args.rows)
+        previous = json.loads(results_json.read_text()) if results_json.is_file() else {}
+        previous_rows = previous.get("rows", []) if isinstance(previous, dict) else []
+        if args.default:
+            rows += evaluate_default_rows(Path(args.default), Path(args.data), args.threads, previous_rows)
+        results_json.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+    print(render(results_json, args.out, args.data))
     return 0
 
 
