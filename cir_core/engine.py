@@ -47,6 +47,7 @@ from cir_core.transforms import ImageTransform, to_rgb
 logger = logging.getLogger(__name__)
 
 MAX_QUERY_PIXELS = 40_000_000  # larger images are refused before decoding (decompression-bomb guard)
+MAX_ASPECT_RATIO = 50  # longer strips are refused: padding would make them mostly border
 FAILURE_TOP = 3  # results kept per failure (what ranked above the target)
 GROUP_RECALL_KS = (1, 5)  # recall reported per query group
 DEFAULT_CACHE_ROOT = Path(os.environ.get("CIR_CACHE", "~/.cache/cir")).expanduser()
@@ -251,6 +252,9 @@ def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
     width, height = size
     if width < 1 or height < 1:
         raise QueryError(f"the image has no pixels ({width}x{height})")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise QueryError(f"the image is {width}x{height}: sides more than {MAX_ASPECT_RATIO}:1 apart are not "
+                         "a picture the model can read (crop it first)")
     if width * height > max_pixels:
         raise QueryError(f"the image is {width}x{height} = {width * height / 1e6:.0f} megapixels; "
                          f"the limit is {max_pixels / 1e6:.0f} megapixels (downscale it first)")

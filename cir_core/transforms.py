@@ -32,6 +32,30 @@ def target_pad(image: Image.Image, ratio: float) -> Image.Image:
     return ImageOps.expand(image, border=border, fill=(0, 0, 0))
 
 
+PAD_GROWTH_LIMIT = 4  # padding may multiply the pixel count by this much before the image is shrunk first
+
+
+def shrink_before_padding(image: Image.Image, ratio: float, size: int) -> Image.Image:
+    """`image` downscaled first when target padding would blow it up (a 40000x1 strip padded to
+    40000x32000 is 1.3 billion pixels); images whose padding adds little are returned as they are.
+
+    The shrunk image's padded short side is 4x the model's input `size`, so the final resize
+    still has detail to average.
+    """
+    width, height = image.size
+    long_side, short_side = max(width, height), min(width, height)
+    if short_side == 0 or long_side / short_side <= ratio:
+        return image
+    padded_short = long_side / ratio
+    if long_side * padded_short <= PAD_GROWTH_LIMIT * width * height:
+        return image
+    scale = min(1.0, 4 * size / padded_short)
+    if scale == 1.0:
+        return image
+    shrunk = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return image.resize(shrunk, Image.Resampling.BOX)
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """RGB with EXIF rotation applied, alpha composited on white, 16-bit and CMYK converted."""
     image = ImageOps.exif_transpose(image)
@@ -61,6 +85,7 @@ class ImageTransform:
     def resize_and_crop(self, image: Image.Image) -> Image.Image:
         """The geometric part (pad, resize, crop) on an RGB image; also used to draw heatmaps."""
         size = self.config.image_size
+        image = shrink_before_padding(image, self.config.target_pad_ratio, size)
         image = target_pad(image, self.config.target_pad_ratio)
         width, height = image.size
         scale = size / min(width, height)

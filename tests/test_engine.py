@@ -303,6 +303,17 @@ def test_decompression_bomb_is_refused_fast_before_decoding(engine, tmp_path):
         engine.search(path, CAPTION)
 
 
+def test_a_thin_strip_is_refused_before_padding_blows_it_up(engine, tmp_path):
+    strip = tmp_path / "strip.png"
+    Image.new("RGB", (40000, 1), "red").save(strip, optimize=True)  # a few hundred bytes, 40000:1
+    assert strip.stat().st_size < 1000
+    with pytest.raises(QueryError, match="50:1"):
+        engine.search(strip, CAPTION)
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (1200, 30), "red").save(wide)  # 40:1 is still a picture
+    assert engine.search(wide, CAPTION, k=3).hits
+
+
 @pytest.mark.parametrize("name, make", [
     ("rgba.png", lambda: scene_image().convert("RGBA")),
     ("grey.png", lambda: scene_image().convert("L")),

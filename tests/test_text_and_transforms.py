@@ -60,3 +60,20 @@ def test_image_transform_modes():
     # transparent pixels become white, not black
     white = transform(Image.new("RGB", (40, 40), "white"))
     assert torch.allclose(transform(inputs[1]), white)
+
+
+def test_padding_a_strip_works_on_a_shrunk_copy(monkeypatch):
+    from cir_core.transforms import shrink_before_padding, target_pad
+
+    photo = Image.new("RGB", (640, 480))
+    assert shrink_before_padding(photo, 1.25, 224) is photo  # padding adds little: nothing changes
+    strip = Image.new("RGB", (40000, 10), "red")
+    shrunk = shrink_before_padding(strip, 1.25, 32)
+    padded = target_pad(shrunk, 1.25)
+    assert padded.width * padded.height <= 4 * 32 * 4 * 32 * 1.25 + 1000  # not 40000 x 32000
+    sizes = []
+    monkeypatch.setattr("cir_core.transforms.target_pad",
+                        lambda image, ratio: sizes.append(image.size) or target_pad(image, ratio))
+    config = PreprocessConfig(image_size=32)
+    assert ImageTransform(config)(strip).shape == (3, 32, 32)
+    assert sizes == [shrunk.size]
