@@ -18,9 +18,11 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import threading
 import time
+import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +49,7 @@ from cir_core.transforms import ImageTransform, to_rgb
 logger = logging.getLogger(__name__)
 
 MAX_QUERY_PIXELS = 40_000_000  # larger images are refused before decoding (decompression-bomb guard)
+INVISIBLE_CATEGORIES = ("Cc", "Cf", "Zs", "Zl", "Zp")  # control, format (zero-width spaces), separators
 MAX_ASPECT_RATIO = 50  # longer strips are refused: padding would make them mostly border
 FAILURE_TOP = 3  # results kept per failure (what ranked above the target)
 GROUP_RECALL_KS = (1, 5)  # recall reported per query group
@@ -264,7 +267,7 @@ def check_caption(model: SPRCModel, caption) -> CaptionCheck:
     """Refuse empty, wordless or unknown-word captions; note truncation and unknown words."""
     if not isinstance(caption, str):
         raise QueryError(f"the caption must be text, got {type(caption).__name__}")
-    if not caption.strip():
+    if not "".join(ch for ch in caption if unicodedata.category(ch) not in INVISIBLE_CATEGORIES).strip():
         raise QueryError("the caption is empty: describe how the target differs from the reference")
     preprocess = model.config.preprocess
     words = caption.split()
@@ -276,7 +279,9 @@ def check_caption(model: SPRCModel, caption) -> CaptionCheck:
     ids = text.input_ids[0].tolist()
     content = [i for i in ids if i not in tokenizer.all_special_ids or i == tokenizer.unk_token_id]
     unknown = sum(1 for i in content if i == tokenizer.unk_token_id)
-    if content and unknown == len(content):
+    if not content:  # e.g. only characters the tokenizer drops
+        raise QueryError("the caption has no words the model can read")
+    if unknown == len(content):
         raise QueryError("the model knows none of the caption's words (emoji and symbols read as unknown); "
                          "use words, e.g. 'make the circle red'")
     notes = []
@@ -554,10 +559,15 @@ class Engine:
             raise QueryError(f"{image_id!r} is not an image of the gallery") from None
 
     def _check_k(self, k) -> int:
-        try:
-            k = int(k)
-        except (TypeError, ValueError):
-            raise QueryError(f"k must be a whole number, got {k!r}") from None
+        if isinstance(k, str):
+            try:
+                k = float(k.strip())
+            except ValueError:
+                raise QueryError(f"k must be a whole number, got {k!r}") from None
+        whole = isinstance(k, (int, float, np.integer, np.floating)) and not isinstance(k, bool)
+        if not whole or not math.isfinite(k) or int(k) != k:  # 1.5 is not silently 1
+            raise QueryError(f"k must be a whole number, got {k!r}")
+        k = int(k)
         if k < 1:
             raise QueryError(f"k must be at least 1, got {k}")
         return min(k, len(self._row_of))

@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,12 +53,24 @@ def uploaded_reference(payload) -> str | bytes | None:
     """
     if not payload:
         return None
+    if not isinstance(payload, dict):
+        raise QueryError(f"the image must be an uploaded file (a gradio file payload), got {type(payload).__name__}")
     if payload.get("path"):
         return payload["path"]
     url = payload.get("url") or ""
     if url.startswith("data:") and "," in url:
         return base64.b64decode(url.split(",", 1)[1])
     return None
+
+
+def whole_number(value, what: str, low: int, high: int) -> int:
+    """`value` as an int in [low, high]; QueryError (a message, not a traceback) for anything else."""
+    finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not finite or int(value) != value:
+        raise QueryError(f"{what} must be a whole number, got {value!r}")
+    if not low <= int(value) <= high:
+        raise QueryError(f"{what} must be between {low} and {high}, got {int(value)}")
+    return int(value)
 
 
 def user_errors(handler):
@@ -138,8 +151,10 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
                                       + ("" if has_prompt else f": not for query mode {engine.model.config.query_mode}"))
                 search_button = gr.Button("Search", variant="primary", elem_id="search")
                 with gr.Accordion("Pick a reference from the gallery", open=False):
+                    # custom values reach the handler, which names the bad id (gradio's own check
+                    # answers with every id of the gallery)
                     gallery_pick = gr.Dropdown(choices=engine.gallery_ids, label="Gallery image id",
-                                               value=None, filterable=True)
+                                               value=None, filterable=True, allow_custom_value=True)
                 examples_table = gr.Dataset(
                     label="Benchmark examples (click to load; the target is marked in the results)",
                     components=["image", "textbox", "textbox"],
@@ -207,7 +222,7 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
             source = view.reference_id or uploaded_reference(image)
             if source is None:
                 raise QueryError("no reference image: upload one, paste one or pick one from the gallery")
-            result = engine.search(source, text, int(k), explain=bool(with_explanations),
+            result = engine.search(source, text, k, explain=bool(with_explanations),
                                    ground_truth_id=view.ground_truth_id)
             for note in result.notes:
                 gr.Warning(note)
@@ -237,7 +252,8 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
         def show_token(view: ViewState, token):
             if view.result is None or view.result.explanation is None:
                 return None
-            return render.attention_overlay(view.result.explanation, engine.transform, int(token) - 1)
+            token = whole_number(token, "the prompt token", 1, num_prompt_tokens)
+            return render.attention_overlay(view.result.explanation, engine.transform, token - 1)
 
         @user_errors
         def explain_result(view: ViewState, result_id):
@@ -267,6 +283,8 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
         def pick_from_gallery(image_id, view: ViewState):
             if not image_id:
                 return gr.skip(), gr.skip(), view
+            if not isinstance(image_id, str) or image_id not in engine.gallery_ids:
+                raise QueryError(f"{str(image_id)[:80]!r} is not an image of the gallery")
             path, info = reference_outputs(image_id)
             return path, info, dataclasses.replace(view, reference_id=image_id, ground_truth_id=None)
 
@@ -285,14 +303,14 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
 
         @user_errors
         def load_example(index):
-            return load_query(examples[int(index)])
+            return load_query(examples[whole_number(index, "the example number", 0, len(examples) - 1)])
 
         @user_errors
         def run_compare(image, text, k, view: ViewState):
             source = view.reference_id or uploaded_reference(image)
             if source is None:
                 raise QueryError("no reference image: upload one, paste one or pick one from the gallery")
-            comparison = engine.compare(source, text, int(k), ground_truth_id=view.ground_truth_id)
+            comparison = engine.compare(source, text, k, ground_truth_id=view.ground_truth_id)
             return (render.comparison_summary(comparison), *render.comparison_galleries(comparison))
 
         @user_errors
@@ -358,5 +376,6 @@ def launch(engine: Engine, examples_file: str | Path | None = None, server_name:
     app = build_ui(engine, examples_file=examples_file)
     app.queue(default_concurrency_limit=concurrency, max_size=64)
     app.launch(server_name=server_name, server_port=server_port, max_file_size=max_file_size,
-               allowed_paths=engine.file_roots(), prevent_thread_lock=prevent_thread_lock, css=CSS, quiet=True)
+               allowed_paths=engine.file_roots(), prevent_thread_lock=prevent_thread_lock, css=CSS, quiet=True,
+               show_error=True)  # errors gradio raises before a handler (e.g. a malformed file payload) say what they are
     return app

@@ -82,6 +82,33 @@ def test_bad_input_is_a_visible_error_and_the_app_keeps_serving(client, upload, 
     assert len(answer["results"]) == 3
 
 
+@pytest.mark.parametrize("api_name, args, message", [
+    ("/search", ("{upload}", CAPTION, "inf", False), "k must be a whole number"),
+    ("/search", ("{upload}", CAPTION, None, False), "k must be a whole number"),
+    ("/search", ("{upload}", CAPTION, [3], False), "k must be a whole number"),
+    ("/search", ("{upload}", CAPTION, 1.5, False), "k must be a whole number"),
+    ("/search", ("not a payload", CAPTION, 3, False), "valid dictionary or instance of ImageData"),
+    ("/search", ("{upload}", "\u200b\u200b", 3, False), "caption is empty"),
+    ("/load_example", (-1,), "between 0 and"),
+    ("/load_example", (10_000,), "between 0 and"),
+    ("/load_example", (1.5,), "whole number"),
+    ("/pick_gallery_image", ("no-such-id",), "'no-such-id' is not an image of the gallery"),
+])
+def test_bad_api_arguments_get_a_message_not_an_internal_error(served, client, upload, api_name, args, message):
+    args = [handle_file(str(upload)) if arg == "{upload}" else arg for arg in args]
+    with pytest.raises(Exception, match=message) as caught:
+        client.predict(*args, api_name=api_name)
+    assert "internal error" not in str(caught.value) and len(str(caught.value)) < 300
+
+
+def test_out_of_range_attention_token_is_a_message(served, client, upload):
+    client.predict(handle_file(str(upload)), CAPTION, 3, True, api_name="/search")
+    for token, message in ((99, "greater than maximum value"), (1.5, "prompt token must be a whole number")):
+        with pytest.raises(Exception, match=message) as caught:
+            client.predict(token, api_name="/attention_token")
+        assert "internal error" not in str(caught.value)
+
+
 def test_uploads_over_the_size_limit_are_refused(client, tmp_path):
     big = tmp_path / "big.png"
     big.write_bytes(b"\x89PNG" + os.urandom(11 * 1024 * 1024))

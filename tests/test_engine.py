@@ -348,6 +348,8 @@ def test_exif_rotation_is_applied(engine, tmp_path):
     ("   \t\n ", "caption is empty"),
     ("😀🎉🚀", "knows none of the caption's words"),
     ("... !!! ;;", "no words"),
+    ("\u200b\u200b\u200b", "caption is empty"),
+    ("\u200b \u2060\ufeff", "caption is empty"),
 ])
 def test_bad_captions_are_refused(engine, caption, message):
     with pytest.raises(QueryError, match=message):
@@ -428,3 +430,14 @@ def test_gallery_precision_names_its_own_cached_index(checkpoint, shapes_dir, ca
 def test_unknown_query_precision_is_refused(checkpoint, shapes_dir, cache_root):
     with pytest.raises(ValueError, match="query precision must be one of fp32, bf16, int8, got 'int4'"):
         tiny_engine(checkpoint, shapes_dir, cache_root, query_precision="int4")
+
+
+@pytest.mark.parametrize("k", [1.5, float("inf"), float("nan"), None, [3], "many", True, "2.5"])
+def test_k_that_is_not_a_whole_number_is_refused(engine, k):
+    with pytest.raises(QueryError, match="k must be a whole number"):
+        engine.search(engine.gallery_ids[0], CAPTION, k=k)
+
+
+def test_k_as_whole_float_or_text_is_accepted(engine):
+    assert len(engine.search(engine.gallery_ids[0], CAPTION, k=3.0).hits) == 3
+    assert len(engine.search(engine.gallery_ids[0], CAPTION, k="4").hits) == 4
