@@ -250,9 +250,9 @@ def main_section(main: list[dict], data: str, figures: Path) -> list[str]:
         "(torch's FlopCounterMode).",
         "",
         "Regenerate: on a GPU machine, `python -m cir_core data shapes --out data/shapes --seed 0` then "
-        f"`python benchmarks/shapes_sweep.py --data {data} --device cuda --steps {steps} --parallel 7 "
-        "--deadline-seconds 420 --out OUT`; then here `python benchmarks/shapes_results.py --rows OUT/rows.jsonl "
-        f"--data {data}`.",
+        f"`python benchmarks/shapes_sweep.py --data {data} --device cuda --steps {steps} "
+        f"--parallel {max(concurrent)} --out OUT`; then here `python benchmarks/shapes_results.py "
+        f"--rows OUT/rows.jsonl --data {data}`.",
         "",
         "| model | seeds | R@1 | R@1 range | R@5 | R@10 | R@50 | novel R@1 | train s | s/step | GFLOPs/step |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
@@ -344,6 +344,7 @@ def plot(rows: list[dict], figures: Path) -> None:
         left.plot(lengths, [metric(r, "recall/R@1") for r in points], "o-", color="#4c72b0")
         left.set_xscale("log", base=2)
         left.set_xticks(lengths, [str(q) for q in lengths])
+        left.set_ylim(bottom=0)
         left.set_xlabel("prompt length Q")
         left.set_ylabel(f"test R@1 (%) after {steps} steps")
         right.plot(lengths, [r["seconds_per_step"] for r in points], "o-", color="#dd8452", label="s/step")
@@ -411,12 +412,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--default", default=str(ROOT / "checkpoints" / "shapes-mini"),
                         help="embedded default model; '' leaves it out")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for evaluating the default")
+    parser.add_argument("--reuse", type=Path, help="a results.json whose default rows are reused when its weights "
+                        "and test split are the same (default: the one written)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md")
     args = parser.parse_args(argv)
     results_json = args.out.parent / "results.json"
     if args.rows:
         rows = read_rows(args.rows)
-        previous = json.loads(results_json.read_text()) if results_json.is_file() else {}
+        source = args.reuse or results_json
+        previous = json.loads(source.read_text()) if source.is_file() else {}
         previous_rows = previous.get("rows", []) if isinstance(previous, dict) else []
         if args.default:
             rows += evaluate_default_rows(Path(args.default), Path(args.data), args.threads, previous_rows)

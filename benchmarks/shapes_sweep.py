@@ -115,8 +115,6 @@ def training_loop_seconds(metrics_file: Path, steps: int) -> float:
 
 def train_and_evaluate(row: SweepRow, args: argparse.Namespace) -> dict:
     """Train `row` with the recipe, evaluate its saved model on the test split; the results row."""
-    import torch
-
     from cir_core.checkpoints import load_model
     from cir_core.data.shapes import read_shapes_scenes, read_shapes_split
     from cir_core.evaluation.shapes import evaluate_shapes
@@ -147,8 +145,6 @@ def train_and_evaluate(row: SweepRow, args: argparse.Namespace) -> dict:
     report = evaluate_shapes(model, split, batch_size=args.eval_batch_size, progress=False,
                              scenes=read_shapes_scenes(args.data)).to_dict()
     eval_seconds = time.monotonic() - start
-    if args.device.startswith("cuda"):
-        torch.cuda.synchronize()
     return {
         "name": row.name, "group": row.group, "description": row.description, "table": "main",
         "steps": args.steps, "seed": row.seed, "query_mode": model_config.query_mode,
