@@ -143,6 +143,99 @@ def test_corrupt_and_malformed_annotations_are_reported(tmp_path):
         read_cirr(tmp_path, "val", check_images=False)
 
 
+def write_cirr_annotations(root: Path, records: list, relpaths: dict, split: str = "val") -> Path:
+    """An official-layout annotation folder holding exactly `records` and `relpaths` (no images)."""
+    for kind, data in (("captions", records), ("image_splits", relpaths)):
+        path = root / "cirr" / kind / f"{'cap' if kind == 'captions' else 'split'}.rc2.{split}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data))
+    return root
+
+
+SMALL_RELPATHS = {name: f"./dev/{name}.png" for name in ("a", "b", "c", "d")}
+
+
+def small_record(pairid: int = 1, **changes) -> dict:
+    record = {"pairid": pairid, "reference": "a", "target_hard": "b", "target_soft": {"b": 1.0},
+              "caption": "make it red", "img_set": {"id": 7, "members": ["a", "b", "c", "d"]}}
+    record.update(changes)
+    return record
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"pairid": [1]}, r"record 0 has pairid \[1\]; expected a whole number"),
+    ({"pairid": None}, "record 0 has pairid None; expected a whole number"),
+    ({"pairid": 1.5}, "record 0 has pairid 1.5; expected a whole number"),
+    ({"pairid": True}, "record 0 has pairid True; expected a whole number"),
+    ({"reference": ["a"]}, r"record 0 \(pairid 1\) has reference \['a'\]; expected an image name"),
+    ({"target_hard": ""}, "has target_hard ''; expected an image name"),
+    ({"caption": None}, "has caption None; expected text"),
+    ({"target_soft": ["b"]}, "has target_soft \\['b'\\]; expected an object of image name -> score"),
+    ({"target_hard": "a"}, "has its reference 'a' as its target"),
+    ({"img_set": {"id": 7, "members": []}}, "has no img_set.members list of image names"),
+    ({"img_set": {"id": 7, "members": ["a", 5]}}, "has no img_set.members list of image names"),
+])
+def test_cirr_records_with_bad_fields_are_refused_naming_the_file(tmp_path, changes, message):
+    root = write_cirr_annotations(tmp_path, [small_record(**changes)], SMALL_RELPATHS)
+    with pytest.raises(ValueError, match=message) as caught:
+        read_cirr(root, "val", check_images=False)
+    assert "cap.rc2.val.json" in str(caught.value)
+
+
+@pytest.mark.parametrize("bad_path", ["", 5, None, ["./dev/a.png"]])
+def test_cirr_image_split_paths_must_be_text(tmp_path, bad_path):
+    root = write_cirr_annotations(tmp_path, [small_record()], {**SMALL_RELPATHS, "a": bad_path})
+    with pytest.raises(ValueError, match="split.rc2.val.json: image 'a' has path .*; expected a relative file path"):
+        read_cirr(root, "val", check_images=False)
+
+
+def test_cirr_with_no_queries_or_repeated_pairids_is_refused(tmp_path):
+    root = write_cirr_annotations(tmp_path, [], SMALL_RELPATHS)
+    with pytest.raises(ValueError, match="cap.rc2.val.json holds no queries"):
+        read_cirr(root, "val", check_images=False)
+    records = [small_record(3), small_record(4), small_record(3, reference="c"), small_record(4, reference="d")]
+    write_cirr_annotations(tmp_path, records, SMALL_RELPATHS)
+    with pytest.raises(ValueError, match="pairids must be unique; 2 appear more than once \\(3, 4\\)"):
+        read_cirr(root, "val", check_images=False)
+
+
+def test_cirr_reader_fuzz_gives_one_line_errors(tmp_path, capsys):
+    """Seeded random corruptions of the annotation files: `cir eval cirr` reads them and stops with one
+    line and exit code 2 (a readable corruption reaches the model, which is missing here)."""
+    from cir_core.cli import main
+
+    rng = random.Random(22)
+    records = [small_record(pairid, reference=ref, target_hard=target)
+               for pairid, (ref, target) in enumerate([("a", "b"), ("b", "c"), ("c", "d"), ("d", "a")])]
+    junk = [None, True, -1, 1.5, "", "zz", [], ["a"], {}, {"a": 1}, float("nan")]
+    for trial in range(60):
+        root = tmp_path / f"trial{trial}"
+        for name, relpath in SMALL_RELPATHS.items():
+            write_png(root / relpath, seed=ord(name))
+        data_records, relpaths = json.loads(json.dumps(records)), dict(SMALL_RELPATHS)
+        how = rng.choice(["field", "member", "relpath", "bytes", "truncate"])
+        if how == "field":
+            record = rng.choice(data_records)
+            record[rng.choice(sorted(record))] = rng.choice(junk)
+        elif how == "member":
+            rng.choice(data_records)["img_set"]["members"][rng.randrange(4)] = rng.choice(junk)
+        elif how == "relpath":
+            relpaths[rng.choice(sorted(relpaths))] = rng.choice(junk)
+        write_cirr_annotations(root, data_records, relpaths)
+        captions = root / "cirr" / "captions" / "cap.rc2.val.json"
+        if how in ("bytes", "truncate"):
+            text = bytearray(captions.read_bytes())
+            if how == "truncate":
+                text = text[:rng.randrange(len(text))]
+            else:
+                for _ in range(rng.randint(1, 6)):
+                    text[rng.randrange(len(text))] = rng.randrange(256)
+            captions.write_bytes(bytes(text))
+        code = main(["eval", "cirr", "--data-root", str(root), "--model", "local-dir:/nowhere", "--no-progress"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, (how, err)
+
+
 @needs_real_files
 def test_test1_has_no_targets_and_cannot_be_scored(tmp_path):
     split = read_cirr(make_cirr_standin(tmp_path, query_sets=1, gallery_size=6, split="test1"), "test1")
@@ -199,6 +292,21 @@ def test_predictions_by_hand():
     assert recall["101"] == ["g", "a", "f"] and subset["101"] == ["a", "f"]
     with pytest.raises(ValueError, match="only 6 gallery candidates"):
         cirr_predictions(HAND_SCORES, hand_split(), top=50)
+
+
+def test_submission_refuses_repeated_pairids_and_no_queries(tmp_path):
+    split = hand_split()
+    split.triplets[2].pairid = split.triplets[0].pairid
+    with pytest.raises(ValueError, match="hand: pairids must be unique; 100 appear more than once"):
+        cirr_predictions(HAND_SCORES, split, top=3, subset_top=2)
+    features = RetrievalFeatures("hand", split.gallery, torch.zeros(7, 1, 2), [str(t.pairid) for t in split.triplets],
+                                 torch.zeros(4, 2))
+    with pytest.raises(ValueError, match="pairids must be unique"):
+        write_cirr_submission(None, split, tmp_path / "out", features=features)
+    empty = TripletSplit(name="empty", triplets=[], image_paths={}, gallery=split.gallery)
+    with pytest.raises(ValueError, match="empty has no queries; there is nothing to submit"):
+        write_cirr_submission(None, empty, tmp_path / "out", features=features)
+    assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------ features, model end to end
@@ -264,6 +372,13 @@ def test_bad_feature_files_are_refused(tmp_path):
     features = RetrievalFeatures("s", ["a"], torch.zeros(1, 2, 3), ["1"], torch.zeros(1, 3))
     with pytest.raises(ValueError, match=r"must end in \.pt or \.npz"):
         features.save(tmp_path / "features.json")
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match="list.pt is not a feature file .*it holds a list, not a dict"):
+        RetrievalFeatures.load(tmp_path / "list.pt")
+    torch.save({"split": "s", "gallery_ids": ["a"], "gallery_targets": [[0.0]], "pairids": ["1"],
+                "queries": torch.zeros(1, 3)}, tmp_path / "fields.pt")
+    with pytest.raises(ValueError, match="fields.pt is not a feature file .*gallery_targets is a list"):
+        RetrievalFeatures.load(tmp_path / "fields.pt")
 
 
 @needs_real_files

@@ -156,3 +156,17 @@ def test_eval_shapes_end_to_end(capsys, tmp_path, tiny_checkpoint, tiny_model):
     with pytest.raises(SystemExit):  # argparse names the choices
         main([str(a) for a in args] + ["--query-precision", "int4"])
     assert "invalid choice: 'int4'" in capsys.readouterr().err
+
+
+def test_submit_cirr_refuses_repeated_pairids_and_no_queries(capsys, tmp_path):
+    from test_cirr import SMALL_RELPATHS, small_record, write_cirr_annotations
+
+    root = write_cirr_annotations(tmp_path / "data", [small_record(5), small_record(5, reference="c")], SMALL_RELPATHS,
+                                  split="test1")
+    argv = ["submit", "cirr", "--data-root", root, "--model", "local-dir:/nowhere", "--out", tmp_path / "out"]
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and "pairids must be unique; 1 appear more than once (5)" in err
+    write_cirr_annotations(tmp_path / "data", [], SMALL_RELPATHS, split="test1")
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and "cap.rc2.test1.json holds no queries" in err
+    assert not (tmp_path / "out").exists()

@@ -125,6 +125,74 @@ def test_bad_input_is_reported(tmp_path):
         read_fashioniq(tmp_path, "dress", "val", check_images=False)
 
 
+def write_fashioniq_annotations(root: Path, records, gallery, category: str = "dress") -> Path:
+    for kind, data in (("captions", records), ("image_splits", gallery)):
+        (root / kind).mkdir(parents=True, exist_ok=True)
+        name = f"cap.{category}.val.json" if kind == "captions" else f"split.{category}.val.json"
+        (root / kind / name).write_text(json.dumps(data))
+    return root
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"candidate": ["a"], "target": "b", "captions": ["x", "y"]}, r"record 0 has candidate \['a'\]; expected an image id"),
+    ({"candidate": None, "target": "b", "captions": ["x", "y"]}, "record 0 has candidate None; expected an image id"),
+    ({"candidate": "a", "target": 7, "captions": ["x", "y"]}, "record 0 has target 7; expected an image id"),
+    ({"candidate": "a", "target": "a", "captions": ["x", "y"]}, "record 0 has its candidate 'a' as its target"),
+])
+def test_fashioniq_records_with_bad_ids_are_refused(tmp_path, record, message):
+    write_fashioniq_annotations(tmp_path, [record], ["a", "b"])
+    with pytest.raises(ValueError, match=message):
+        read_fashioniq(tmp_path, "dress", "val", check_images=False)
+
+
+def test_fashioniq_repeated_gallery_ids_and_no_queries_are_refused(tmp_path):
+    write_fashioniq_annotations(tmp_path, [{"candidate": "a", "target": "b", "captions": ["x", "y"]}], ["a", "b", "a"])
+    with pytest.raises(ValueError, match=r"split\.dress\.val\.json: image ids must be unique; 1 appear more than once \(a\)"):
+        read_fashioniq(tmp_path, "dress", "val", check_images=False)
+    write_fashioniq_annotations(tmp_path, [], ["a", "b"])
+    with pytest.raises(ValueError, match=r"cap\.dress\.val\.json holds no queries"):
+        read_fashioniq(tmp_path, "dress", "val", check_images=False)
+
+
+def test_fashioniq_reader_fuzz_gives_one_line_errors(tmp_path, capsys):
+    """Seeded random corruptions of the annotation files: `cir eval fashioniq` stops with one line
+    and exit code 2 (a readable corruption reaches the model, which is missing here)."""
+    from cir_core.cli import main
+
+    rng = random.Random(22)
+    ids = ["a", "b", "c", "d"]
+    records = [{"candidate": ids[i], "target": ids[(i + 1) % 4], "captions": ["is red", "has dots"]} for i in range(4)]
+    junk = [None, True, -1, 1.5, "", [], ["a"], {}, {"a": 1}, ["x"], ["x", "y", "z"]]
+    for trial in range(60):
+        root = tmp_path / f"trial{trial}"
+        data_records, gallery = json.loads(json.dumps(records)), list(ids)
+        how = rng.choice(["field", "gallery", "bytes", "truncate"])
+        refused = how == "gallery"  # every junk value (and a repeated "a") is an invalid gallery entry
+        if how == "field":
+            record, value = rng.choice(data_records), rng.choice(junk)
+            key = rng.choice(sorted(record))
+            record[key] = value
+            refused = not (key == "target" and value is None)  # a query without a target is a test query
+        elif how == "gallery":
+            gallery[rng.randrange(4)] = rng.choice(junk + ["a"])
+        write_fashioniq_annotations(root, data_records, gallery)
+        touch_images(root / "images", ids)
+        captions = root / "captions" / "cap.dress.val.json"
+        if how in ("bytes", "truncate"):
+            text = bytearray(captions.read_bytes())
+            if how == "truncate":
+                text = text[:rng.randrange(len(text))]
+            else:
+                for _ in range(rng.randint(1, 6)):
+                    text[rng.randrange(len(text))] = rng.randrange(256)
+            captions.write_bytes(bytes(text))
+        code = main(["eval", "fashioniq", "--data-root", str(root), "--categories", "dress",
+                     "--model", "local-dir:/nowhere", "--no-progress"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, (how, err)
+        assert not refused or "/nowhere" not in err, (how, err)  # refused by the reader, not accepted
+
+
 def test_test_split_without_targets(tmp_path):
     for kind in ("captions", "image_splits"):
         (tmp_path / kind).mkdir()

@@ -509,6 +509,84 @@ def test_reader_errors_name_the_problem(dataset, tmp_path):
         read_shapes_scenes(broken)
 
 
+@pytest.mark.parametrize("key, bad, message", [
+    ("reference", ["a"], r"entry 0 has reference \['a'\]; expected non-empty text"),
+    ("edit", ["color"], r"entry 0 has edit \['color'\]; expected non-empty text"),
+    ("caption", None, "entry 0 has caption None; expected non-empty text"),
+    ("target", "", "entry 0 has target ''; expected non-empty text"),
+    ("pairid", 1.5, "entry 0 has pairid 1.5; expected a whole number"),
+    ("pairid", True, "entry 0 has pairid True; expected a whole number"),
+    ("novel", "no", "entry 0 has novel 'no'; expected true or false"),
+])
+def test_reader_refuses_fields_of_the_wrong_type(dataset, tmp_path, key, bad, message):
+    broken = _copy(dataset[0], tmp_path)
+    entries = json.loads((broken / "test.json").read_text())
+    entries[0][key] = bad
+    (broken / "test.json").write_text(json.dumps(entries))
+    with pytest.raises(ValueError, match=message):
+        read_shapes_split(broken, "test")
+
+
+def test_reader_refuses_repeated_ids_no_queries_and_target_equal_to_reference(dataset, tmp_path):
+    broken = _copy(dataset[0], tmp_path)
+    gallery = json.loads((broken / "gallery_test.json").read_text())
+    (broken / "gallery_test.json").write_text(json.dumps(gallery + gallery[:2]))
+    with pytest.raises(ValueError, match=r"gallery_test\.json: image ids must be unique; 2 appear more than once"):
+        read_shapes_split(broken, "test")
+    (broken / "gallery_test.json").write_text(json.dumps(gallery))
+    entries = json.loads((broken / "test.json").read_text())
+    (broken / "test.json").write_text(json.dumps(entries + [dict(entries[0], caption="again")]))
+    with pytest.raises(ValueError, match=r"test\.json: pairids must be unique; 1 appear more than once \(0\)"):
+        read_shapes_split(broken, "test")
+    (broken / "test.json").write_text(json.dumps([dict(entries[0], target=entries[0]["reference"])]))
+    with pytest.raises(ValueError, match="entry 0 has its reference .* as its target"):
+        read_shapes_split(broken, "test")
+    (broken / "test.json").write_text("[]")
+    with pytest.raises(ValueError, match=r"test\.json holds no queries"):
+        read_shapes_split(broken, "test")
+
+
+def test_reader_fuzz_gives_one_line_errors(dataset, tmp_path, capsys):
+    """Seeded random corruptions of a split, its gallery and info.json: `cir eval shapes` stops with
+    one line and exit code 2 (a readable corruption reaches the model, which is missing here)."""
+    import shutil
+
+    from cir_core.cli import main
+
+    out, _ = dataset
+    rng = random.Random(22)
+    junk = [None, True, -1, 1.5, "", [], ["a"], {}, {"a": 1}, 10**30]
+    broken = tmp_path / "fuzz"
+    for trial in range(60):
+        shutil.rmtree(broken, ignore_errors=True)
+        shutil.copytree(out, broken)
+        name = rng.choice(["test.json", "gallery_test.json", "info.json"])
+        how = rng.choice(["value", "bytes", "truncate"])
+        path = broken / name
+        if how == "value":
+            data = json.loads(path.read_text())
+            if isinstance(data, dict):
+                data[rng.choice(sorted(data))] = rng.choice(junk)
+            elif name == "test.json":
+                entry = rng.choice(data)
+                entry[rng.choice(sorted(entry))] = rng.choice(junk + [data[0]["reference"]])
+            else:
+                data[rng.randrange(len(data))] = rng.choice(junk + [data[0]])
+            path.write_text(json.dumps(data))
+        else:
+            text = bytearray(path.read_bytes())
+            if how == "truncate":
+                text = text[:rng.randrange(len(text))]
+            else:
+                for _ in range(rng.randint(1, 6)):
+                    text[rng.randrange(len(text))] = rng.randrange(256)
+            path.write_bytes(bytes(text))
+        code = main(["eval", "shapes", "--data", str(broken), "--split", "test", "--model", "local-dir:/nowhere",
+                     "--no-progress"])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, (name, how, err)
+
+
 def test_writer_refuses_bad_input_and_stays_atomic(dataset, tmp_path, monkeypatch):
     out, _ = dataset
     with pytest.raises(FileExistsError, match="already exists"):

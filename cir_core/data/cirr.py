@@ -13,6 +13,7 @@ test1 has no target fields; its targets are None.
 """
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -34,16 +35,31 @@ def _parse_record(record: Any, index: int, source: Path, has_targets: bool) -> T
     if not isinstance(record, dict) or any(key not in record for key in required):
         missing = [key for key in required if not isinstance(record, dict) or key not in record]
         raise ValueError(f"{source}: record {index} lacks {', '.join(missing)}; got {record!r:.200}")
+    pairid = record["pairid"]
+    # The server keys predictions by str(pairid): 1.5 or true would be written as another query's id.
+    if isinstance(pairid, bool) or not isinstance(pairid, int):
+        raise ValueError(f"{source}: record {index} has pairid {pairid!r:.50}; expected a whole number")
+    where = f"{source}: record {index} (pairid {pairid})"
+    names = {"reference": record["reference"], **({"target_hard": record["target_hard"]} if has_targets else {})}
+    for key, value in names.items():
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"{where} has {key} {value!r:.50}; expected an image name")
+    if not isinstance(record["caption"], str):
+        raise ValueError(f"{where} has caption {record['caption']!r:.50}; expected text")
+    if has_targets and record["target_hard"] == record["reference"]:
+        raise ValueError(f"{where} has its reference {record['reference']!r} as its target")
     members = record["img_set"].get("members") if isinstance(record["img_set"], dict) else None
-    if not isinstance(members, list):
-        raise ValueError(f"{source}: record {index} (pairid {record['pairid']}) has no img_set.members list")
-    extras: dict[str, Any] = {"members": [str(m) for m in members], "img_set_id": record["img_set"].get("id")}
+    if not isinstance(members, list) or not members or not all(isinstance(m, str) and m for m in members):
+        raise ValueError(f"{where} has no img_set.members list of image names; got {members!r:.100}")
+    extras: dict[str, Any] = {"members": members, "img_set_id": record["img_set"].get("id")}
     if has_targets:
-        extras["target_soft"] = dict(record.get("target_soft") or {})
-    return Triplet(
-        pairid=int(record["pairid"]), reference=str(record["reference"]), caption=str(record["caption"]),
-        target=str(record["target_hard"]) if has_targets else None, extras=extras,
-    )
+        soft = record.get("target_soft")
+        if soft is not None and not (isinstance(soft, dict) and all(
+                isinstance(value, (int, float)) and not isinstance(value, bool) for value in soft.values())):
+            raise ValueError(f"{where} has target_soft {soft!r:.100}; expected an object of image name -> score")
+        extras["target_soft"] = dict(soft or {})
+    return Triplet(pairid=pairid, reference=record["reference"], caption=record["caption"],
+                   target=record["target_hard"] if has_targets else None, extras=extras)
 
 
 def read_cirr(data_root: str | Path, split: str, image_root: str | Path | None = None,
@@ -67,8 +83,20 @@ def read_cirr(data_root: str | Path, split: str, image_root: str | Path | None =
     if not isinstance(name_to_relpath, dict):
         raise ValueError(f"{split_file} must map image names to relative paths; got {type(name_to_relpath).__name__}")
 
+    bad_paths = [name for name, relpath in name_to_relpath.items() if not isinstance(relpath, str) or not relpath]
+    if bad_paths:
+        raise ValueError(f"{split_file}: image {bad_paths[0]!r} has path {name_to_relpath[bad_paths[0]]!r:.50}; "
+                         "expected a relative file path")
+
     has_targets = split != "test1"
     triplets = [_parse_record(record, index, captions_file, has_targets) for index, record in enumerate(records)]
+    if not triplets:
+        raise ValueError(f"{captions_file} holds no queries")
+    counts = Counter(t.pairid for t in triplets)
+    repeated = sorted(pairid for pairid, count in counts.items() if count > 1)
+    if repeated:
+        raise ValueError(f"{captions_file}: pairids must be unique; {len(repeated)} appear more than once "
+                         f"({', '.join(map(str, repeated[:5]))})")
     listed = set(name_to_relpath)
     unknown = sorted({name for t in triplets for name in (t.reference, t.target, *t.extras["members"])
                       if name is not None and name not in listed})

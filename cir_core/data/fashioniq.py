@@ -12,6 +12,7 @@ image split. The reference stays in the gallery (official protocol).
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ def read_json(path: Path, data_root: Path) -> Any:
         raise FileNotFoundError(f"annotation file {path} is missing (data root {data_root})")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
         raise ValueError(f"{path} is not valid JSON: {error}") from error
 
 
@@ -58,7 +59,14 @@ def _parse_record(record: Any, index: int, source: Path) -> tuple[str, str | Non
     captions = record["captions"]
     if not (isinstance(captions, list) and len(captions) == 2 and all(isinstance(c, str) for c in captions)):
         raise ValueError(f"{source}: record {index} must have exactly two caption strings; got {captions!r:.200}")
-    return str(record["candidate"]), record.get("target"), (captions[0], captions[1])
+    candidate, target = record["candidate"], record.get("target")
+    if not isinstance(candidate, str) or not candidate:
+        raise ValueError(f"{source}: record {index} has candidate {candidate!r:.50}; expected an image id")
+    if target is not None and (not isinstance(target, str) or not target):
+        raise ValueError(f"{source}: record {index} has target {target!r:.50}; expected an image id")
+    if target == candidate:
+        raise ValueError(f"{source}: record {index} has its candidate {candidate!r} as its target")
+    return candidate, target, (captions[0], captions[1])
 
 
 def read_fashioniq(data_root: str | Path, category: str, split: str, check_images: bool = True) -> TripletSplit:
@@ -76,14 +84,20 @@ def read_fashioniq(data_root: str | Path, category: str, split: str, check_image
     gallery = read_json(split_file, data_root)
     if not isinstance(records, list):
         raise ValueError(f"{captions_file} must hold a list of records; got {type(records).__name__}")
-    if not isinstance(gallery, list) or not all(isinstance(i, str) for i in gallery):
+    if not isinstance(gallery, list) or not all(isinstance(i, str) and i for i in gallery):
         raise ValueError(f"{split_file} must hold a list of image ids")
+    repeated = sorted(image_id for image_id, count in Counter(gallery).items() if count > 1)
+    if repeated:  # a repeated gallery image would be ranked twice and change the metrics
+        raise ValueError(f"{split_file}: image ids must be unique; {len(repeated)} appear more than once "
+                         f"({', '.join(repeated[:5])})")
+    if not records:
+        raise ValueError(f"{captions_file} holds no queries")
 
     triplets = []
     for index, record in enumerate(records):
         reference, target, (first, second) = _parse_record(record, index, captions_file)
         triplets.append(Triplet(
-            pairid=index, reference=reference, target=None if target is None else str(target),
+            pairid=index, reference=reference, target=target,
             caption=join_captions(first, second), edit=category, caption_variants=caption_variants(first, second),
         ))
 

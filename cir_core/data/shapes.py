@@ -19,6 +19,7 @@ import multiprocessing
 import shutil
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -218,7 +219,7 @@ def _read_json(path: Path, what: str) -> Any:
         raise FileNotFoundError(f"{what} {path} is missing")
     try:
         return json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise ValueError(f"cannot read {what} {path}: {error}") from error
 
 
@@ -237,6 +238,8 @@ def read_shapes_info(data_dir: str | Path) -> dict[str, Any]:
     if info.get("version") != VERSION:
         raise ValueError(f"{info_path}: unsupported shapes dataset version {info.get('version')!r} "
                          f"(this reader knows version {VERSION})")
+    if not isinstance(info.get("splits", {}), dict):
+        raise ValueError(f"{info_path}: \"splits\" must be an object of split name -> counts")
     return info
 
 
@@ -291,8 +294,26 @@ def _triplet(entry: Any, index: int, path: Path) -> Triplet:
     missing = [key for key in TRIPLET_KEYS if key not in entry] if isinstance(entry, dict) else list(TRIPLET_KEYS)
     if missing:
         raise ValueError(f"{path}: entry {index} lacks {missing}")
+    fits = {"pairid": isinstance(entry["pairid"], int) and not isinstance(entry["pairid"], bool),
+            "novel": isinstance(entry["novel"], bool),
+            **{key: isinstance(entry[key], str) and entry[key].strip() != ""
+               for key in ("reference", "target", "caption", "edit")}}
+    for key, fit in fits.items():
+        if not fit:
+            expected = {"pairid": "a whole number", "novel": "true or false"}.get(key, "non-empty text")
+            raise ValueError(f"{path}: entry {index} has {key} {entry[key]!r:.50}; expected {expected}")
+    if entry["target"] == entry["reference"]:
+        raise ValueError(f"{path}: entry {index} has its reference {entry['reference']!r} as its target")
     return Triplet(pairid=entry["pairid"], reference=entry["reference"], caption=entry["caption"],
-                   target=entry["target"], edit=entry["edit"], extras={"novel": bool(entry["novel"])})
+                   target=entry["target"], edit=entry["edit"], extras={"novel": entry["novel"]})
+
+
+def _check_unique(values: list, what: str, path: Path) -> None:
+    """ValueError naming the values listed more than once (a repeat would change the metrics)."""
+    repeated = sorted(str(value) for value, count in Counter(values).items() if count > 1)
+    if repeated:
+        raise ValueError(f"{path}: {what} must be unique; {len(repeated)} appear more than once "
+                         f"({', '.join(repeated[:5])})")
 
 
 def read_shapes_split(data_dir: str | Path, split: str, with_region_labels: bool = False,
@@ -319,7 +340,11 @@ def read_shapes_split(data_dir: str | Path, split: str, with_region_labels: bool
         raise ValueError(f"{split_path}: expected a list of triplets")
     if not isinstance(gallery, list) or not all(isinstance(image_id, str) for image_id in gallery):
         raise ValueError(f"{gallery_path}: expected a list of image ids")
+    _check_unique(gallery, "image ids", gallery_path)
     triplets = [_triplet(entry, index, split_path) for index, entry in enumerate(entries)]
+    if not triplets:
+        raise ValueError(f"{split_path} holds no queries")
+    _check_unique([t.pairid for t in triplets], "pairids", split_path)
     in_gallery = set(gallery)
     outside = sorted({image_id for t in triplets for image_id in (t.reference, t.target) if image_id not in in_gallery})
     if outside:

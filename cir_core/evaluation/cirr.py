@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,11 +108,23 @@ def _ranked_names(scores: torch.Tensor, gallery: list[str], top: int) -> list[li
     return [[gallery[c] for c, k in zip(row.tolist(), kept.tolist()) if k] for row, kept in zip(order, keep)]
 
 
+def submission_pairids(split: TripletSplit) -> list[str]:
+    """The queries' pairids as the server keys them; ValueError for no queries or a repeated pairid
+    (the files map pairid -> ranking, so a repeated one would silently drop a query)."""
+    pairids = [str(int(t.pairid)) for t in split.triplets]
+    if not pairids:
+        raise ValueError(f"{split.name} has no queries; there is nothing to submit")
+    repeated = sorted(pairid for pairid, count in Counter(pairids).items() if count > 1)
+    if repeated:
+        raise ValueError(f"{split.name}: pairids must be unique; {', '.join(repeated[:5])} appear more than once")
+    return pairids
+
+
 def cirr_predictions(scores: torch.Tensor, split: TripletSplit, top: int = SUBMISSION_TOP,
                      subset_top: int = SUBSET_SUBMISSION_TOP) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """pairid -> top image names on the global ranking and on the subset ranking (reference excluded)."""
+    pairids = submission_pairids(split)
     ranked = exclude(scores, reference_columns(split))
-    pairids = [str(int(t.pairid)) for t in split.triplets]
     global_names = _ranked_names(ranked, split.gallery, top)
     subset_names = _ranked_names(keep_only(ranked, subset_mask(split)), split.gallery, subset_top)
     for pairid, names, subset in zip(pairids, global_names, subset_names):
@@ -141,6 +154,7 @@ def write_cirr_submission(model: SPRCModel | None, split: TripletSplit, out_dir:
     """Rank every query of `split` (normally cirr/test1) and write the evaluation server's two files."""
     if not name or any(c in name for c in "/\\"):
         raise ValueError(f"submission name {name!r} must be a non-empty file-name part without slashes")
+    submission_pairids(split)  # before the (slow) encoding
     scores = split_scores(model, split, features, batch_size, progress, cache_reference_features, num_workers)
     recall, recall_subset = cirr_predictions(scores, split)
     submission = write_submission_files(recall, recall_subset, out_dir, name)

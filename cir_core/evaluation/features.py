@@ -73,6 +73,8 @@ class RetrievalFeatures:
         try:
             if path.suffix == ".pt":
                 data = torch.load(path, map_location="cpu", weights_only=True)
+                if not isinstance(data, dict):
+                    raise ValueError(f"it holds a {type(data).__name__}, not a dict")
                 fields = {key: data[key] for key in ("split", "gallery_ids", "gallery_targets", "pairids", "queries")}
             elif path.suffix == ".npz":
                 with np.load(path, allow_pickle=False) as data:
@@ -83,6 +85,12 @@ class RetrievalFeatures:
                 raise ValueError(f"feature file {path} must end in {' or '.join(FEATURE_FILE_SUFFIXES)}")
         except (KeyError, OSError, RuntimeError, ValueError, pickle.UnpicklingError) as error:
             raise ValueError(f"{path} is not a feature file written by RetrievalFeatures.save ({error})") from error
+        kinds = {"split": str, "gallery_ids": list, "gallery_targets": torch.Tensor, "pairids": list,
+                 "queries": torch.Tensor}
+        wrong = [key for key, kind in kinds.items() if not isinstance(fields[key], kind)]
+        if wrong:
+            raise ValueError(f"{path} is not a feature file written by RetrievalFeatures.save "
+                             f"({wrong[0]} is a {type(fields[wrong[0]]).__name__})")
         features = cls(**fields)
         if features.gallery_targets.dim() != 3 or features.gallery_targets.shape[0] != len(features.gallery_ids):
             raise ValueError(f"{path}: gallery_targets shape {tuple(features.gallery_targets.shape)} does not fit "
