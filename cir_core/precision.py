@@ -13,10 +13,15 @@ is approximated and rankings can differ from full precision only where scores ne
 - "int8": a copy whose linear layers hold int8 weights and quantize their inputs on the
   fly (torch's dynamic quantization, x86 kernels); layer norms, embeddings and the
   patch convolution stay fp32.
-- "auto" (galleries only): bf16 where the device computes it natively (a CPU with bf16
-  units, a GPU that supports it), else fp32. Training's "auto" (`train_autocast_dtype`)
-  decides the same way: on a CPU without bf16 units, bf16 autocast is emulated and slower
-  than fp32 (a shapes-mini training step took 12-14 s against 3.1 s in fp32 on such a CPU).
+- "auto" for galleries: bf16 where the device computes it natively (a CPU with bf16
+  units, a GPU that supports it), else fp32.
+- "auto" for queries: int8 on a CPU for a model with a large vision encoder (ViT-g: an
+  uploaded reference costs seconds in fp32, see docs/performance.md), else the model
+  itself (fp32 on a CPU; on a GPU the model is already fp16, `cir_core.device`).
+
+Training's "auto" (`train_autocast_dtype`) decides as galleries' "auto" does: on a CPU
+without bf16 units, bf16 autocast is emulated and slower than fp32 (a shapes-mini training
+step took 12-14 s against 3.1 s in fp32 on such a CPU).
 """
 from __future__ import annotations
 
@@ -28,9 +33,12 @@ import torch
 
 from cir_core.model import SPRCModel
 
-QUERY_PRECISIONS = ("fp32", "bf16", "int8")
+QUERY_PRECISIONS = ("auto", "fp32", "bf16", "int8")
 GALLERY_PRECISIONS = ("auto", "fp32", "bf16", "int8")
 TRAIN_PRECISIONS = ("auto", "bf16", "fp32")
+# Query "auto" turns int8 on for vision encoders at least this large: ViT-g (1.0 B) is, the
+# shapes presets' encoders (under 10 M parameters, whose fp32 queries take tens of ms) are not.
+LARGE_VISION_ENCODER = 100_000_000
 
 
 def has_native_bf16(device: torch.device | str) -> bool:
@@ -58,9 +66,18 @@ def check_gallery_precision(precision: str) -> str:
     return _check(precision, GALLERY_PRECISIONS, "gallery")
 
 
+def resolve_query_precision(model: SPRCModel, precision: str) -> str:
+    """The concrete query precision ("fp32", "bf16" or "int8") that `precision` means for `model`."""
+    check_query_precision(precision)
+    if precision != "auto":
+        return precision
+    large = sum(p.numel() for p in model.vision_model.parameters()) >= LARGE_VISION_ENCODER
+    return "int8" if large and model.device.type == "cpu" else "fp32"
+
+
 def query_model(model: SPRCModel, precision: str) -> SPRCModel:
     """`model` itself for fp32, else an eval-mode copy in `precision` (the original is untouched)."""
-    check_query_precision(precision)
+    precision = resolve_query_precision(model, precision)
     if precision == "fp32":
         return model
     if precision == "bf16":
@@ -104,14 +121,22 @@ def gallery_encoder(model: SPRCModel, precision: str):
 
 def int8_copy(model: SPRCModel, per_row: bool = True) -> SPRCModel:
     """An eval-mode copy whose linear layers hold int8 weights (torch's dynamic quantization),
-    with one scale per output row (`per_row`, what the project uses) or one per matrix."""
+    with one scale per output row (`per_row`, what the project uses) or one per matrix.
+
+    The copy reads the original's fp32 layer norms, embeddings and other non-linear weights
+    (shared, not duplicated), so it costs only its int8 weights in memory."""
     if model.device.type != "cpu":  # torch's dynamically quantized layers run on the CPU only
         raise ValueError(f"int8 encoding is a CPU speed-up; the model is on {model.device}")
     try:
         from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
     except ImportError as error:  # pragma: no cover - depends on the installed torch
         raise ValueError(f"int8 encoding needs torch's dynamic quantization ({error})") from None
-    fp32 = copy.deepcopy(model).float().eval()
+    # The copy shares the original's fp32 tensors instead of duplicating them: quantization
+    # replaces every linear layer anyway, and the layer norms and embeddings are only read.
+    # A full copy first would need twice the model's memory at once (9.4 GB for ViT-g).
+    shared = {id(tensor): tensor for tensor in [*model.parameters(), *model.buffers()]
+              if tensor.dtype == torch.float32}
+    fp32 = copy.deepcopy(model, shared).float().eval()
     with warnings.catch_warnings():
         # torch marks its eager quantization API as deprecated in favour of torchao; it is
         # present and supported in the torch this project pins.
@@ -120,4 +145,4 @@ def int8_copy(model: SPRCModel, per_row: bool = True) -> SPRCModel:
         # One scale per output row: int8 queries of a shapes checkpoint with fp32 test R@1 87.25
         # gave 86.3 this way and 84.45 with one scale per matrix (`cir eval shapes --query-precision int8`).
         layers = {torch.nn.Linear: per_channel_dynamic_qconfig} if per_row else {torch.nn.Linear}
-        return quantize_dynamic(fp32, layers, dtype=torch.qint8)
+        return quantize_dynamic(fp32, layers, dtype=torch.qint8, inplace=True)

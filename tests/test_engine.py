@@ -428,7 +428,7 @@ def test_gallery_precision_names_its_own_cached_index(checkpoint, shapes_dir, ca
 
 
 def test_unknown_query_precision_is_refused(checkpoint, shapes_dir, cache_root):
-    with pytest.raises(ValueError, match="query precision must be one of fp32, bf16, int8, got 'int4'"):
+    with pytest.raises(ValueError, match="query precision must be one of auto, fp32, bf16, int8, got 'int4'"):
         tiny_engine(checkpoint, shapes_dir, cache_root, query_precision="int4")
 
 
