@@ -12,9 +12,11 @@ are built once per model, dataset and split and cached under ~/.cache/cir ($CIR_
 Environment (flags win): CIR_MODEL, CIR_DATASET, CIR_DATA_ROOT, CIR_SPLIT, CIR_CATEGORY,
 CIR_GALLERY, CIR_INDEX, GRADIO_SERVER_NAME (default 127.0.0.1), GRADIO_SERVER_PORT
 (default 7860), CIR_PREPARE_FAILURES=0 (do not rank the benchmark queries for the failure
-view in the background at start), CIR_QUERY_PRECISION=bf16 or int8 (encode searches
-without explanations with a reduced-precision copy of the model: faster on a CPU,
-rankings can differ from fp32 where scores nearly tie; default fp32),
+view in the background at start), CIR_DEVICE=auto, cpu or cuda (--device; auto, the
+default, is CUDA when available, where the model runs in fp16), CIR_QUERY_PRECISION=fp32,
+bf16 or int8 (encode searches without explanations with a reduced-precision copy of the
+model: faster on a CPU, rankings can differ from fp32 where scores nearly tie; the
+default, auto, is int8 for a ViT-g model on a CPU and fp32 otherwise),
 CIR_GALLERY_PRECISION=fp32, bf16, int8 or auto (how a gallery is indexed on first start;
 auto, the default, is bf16 on a CPU with bf16 units; int8 is the fastest). Models are
 `local-dir:PATH` or `hf-hub:org/name` URIs. The default is the embedded shapes-mini model
@@ -54,6 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="FashionIQ category: dress, shirt or toptee (default: all three in one gallery)")
     parser.add_argument("--gallery", default=env("CIR_GALLERY"), help="a plain folder of images (no ground truth)")
     parser.add_argument("--index", default=env("CIR_INDEX"), help="gallery index folder (cir build-index)")
+    parser.add_argument("--device", default=env("CIR_DEVICE", "auto"),
+                        help="auto (CUDA when available), cpu or cuda (refused without CUDA)")
     return parser.parse_args(argv)
 
 
@@ -117,13 +121,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         prepare_failures = _setting("CIR_PREPARE_FAILURES", "1", ("0", "1"))
-        query_precision = _setting("CIR_QUERY_PRECISION", "fp32", QUERY_PRECISIONS)
+        query_precision = _setting("CIR_QUERY_PRECISION", "auto", QUERY_PRECISIONS)
         gallery_precision = _setting("CIR_GALLERY_PRECISION", "auto", GALLERY_PRECISIONS)
         port = server_port()
         source = benchmark_source(args)
         gallery = args.gallery if source is None else None
         engine = Engine.from_uris(args.model, index_dir=args.index, gallery_data=gallery, source=source,
-                                  query_precision=query_precision, gallery_precision=gallery_precision)
+                                  query_precision=query_precision, gallery_precision=gallery_precision,
+                                  device=args.device)
     except (StartError, CheckpointError, FileNotFoundError, ValueError) as error:
         hint = ("\nThe default model is missing: train it into checkpoints/shapes-mini (see README), "
                 "or point CIR_MODEL / --model at another checkpoint."

@@ -167,7 +167,13 @@ def load_model(uri: str | Path, device: str | torch.device = "cpu") -> SPRCModel
 
 
 def weights_fingerprint(model: SPRCModel) -> str:
-    """A short hash of the weights (and config), to tie an index to the model that built it."""
+    """A short hash of the weights (and config), to tie an index to the model that built it.
+
+    A model whose weights were halved for a GPU (`cir_core.device.place_model`) answers with
+    the fingerprint of its full-precision weights, taken before."""
+    recorded = getattr(model, "source_fingerprint", None)
+    if recorded is not None:
+        return recorded
     digest = hashlib.sha256(model.config.to_json().encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())

@@ -35,6 +35,7 @@ from PIL import Image, UnidentifiedImageError
 from threadpoolctl import threadpool_limits
 
 from cir_core.checkpoints import load_model, weights_fingerprint
+from cir_core.device import describe_placement, place_model, resolve_device
 from cir_core.config import QUERY_MODE_DESCRIPTIONS
 from cir_core.explain import Explanation, RelevanceMap, Vocabulary, attention_maps, result_relevance
 from cir_core.index import GalleryIndex, GalleryIndexError
@@ -42,7 +43,13 @@ from cir_core.data.sources import BenchmarkSource
 from cir_core.evaluation.metrics import recall_at_k
 from cir_core.index_build import GalleryItem, items_from_images
 from cir_core.model import SPRCModel
-from cir_core.precision import check_gallery_precision, check_query_precision, query_model, resolve_gallery_precision
+from cir_core.precision import (
+    check_gallery_precision,
+    check_query_precision,
+    query_model,
+    resolve_gallery_precision,
+    resolve_query_precision,
+)
 from cir_core.text import TextBatch, clean_caption
 from cir_core.transforms import ImageTransform, to_rgb
 
@@ -315,7 +322,7 @@ class Engine:
 
     def __init__(self, model: SPRCModel, index: GalleryIndex, source: BenchmarkSource | None = None,
                  feature_cache_size: int = 256, num_threads: int = 1, cache_dir: str | Path | None = None,
-                 query_precision: str = "fp32"):
+                 query_precision: str = "auto"):
         """`index` was built with `model`; `source`, a labelled benchmark split, provides the queries
         for examples, ground truth and failure inspection (None: a plain gallery).
 
@@ -327,7 +334,8 @@ class Engine:
         reference's vision encoder and both Q-Former passes) on a reduced-precision copy of
         the model (`cir_core.precision`): faster on a CPU, with query vectors close to
         fp32's, so rankings can differ from fp32 where scores nearly tie. Explanations
-        always use the fp32 model.
+        always use the fp32 model. "auto" is int8 for a large vision encoder on a CPU (ViT-g),
+        else the model itself (`cir_core.precision.resolve_query_precision`).
         """
         check_query_precision(query_precision)
         limit_threads(num_threads)
@@ -347,14 +355,14 @@ class Engine:
         self._ranks: list[FailureCase] | None = None  # every benchmark query's rank, failures or not
         self._ranks_lock = threading.Lock()
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
-        self.query_precision = query_precision
-        self._query_model = query_model(model, query_precision)
+        self.query_precision = resolve_query_precision(model, query_precision)
+        self._query_model = query_model(model, self.query_precision)
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_uris(cls, model_uri: str, index_dir: str | Path | None = None, gallery_data: str | Path | None = None,
                   source: BenchmarkSource | None = None, cache_root: str | Path | None = None, progress: bool = True,
-                  num_threads: int = 1, gallery_precision: str = "auto", **kwargs) -> Engine:
+                  num_threads: int = 1, gallery_precision: str = "auto", device: str = "auto", **kwargs) -> Engine:
         """Load a model from a URI and its gallery index.
 
         With `index_dir`, that index is loaded (refused if another model built it).
@@ -363,12 +371,15 @@ class Engine:
         `cache_root` (default ~/.cache/cir, or $CIR_CACHE), keyed by the model's weights
         fingerprint, the gallery and `gallery_precision` (how its images are encoded).
         `source` also provides the benchmark queries (examples, ground truth, failures).
+        `device` is "auto" (CUDA when available), "cpu" or "cuda" (refused without CUDA); on
+        CUDA the model runs in fp16 (`cir_core.device.place_model`).
         """
         check_gallery_precision(gallery_precision)
+        device = resolve_device(device)  # refuses cuda without CUDA before the (slow) model load
         if index_dir is None and source is None and gallery_data is None:
             raise ValueError("no gallery: give an index folder, a benchmark source or a folder of images")
         limit_threads(num_threads)  # the gallery build below too
-        model = load_model(model_uri)
+        model = place_model(load_model(model_uri), device)
         cache_root = Path(cache_root) if cache_root is not None else DEFAULT_CACHE_ROOT
         if index_dir is not None:
             index = GalleryIndex.load(index_dir, model=model)
@@ -389,11 +400,14 @@ class Engine:
         return list(self.index.ids)
 
     def summary(self) -> str:
-        """One line for people: the model, the gallery and the precision each side is encoded in."""
+        """One line for people: the model, where it runs, the gallery and the precision each side is encoded in."""
         precision = self.index.info.get("precision")  # absent from indexes built before it was recorded
-        encoded = f" (encoded in {precision})" if precision else ""
-        return (f"Model {self.model.config.name}, gallery of {len(self.index.ids)} images{encoded}, "
-                f"queries encoded in {self.query_precision}")
+        details = [f"encoded in {precision}"] if precision else []
+        if self.index.has_vision_features:
+            details.append("vision features stored")
+        encoded = f" ({', '.join(details)})" if details else ""
+        return (f"Model {self.model.config.name} {describe_placement(self.model)}, gallery of "
+                f"{len(self.index.ids)} images{encoded}, queries encoded in {self.query_precision}")
 
     def gallery_path(self, image_id: str) -> str:
         return str(self.index.paths[self._row(image_id)])
@@ -577,7 +591,8 @@ class Engine:
         """(gallery id or None, vision features (1, T, W), the RGB image when asked for).
 
         An uploaded image goes through `model`'s vision encoder (default: the fp32 model);
-        gallery images come from the feature cache, filled by the fp32 model.
+        gallery images come from the index's stored vision features when it has them, else
+        from the feature cache, filled by the fp32 model.
         """
         if image is None:
             raise QueryError("no reference image: upload one or pick one from the gallery")
@@ -594,11 +609,14 @@ class Engine:
         return None, features, rgb if keep_image else None
 
     def _gallery_features(self, image_id: str, remember: bool = True) -> torch.Tensor:
-        """(1, T, W) vision features of a gallery image, from the LRU cache when possible.
+        """(1, T, W) vision features of a gallery image: stored in the index, else from the LRU cache when possible.
 
         `remember=False` (ranking a whole benchmark) leaves the cache to the users' queries.
         """
-        self._row(image_id)
+        row = self._row(image_id)
+        stored = self.index.vision_features(row)  # (1, T, W) fp16 or None
+        if stored is not None:  # a read from disk (under a millisecond), so not worth the cache's memory
+            return torch.from_numpy(stored).to(self.model.device, dtype=self.model.query_tokens.dtype)
         with self._lock:
             features = self._feature_cache.get(image_id)
             if features is not None:

@@ -145,12 +145,14 @@ def result_relevance(model: SPRCModel, query: torch.Tensor, target_features: tor
         # records them per call (context-local), whereas hooks on the shared model would also
         # catch concurrent requests. A test checks the score against model.score.
         queries = model.query_tokens.expand(1, -1, -1)
-        output = model.qformer(query_embeds=queries, query_length=model.num_query_tokens,
-                               encoder_hidden_states=features, output_attentions=True)
-        attentions = tuple(output.cross_attentions or ())
-        if not attentions:
-            raise ValueError("the model returned no cross-attentions (relevance maps need attn_implementation='eager')")
-        targets = F.normalize(model.vision_projection(output.last_hidden_state), dim=-1)  # (1, Q, D)
+        with model.autocast():
+            output = model.qformer(query_embeds=queries, query_length=model.num_query_tokens,
+                                   encoder_hidden_states=features, output_attentions=True)
+            attentions = tuple(output.cross_attentions or ())
+            if not attentions:
+                raise ValueError("the model returned no cross-attentions "
+                                 "(relevance maps need attn_implementation='eager')")
+            targets = F.normalize(model.vision_projection(output.last_hidden_state), dim=-1)  # (1, Q, D)
         score = model.score(query.detach().clone().to(targets.device, targets.dtype).view(1, -1), targets)[0, 0]
         gradients = torch.autograd.grad(score, attentions)
     cams = [(grad[0] * attn[0].detach()).clamp(min=0).mean(dim=0).sum(dim=0)  # (T,): heads averaged, queries summed

@@ -13,6 +13,8 @@ see `index_store` for the folder layout) and answers:
 - `score_all(query)`: the exact score of every image (e.g. to rank a ground truth that is
   outside the top k).
 - `vectors(rows)`: the stored (n, Q, D) vectors.
+- `vision_features(row)`: the image's stored (1, T, W) fp16 vision features, or None when
+  the index was built without them (`store_vision_features`).
 
 `GalleryIndex.build` encodes images with a model (resumably, see `index_build`) and
 `GalleryIndex.load` refuses folders built by another model or damaged since.
@@ -41,6 +43,7 @@ from cir_core.index_store import (
     INFO_FILE,
     METADATA_FILE,
     STORE_FILE,
+    VISION_FILE,
     GalleryIndexError,
     IndexParams,
     StoreReader,
@@ -105,6 +108,14 @@ class GalleryIndex:
         if self._store.shape != expected:
             raise GalleryIndexError(f"index {folder} is damaged: vectors have shape {self._store.shape}, "
                                     f"info.json says {expected}")
+        # Read row by row like the fp16 store (not memory-mapped: mapped rows would stay
+        # resident in this process, up to the whole file, 1.6 GB for CIRR val with ViT-g).
+        self._vision = StoreReader(folder / VISION_FILE) if VISION_FILE in info["files"] else None
+        if self._vision is not None and (list(self._vision.shape) != info.get("vision_features", {}).get("shape")
+                                         or self._vision.shape[0] != self.count):
+            raise GalleryIndexError(f"index {folder} is damaged: {VISION_FILE} has shape {self._vision.shape}, "
+                                    f"info.json says {info.get('vision_features', {}).get('shape')} "
+                                    f"for {self.count} images")
 
     def set_search_params(self, nprobe: int | None = None, candidates: int | None = None) -> None:
         """Search-time settings of an approximate index (in memory; the folder is not changed).
@@ -124,17 +135,19 @@ class GalleryIndex:
     @classmethod
     def build(cls, model, items: list[GalleryItem], out_dir: str | Path, batch_size: int = 64, progress: bool = True,
               resume: bool = True, model_id: str | None = None, kind: str = "flat",
-              params: IndexParams | None = None, precision: str = "fp32") -> GalleryIndex:
+              params: IndexParams | None = None, precision: str = "fp32",
+              store_vision_features: bool = False) -> GalleryIndex:
         """Encode `items` with `model` and write an index folder at `out_dir` (see `index_build`).
 
         `params` overrides `kind` and tunes the approximate kinds; `precision` is how the
-        images are encoded (`cir_core.precision.GALLERY_PRECISIONS`). The returned index
-        carries the build report (`.report`: indexed and skipped images).
+        images are encoded (`cir_core.precision.GALLERY_PRECISIONS`); `store_vision_features`
+        keeps each image's vision features (fp16) for queries whose reference is a gallery
+        image. The returned index carries the build report (`.report`: indexed and skipped images).
         """
         params = params or IndexParams(kind=kind)
         fingerprint = build_gallery_index(model, items, Path(out_dir), params, batch_size=batch_size,
                                           progress=progress, resume=resume, model_id=model_id,
-                                          precision=precision)
+                                          precision=precision, store_vision_features=store_vision_features)
         return cls.load(out_dir, expected_fingerprint=fingerprint, verify=False)
 
     @classmethod
@@ -162,6 +175,8 @@ class GalleryIndex:
                 f"{info.get('fingerprint')}, but this model's fingerprint is {expected_fingerprint}; "
                 "rebuild the index with this model (cir build-index)")
         _check_files(folder, info["files"], verify)
+        if model is not None:
+            _check_vision_shape(folder, info, model)
         return cls(folder, info)
 
     # ------------------------------------------------------------------ metadata
@@ -221,6 +236,19 @@ class GalleryIndex:
         return rows[image_id]
 
     # ------------------------------------------------------------------ vectors and scores
+    @property
+    def has_vision_features(self) -> bool:
+        """Whether the index stores each image's vision features (`store_vision_features`)."""
+        return self._vision is not None
+
+    def vision_features(self, row: int) -> np.ndarray | None:
+        """(1, T, W) fp16 vision features of an image row as the build stored them; None without them."""
+        if self._vision is None:
+            return None
+        if not 0 <= row < self.count:
+            raise IndexError(f"image row must be in [0, {self.count}), got {row}")
+        return self._vision[[row]]
+
     def vectors(self, rows: int | Iterable[int]) -> np.ndarray:
         """(n, Q, D) float32 stored vectors of the given image rows (one row: (1, Q, D))."""
         return torch.from_numpy(self._gather(rows)).float().numpy()
@@ -391,6 +419,19 @@ def _read_info(folder: Path) -> dict[str, Any]:
     if unlisted:
         raise GalleryIndexError(f"index {folder} is damaged: {INFO_FILE} lists no checksum for {unlisted}")
     return info
+
+
+def _check_vision_shape(folder: Path, info: dict[str, Any], model) -> None:
+    """Stored vision features must be the (T, W) tokens this model's Q-Former reads."""
+    stored = info.get("vision_features")
+    if stored is None:
+        return
+    vision = model.config.vision
+    expected = [(vision.image_size // vision.patch_size) ** 2 + 1, vision.hidden_size]
+    if list(stored.get("shape", [])[1:]) != expected:
+        raise GalleryIndexError(f"index {folder} stores vision features of shape (T, W) = "
+                                f"{tuple(stored.get('shape', [])[1:])}, but model {model.config.name!r} reads "
+                                f"{tuple(expected)}; rebuild the index with this model")
 
 
 def _check_files(folder: Path, files: dict[str, dict[str, Any]], verify: bool) -> None:

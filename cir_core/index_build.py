@@ -40,6 +40,7 @@ _MANIFEST = "manifest.json"
 # Errors PIL raises for files that are not (complete, sane) images.
 _UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 _SKIPS_LOGGED = 20
+_VISION_SUFFIX = ".vision.npy"
 
 
 @dataclass
@@ -102,11 +103,14 @@ def items_from_images(folder: str | Path) -> list[GalleryItem]:
 # ------------------------------------------------------------------------------------------- build
 def build_gallery_index(model, items: list[GalleryItem], out_dir: Path, params: IndexParams, batch_size: int = 64,
                         progress: bool = True, resume: bool = True, model_id: str | None = None,
-                        precision: str = "fp32") -> str:
+                        precision: str = "fp32", store_vision_features: bool = False) -> str:
     """Encode `items` with `model` and write the index folder; returns the model's weights fingerprint.
 
     `precision` (`cir_core.precision.GALLERY_PRECISIONS`) is how the images are encoded;
     the index records it, and a resumed build only reuses batches encoded the same way.
+    `store_vision_features` also keeps each image's vision-encoder output (T x W, fp16:
+    724 KB per image for ViT-g), so that an engine answering a query whose reference is a
+    gallery image reads it instead of running the vision encoder.
     """
     from cir_core.checkpoints import weights_fingerprint
     from cir_core.precision import gallery_encoder, resolve_gallery_precision
@@ -124,12 +128,13 @@ def build_gallery_index(model, items: list[GalleryItem], out_dir: Path, params: 
     fingerprint = weights_fingerprint(model)
     precision = resolve_gallery_precision(model, precision)
     manifest = {"version": WORK_VERSION, "fingerprint": fingerprint, "items": _items_digest(items),
-                "batch_size": batch_size, "dtype": np.dtype(dtype).name, "shape": [q, d], "precision": precision}
+                "batch_size": batch_size, "dtype": np.dtype(dtype).name, "shape": [q, d], "precision": precision,
+                "vision_features": store_vision_features}
     work = out_dir.parent / f".{out_dir.name}.work"
     resumed = _prepare_work_folder(work, manifest, resume)
     batches = [items[start:start + batch_size] for start in range(0, len(items), batch_size)]
     with gallery_encoder(model, precision) as encoder:
-        _encode_missing(encoder, batches, work, dtype, progress)
+        _encode_missing(encoder, batches, work, dtype, progress, store_vision_features)
 
     skipped: list[SkippedImage] = []
     records: list[dict[str, Any]] = []
@@ -151,7 +156,8 @@ def build_gallery_index(model, items: list[GalleryItem], out_dir: Path, params: 
     contents = IndexContents(records=records, num_query_tokens=q, dim=d, info=info)
     report.seconds = round(time.perf_counter() - started, 3)
     contents.info["build"] = report.to_dict()
-    write_index(out_dir, _stored_chunks(work, len(batches)), contents, params, progress=progress)
+    vision = _stored_chunks(work, len(batches), _VISION_SUFFIX) if store_vision_features else None
+    write_index(out_dir, _stored_chunks(work, len(batches)), contents, params, progress=progress, vision_chunks=vision)
     shutil.rmtree(work, ignore_errors=True)
     logger.info("indexed %d images (%d skipped, %d batches resumed) in %.1fs", report.indexed,
                 report.skipped_count, resumed, time.perf_counter() - started)
@@ -196,7 +202,8 @@ def _prepare_work_folder(work: Path, manifest: dict[str, Any], resume: bool) -> 
     return 0
 
 
-def _encode_missing(model, batches: list[list[GalleryItem]], work: Path, dtype, progress: bool) -> None:
+def _encode_missing(model, batches: list[list[GalleryItem]], work: Path, dtype, progress: bool,
+                    store_vision_features: bool = False) -> None:
     transform = ImageTransform(model.config.preprocess)
     pending = [number for number in range(len(batches)) if not (work / f"{_batch_name(number)}.json").is_file()]
     total = sum(len(batch) for batch in batches)
@@ -209,11 +216,19 @@ def _encode_missing(model, batches: list[list[GalleryItem]], work: Path, dtype, 
             pixels, kept, sizes, skipped = upcoming.result()
             if position + 1 < len(pending):
                 upcoming = reader.submit(_read_batch, batches[pending[position + 1]], transform)
-            if pixels:
+            name = _batch_name(number)
+            features = None
+            if pixels and store_vision_features:
+                vectors, features = _encode_batch_with_features(model, torch.stack(pixels))
+                vectors = vectors.astype(dtype)
+            elif pixels:
                 vectors = _encode_batch(model, torch.stack(pixels)).astype(dtype)
             else:
                 vectors = np.zeros((0, model.config.qformer.num_query_tokens, model.config.embed_dim), dtype=dtype)
-            name = _batch_name(number)
+            if features is not None:
+                with open(work / f"{name}{_VISION_SUFFIX}.tmp", "wb") as handle:
+                    np.save(handle, features)
+                os.replace(work / f"{name}{_VISION_SUFFIX}.tmp", work / f"{name}{_VISION_SUFFIX}")
             with open(work / f"{name}.npy.tmp", "wb") as handle:
                 np.save(handle, vectors)
             os.replace(work / f"{name}.npy.tmp", work / f"{name}.npy")
@@ -249,9 +264,19 @@ def _encode_batch(model, pixels: torch.Tensor) -> np.ndarray:
     return model.encode_target(pixels.to(model.device)).float().cpu().numpy()
 
 
-def _stored_chunks(work: Path, count: int) -> Iterator[np.ndarray]:
+def _encode_batch_with_features(model, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(B, 3, S, S) pixels -> (B, Q, D) float32 target vectors and (B, T, W) fp16 vision features."""
+    encoding = model.encode_images(pixels.to(model.device))
+    return (encoding.targets.float().cpu().numpy(),
+            encoding.vision_features.to(torch.float16).cpu().numpy())
+
+
+def _stored_chunks(work: Path, count: int, suffix: str = ".npy") -> Iterator[np.ndarray]:
     for number in range(count):
-        vectors = np.load(work / f"{_batch_name(number)}.npy")
+        path = work / f"{_batch_name(number)}{suffix}"
+        if not path.is_file():  # a batch without a readable image stores no vision features
+            continue
+        vectors = np.load(path)
         if len(vectors):
             yield vectors
 

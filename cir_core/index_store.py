@@ -11,6 +11,9 @@ An index folder holds:
     vectors_fp16.npy   kinds "ivfpq"/"hnsw": the (N, Q, D) target vectors in fp16 (a .npy file),
                        read row by row at search time to re-score candidates exactly
     coarse.faiss       kinds "ivfpq"/"hnsw": an approximate faiss index over the same N*Q vectors
+    vision_fp16.npy    optional (`--store-vision-features`): the (N, T, W) vision-encoder output
+                       of every image in fp16, so that a gallery image used as a query reference
+                       skips the vision encoder; info.json "vision_features" gives its shape
 
 Vector row r (in vectors.faiss and coarse.faiss) belongs to image row r // Q; vector
 r % Q of that image. The folder is written into a staging folder beside the destination
@@ -32,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -45,6 +47,7 @@ METADATA_FILE = "metadata.jsonl"
 FLAT_FILE = "vectors.faiss"
 STORE_FILE = "vectors_fp16.npy"
 COARSE_FILE = "coarse.faiss"
+VISION_FILE = "vision_fp16.npy"
 KINDS = ("flat", "ivfpq", "hnsw")
 LAYOUT = "vector row r belongs to image row r // Q"
 # An IVF-PQ index trains k-means codebooks; below this many vectors they cannot be trained.
@@ -229,10 +232,12 @@ class IndexContents:
 
 
 def write_index(out_dir: str | Path, chunks: Iterable[np.ndarray], contents: IndexContents,
-                params: IndexParams, progress: bool = True) -> Path:
+                params: IndexParams, progress: bool = True,
+                vision_chunks: Iterable[np.ndarray] | None = None) -> Path:
     """Write an index folder atomically from (n, Q, D) vector chunks in row order.
 
-    The chunks must hold exactly len(contents.records) images in total.
+    The chunks must hold exactly len(contents.records) images in total; so must
+    `vision_chunks`, (n, T, W) vision features stored in fp16 when given.
     """
     params.validate()
     out_dir = Path(out_dir)
@@ -258,6 +263,16 @@ def write_index(out_dir: str | Path, chunks: Iterable[np.ndarray], contents: Ind
             files[STORE_FILE] = _write_store(staging / STORE_FILE, chunks, count, q, d, progress)
             files[COARSE_FILE] = _write_coarse(staging / COARSE_FILE, staging / STORE_FILE, resolved, progress)
         files[METADATA_FILE] = _write_metadata(staging / METADATA_FILE, contents.records)
+        extra = {}
+        if vision_chunks is not None:
+            vision_chunks = iter(vision_chunks)
+            first = next(vision_chunks, None)
+            if first is None or first.ndim != 3:
+                raise ValueError("vision features must come as (n, T, W) chunks")
+            tokens, width = first.shape[1:]
+            files[VISION_FILE] = _write_store(staging / VISION_FILE, _chain(first, vision_chunks), count,
+                                              tokens, width, progress, "vision features")
+            extra["vision_features"] = {"file": VISION_FILE, "shape": [count, tokens, width], "dtype": "float16"}
         info = {
             "format_version": FORMAT_VERSION,
             "kind": params.kind,
@@ -268,6 +283,7 @@ def write_index(out_dir: str | Path, chunks: Iterable[np.ndarray], contents: Ind
             "layout": LAYOUT,
             "params": dataclasses.asdict(resolved),
             "faiss_factory": resolved.factory(),
+            **extra,
             "files": files,
         }
         (staging / INFO_FILE).write_text(json.dumps(info, indent=2))
@@ -295,7 +311,14 @@ def _checked_chunks(chunks: Iterable[np.ndarray], count: int, q: int, d: int, pr
         raise ValueError(f"vectors for {seen} images but {count} images described")
 
 
+def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:
+    yield first
+    yield from rest
+
+
 def _write_flat(path: Path, chunks, count: int, q: int, d: int, progress: bool) -> dict[str, Any]:
+    import faiss
+
     index = faiss.IndexFlatIP(d)
     for chunk in _checked_chunks(chunks, count, q, d, progress, "flat index"):
         index.add(np.ascontiguousarray(chunk.reshape(-1, d), dtype=np.float32))
@@ -303,13 +326,14 @@ def _write_flat(path: Path, chunks, count: int, q: int, d: int, progress: bool) 
     return file_entry(path)
 
 
-def _write_store(path: Path, chunks, count: int, q: int, d: int, progress: bool) -> dict[str, Any]:
+def _write_store(path: Path, chunks, count: int, q: int, d: int, progress: bool,
+                 desc: str = "fp16 store") -> dict[str, Any]:
     writer = _HashingWriter(path)
     try:
         header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False,
                   "shape": (count, q, d)}
         np.lib.format.write_array_header_1_0(writer, header)
-        for chunk in _checked_chunks(chunks, count, q, d, progress, "fp16 store"):
+        for chunk in _checked_chunks(chunks, count, q, d, progress, desc):
             writer.write(np.ascontiguousarray(chunk, dtype=np.float16))
     finally:
         entry = writer.close()
@@ -317,6 +341,8 @@ def _write_store(path: Path, chunks, count: int, q: int, d: int, progress: bool)
 
 
 def _write_coarse(path: Path, store_path: Path, params: IndexParams, progress: bool) -> dict[str, Any]:
+    import faiss
+
     store = np.load(store_path, mmap_mode="r")
     count, q, d = store.shape
     total = count * q

@@ -13,6 +13,7 @@ Mechanism (see docs/sprc-reference.md in the shared docs):
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 from dataclasses import dataclass
@@ -117,6 +118,11 @@ class SPRCModel(nn.Module):
     weights load by name; SPRC adds `prompt_tokens` (the auxiliary prompt P') and `temp`.
     """
 
+    # Set by `cir_core.device.place_model` on a GPU, where linear and convolution weights are
+    # fp16: the building blocks then run under autocast in this dtype, so that layer norms,
+    # softmax and the residual stream stay in fp32 as in the official LAVIS code.
+    autocast_dtype: torch.dtype | None = None
+
     def __init__(self, config: SPRCConfig, tokenizer=None):
         super().__init__()
         config.validate()
@@ -155,6 +161,12 @@ class SPRCModel(nn.Module):
     def device(self) -> torch.device:
         return self.query_tokens.device
 
+    def autocast(self):
+        """The autocast context the model computes in (none unless `autocast_dtype` is set)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
     def set_attn_implementation(self, name: str) -> None:
         """"eager" is needed for attention maps; "sdpa" may be faster."""
         self.vision_model.set_attn_implementation(name)
@@ -182,7 +194,8 @@ class SPRCModel(nn.Module):
     def vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> (B, T, W): ViT then ln_vision."""
         vision_dtype = self.vision_model.embeddings.patch_embedding.weight.dtype
-        output = self.vision_model(pixel_values=pixel_values.to(self.device, dtype=vision_dtype))
+        with self.autocast():
+            output = self.vision_model(pixel_values=pixel_values.to(self.device, dtype=vision_dtype))
         features = output.last_hidden_state
         if self.readout_positions is not None:
             features = features + self.readout_positions.to(features.dtype)
@@ -192,9 +205,10 @@ class SPRCModel(nn.Module):
         """(B, T, W) -> (B, Q, D) L2-normalised: the Q-Former query pass over an image."""
         batch = vision_features.shape[0]
         queries = self.query_tokens.expand(batch, -1, -1)
-        hidden = self.qformer(query_embeds=queries, query_length=self.num_query_tokens,
-                              encoder_hidden_states=vision_features).last_hidden_state  # (B, Q, H)
-        return F.normalize(self.vision_projection(hidden), dim=-1)
+        with self.autocast():
+            hidden = self.qformer(query_embeds=queries, query_length=self.num_query_tokens,
+                                  encoder_hidden_states=vision_features).last_hidden_state  # (B, Q, H)
+            return F.normalize(self.vision_projection(hidden), dim=-1)
 
     def sentence_prompt(self, vision_features: torch.Tensor, text: TextBatch, output_attentions: bool = False):
         """Prompt pass: [queries ; caption] with image cross-attention -> P (B, Q, H) [, cross-attentions]."""
@@ -203,8 +217,9 @@ class SPRCModel(nn.Module):
         embeds = self.embeddings(input_ids=text.input_ids, query_embeds=queries)  # (B, Q+L, H)
         mask = torch.cat([torch.ones(batch, num_queries, dtype=text.attention_mask.dtype, device=self.device),
                           text.attention_mask], dim=1)
-        output = self.qformer(query_embeds=embeds, query_length=num_queries, attention_mask=mask,
-                              encoder_hidden_states=vision_features, output_attentions=output_attentions)
+        with self.autocast():
+            output = self.qformer(query_embeds=embeds, query_length=num_queries, attention_mask=mask,
+                                  encoder_hidden_states=vision_features, output_attentions=output_attentions)
         prompt = output.last_hidden_state[:, :num_queries]
         if output_attentions:
             return prompt, tuple(output.cross_attentions or ())
@@ -216,8 +231,9 @@ class SPRCModel(nn.Module):
         embeds = self.embeddings(input_ids=text.input_ids, query_embeds=prompt)  # (B, Q+L, H)
         mask = torch.cat([torch.ones(batch, num_prompt, dtype=text.attention_mask.dtype, device=self.device),
                           text.attention_mask], dim=1)
-        hidden = self.qformer(query_embeds=embeds, query_length=0, attention_mask=mask).last_hidden_state
-        return F.normalize(self.text_projection(hidden[:, num_prompt]), dim=-1)
+        with self.autocast():
+            hidden = self.qformer(query_embeds=embeds, query_length=0, attention_mask=mask).last_hidden_state
+            return F.normalize(self.text_projection(hidden[:, num_prompt]), dim=-1)
 
     def auxiliary_query(self, text: TextBatch) -> torch.Tensor:
         """[CLS ; P' ; caption words] with positions over the whole sequence -> (B, D)."""
@@ -230,8 +246,22 @@ class SPRCModel(nn.Module):
         mask = torch.cat([text.attention_mask[:, :1],
                           torch.ones(batch, prompt.shape[1], dtype=text.attention_mask.dtype, device=self.device),
                           text.attention_mask[:, 1:]], dim=1)
-        hidden = self.qformer(query_embeds=sequence, query_length=0, attention_mask=mask).last_hidden_state
-        return F.normalize(self.text_projection(hidden[:, 0]), dim=-1)
+        with self.autocast():
+            hidden = self.qformer(query_embeds=sequence, query_length=0, attention_mask=mask).last_hidden_state
+            return F.normalize(self.text_projection(hidden[:, 0]), dim=-1)
+
+    def text_vectors(self, text: TextBatch) -> torch.Tensor:
+        """Texts alone, [CLS ; words] without image or prompt -> (B, D) at [CLS]: BLIP-2's text side of
+        image-text contrast, in the space of the composed queries (the same projection)."""
+        with self.autocast():
+            hidden = self.qformer(query_embeds=self.embeddings(input_ids=text.input_ids), query_length=0,
+                                  attention_mask=text.attention_mask).last_hidden_state
+            return F.normalize(self.text_projection(hidden[:, 0]), dim=-1)
+
+    def prompt_vectors(self, prompt: torch.Tensor) -> torch.Tensor:
+        """The sentence prompt alone: the compose pass over [P ; empty caption] -> (B, D)."""
+        empty = self.tokenize([""] * prompt.shape[0])
+        return self.compose(prompt, empty)
 
     @staticmethod
     def score(query: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -289,16 +319,18 @@ class SPRCModel(nn.Module):
         embeds = self.embeddings(input_ids=text.input_ids, query_embeds=self.prompt_tokens.expand(batch, -1, -1))
         mask = torch.cat([torch.ones(batch, num_queries, dtype=text.attention_mask.dtype, device=self.device),
                           text.attention_mask], dim=1)
-        hidden = self.qformer(query_embeds=embeds, query_length=num_queries, attention_mask=mask,
-                              encoder_hidden_states=features).last_hidden_state
-        return F.normalize(self.text_projection(hidden[:, num_queries]), dim=-1)
+        with self.autocast():
+            hidden = self.qformer(query_embeds=embeds, query_length=num_queries, attention_mask=mask,
+                                  encoder_hidden_states=features).last_hidden_state
+            return F.normalize(self.text_projection(hidden[:, num_queries]), dim=-1)
 
     def pseudo_word_query(self, features: torch.Tensor, text: TextBatch) -> torch.Tensor:
         """Baseline: [CLS ; image pseudo-word ; caption words], no image cross-attention -> (B, D)."""
         batch = features.shape[0]
         queries = self.query_tokens.expand(batch, -1, -1)
-        image = self.qformer(query_embeds=queries, query_length=self.num_query_tokens,
-                             encoder_hidden_states=features).last_hidden_state.mean(dim=1)  # (B, H)
+        with self.autocast():
+            image = self.qformer(query_embeds=queries, query_length=self.num_query_tokens,
+                                 encoder_hidden_states=features).last_hidden_state.mean(dim=1)  # (B, H)
         words = self.embeddings.word_embeddings(text.input_ids)  # (B, L, H)
         pseudo = self.pseudo_word_projection(image).unsqueeze(1).to(words.dtype)
         sequence = torch.cat([words[:, :1], pseudo, words[:, 1:]], dim=1)
@@ -306,8 +338,9 @@ class SPRCModel(nn.Module):
         sequence = sequence + self.embeddings.position_embeddings(positions)[None]
         mask = torch.cat([text.attention_mask[:, :1], torch.ones_like(text.attention_mask[:, :1]),
                           text.attention_mask[:, 1:]], dim=1)
-        hidden = self.qformer(query_embeds=sequence, query_length=0, attention_mask=mask).last_hidden_state
-        return F.normalize(self.text_projection(hidden[:, 0]), dim=-1)
+        with self.autocast():
+            hidden = self.qformer(query_embeds=sequence, query_length=0, attention_mask=mask).last_hidden_state
+            return F.normalize(self.text_projection(hidden[:, 0]), dim=-1)
 
     # ------------------------------------------------------------------ training
     def forward(self, reference: torch.Tensor, captions: list[str] | TextBatch, target: torch.Tensor,

@@ -161,7 +161,7 @@ def test_app_reports_a_missing_default_model_clearly(tmp_path, monkeypatch, caps
 
 @pytest.mark.parametrize("name, value, message", [
     ("CIR_PREPARE_FAILURES", "yes", "CIR_PREPARE_FAILURES must be 0 or 1, got 'yes'"),
-    ("CIR_QUERY_PRECISION", "int4", "CIR_QUERY_PRECISION must be fp32, bf16 or int8, got 'int4'"),
+    ("CIR_QUERY_PRECISION", "int4", "CIR_QUERY_PRECISION must be auto, fp32, bf16 or int8, got 'int4'"),
     ("CIR_GALLERY_PRECISION", "fp16", "CIR_GALLERY_PRECISION must be auto, fp32, bf16 or int8, got 'fp16'"),
 ])
 def test_app_rejects_bad_settings_before_loading_anything(monkeypatch, capsys, name, value, message):
@@ -186,6 +186,22 @@ def test_app_passes_the_query_precision_to_the_engine(monkeypatch):
     assert app.main([]) == 2 and seen["query_precision"] == "int8" and seen["gallery_precision"] == "bf16"
     monkeypatch.delenv("CIR_GALLERY_PRECISION")
     assert app.main([]) == 2 and seen["gallery_precision"] == "auto"
+
+
+def test_app_refuses_cuda_without_cuda_before_loading_the_model(monkeypatch, capsys, tmp_path):
+    import torch
+
+    app = load_app_module()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr("cir_core.engine.load_model", lambda *a, **k: pytest.fail("must refuse before loading"))
+    assert app.main(["--index", str(tmp_path), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cannot start the app:") and "no CUDA device" in err and "\n" not in err
+    monkeypatch.setenv("CIR_DEVICE", "cuda")
+    assert app.parse_args([]).device == "cuda" and app.parse_args(["--device", "cpu"]).device == "cpu"
+    monkeypatch.setenv("CIR_DEVICE", "gpu")
+    assert app.main(["--index", str(tmp_path)]) == 2
+    assert "device must be one of auto, cpu, cuda" in capsys.readouterr().err
 
 
 def test_app_reads_model_index_and_gallery_from_env_and_flags(monkeypatch):

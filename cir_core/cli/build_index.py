@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from cir_core.cli import CommandError
+from cir_core.device import DEVICES
 from cir_core.precision import GALLERY_PRECISIONS
 
 
@@ -31,10 +32,14 @@ def register(subparsers) -> None:
     parser.add_argument("--candidates", type=int, help="hnsw/ivfpq: images re-scored exactly per query (default 200)")
     parser.add_argument("--nlist", type=int, help="ivfpq: IVF lists (default: the power of two at or above sqrt(N*Q), 16 to 16384)")
     parser.add_argument("--nprobe", type=int, help="ivfpq: lists visited per query (default nlist // 20, at least 16)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--device", choices=DEVICES, default="auto",
+                        help="auto (default): CUDA when available, where the model runs in fp16; cuda is refused without it")
     parser.add_argument("--precision", choices=GALLERY_PRECISIONS, default="fp32",
                         help="how images are encoded: fp32 (default), bf16 autocast, int8 (CPU only, fastest) "
                              "or auto (bf16 on a CPU with bf16 units, else fp32)")
+    parser.add_argument("--store-vision-features", action="store_true",
+                        help="also store each image's vision features (fp16; 724 KB per image for ViT-g) so that a "
+                             "query whose reference is a gallery image skips the vision encoder")
     parser.add_argument("--no-resume", action="store_true", help="discard the encoded batches of an interrupted build")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--json", action="store_true", help="print the build summary as JSON")
@@ -54,12 +59,17 @@ def _check_destination(out: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cir_core.checkpoints import load_model
+    from cir_core.device import DeviceError, place_model, resolve_device
     from cir_core.index import GalleryIndex, IndexParams
     from cir_core.data.sources import open_source
     from cir_core.index_build import items_from_images
 
     if args.batch_size < 1:
         raise CommandError("--batch-size must be at least 1")
+    try:
+        device = resolve_device(args.device)
+    except DeviceError as error:
+        raise CommandError(str(error)) from None
     _check_destination(args.out)
     if args.images:
         items = items_from_images(args.images)
@@ -68,19 +78,16 @@ def run(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for name in ("candidates", "nlist", "nprobe") if getattr(args, name) is not None}
     params = IndexParams(kind=args.kind, **overrides)
     params.validate()
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise CommandError("--device cuda was asked for but no CUDA device is available")
-    model = load_model(args.model, device=args.device)
+    model = place_model(load_model(args.model), device)
     index = GalleryIndex.build(model, items, args.out, batch_size=args.batch_size, progress=not args.no_progress,
-                               resume=not args.no_resume, model_id=args.model, params=params, precision=args.precision)
+                               resume=not args.no_resume, model_id=args.model, params=params, precision=args.precision,
+                               store_vision_features=args.store_vision_features)
     report = index.report
     summary = {"index": str(args.out), "kind": index.kind, "images": len(index), "skipped": report.skipped_count,
                "skipped_files": [{"path": s.path, "reason": s.reason} for s in report.skipped],
                "vectors_per_image": index.num_query_tokens, "dim": index.dim, "fingerprint": index.fingerprint,
-               "resumed_batches": report.resumed_batches, "precision": index.info.get("precision")}
+               "resumed_batches": report.resumed_batches, "precision": index.info.get("precision"),
+               "vision_features": index.info.get("vision_features")}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from cir_core.cli import CommandError
+from cir_core.device import DEVICES
 from cir_core.precision import GALLERY_PRECISIONS, QUERY_PRECISIONS
 
 FASHIONIQ_DEFAULT_CATEGORIES = "dress,shirt,toptee"
@@ -47,7 +48,8 @@ def add_model_arguments(parser: argparse.ArgumentParser, features: bool) -> None
     """Options shared by every evaluation and submission command."""
     parser.add_argument("--model", help="model URI: local-dir:PATH, hf-hub:org/name or a folder")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    parser.add_argument("--device", choices=DEVICES, default="auto",
+                        help="auto (default): CUDA when available, where the model runs in fp16; cuda is refused without it")
     parser.add_argument("--num-workers", type=int, default=0, help="image-loading worker processes")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -68,18 +70,24 @@ def needs_model(args: argparse.Namespace) -> bool:
         return False
     if not args.model:
         raise CommandError("--model is required" + (" (or --from-features DIR)" if hasattr(args, "from_features") else ""))
+    _device(args)  # refused before any data is read
     return True
 
 
+def _device(args: argparse.Namespace):
+    from cir_core.device import DeviceError, resolve_device
+
+    try:
+        return resolve_device(args.device)
+    except DeviceError as error:
+        raise CommandError(str(error)) from None
+
+
 def load_model_from_args(args: argparse.Namespace):
-    import torch
-
     from cir_core.checkpoints import load_model
+    from cir_core.device import place_model
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise CommandError("--device cuda was asked for but no CUDA device is available")
-    return load_model(args.model, device=device)
+    return place_model(load_model(args.model), _device(args))
 
 
 def features_file(folder: Path, split_name: str) -> Path:
