@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -35,18 +36,22 @@ logger = logging.getLogger(__name__)
 
 TRAINER_STATE_FILE = "trainer_state.pt"
 TRAINER_STATE_KEYS = ("step", "best", "optimizer", "scheduler", "torch_rng", "sampler", "caption_rng")
+# What a run writes into its folder; their presence means the folder holds a run.
+RUN_FILES = ("train_config.json", "metrics.jsonl", "last", "best")
 
 
 # ---------------------------------------------------------------------- data
-def read_split(config: TrainConfig, split: str, for_training: bool = False) -> TripletSplit:
-    """The dataset reader for `config.data.kind`."""
+def read_split(config: TrainConfig, split: str, for_training: bool = False, descriptions: bool = False
+               ) -> TripletSplit:
+    """The dataset reader for `config.data.kind`; `descriptions` asks for the images' descriptions."""
     data = config.data
     if data.kind == "shapes":
         from cir_core.data.shapes import read_shapes_split
 
         wants_labels = config.region_weight > 0 or config.scene_weight > 0
         return read_shapes_split(data.root, split, with_region_labels=for_training and wants_labels,
-                                 with_hard_negatives=for_training and config.hard_negatives > 0)
+                                 with_hard_negatives=for_training and config.hard_negatives > 0,
+                                 with_descriptions=descriptions)
     if data.kind == "cirr":
         from cir_core.data.cirr import read_cirr
 
@@ -269,9 +274,15 @@ def parameter_groups(model: SPRCModel, config: TrainConfig, pretrained: set[str]
 
 # ---------------------------------------------------------------------- the loop
 class Trainer:
-    def __init__(self, config: TrainConfig, resume: bool = False):
+    def __init__(self, config: TrainConfig, resume: bool = False, overwrite: bool = False):
+        """`resume` continues the run in `config.out_dir`; without it, a folder that already holds
+        a run is refused unless `overwrite` (its checkpoints and log are then replaced when `run` starts)."""
+        config.validate()
+        if config.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {config.device!r} was asked for, but this torch sees no CUDA device")
         self.config = config
         self.out_dir = Path(config.out_dir)
+        self._replace_run = self._check_out_dir(resume, overwrite)
         self.precision = resolve_train_precision(config.precision, config.device)
         if config.num_threads:
             torch.set_num_threads(config.num_threads)
@@ -281,7 +292,12 @@ class Trainer:
         self.transform = ImageTransform(self.model.config.preprocess)
         self.look_alikes = self._look_alikes()
         lone_target_repeats = self._checked_lone_target_repeats()  # before the (slow) split is read
-        self.train_split = read_split(config, config.data.train_split, for_training=True)
+        self.describe_targets = self.model.config.loss.description_weight > 0
+        self.train_split = read_split(config, config.data.train_split, for_training=True,
+                                      descriptions=self.describe_targets)
+        if self.describe_targets and not self.train_split.image_captions:
+            raise ValueError(f"loss.description_weight needs image descriptions, which {config.data.kind} "
+                             "does not provide (shapes does)")
         self.region_head = self._region_head()
         self.scene_heads = self._scene_heads()
         self.val_split = self._validation_split()
@@ -289,8 +305,6 @@ class Trainer:
         self.sampler = TripletSampler(self.train_split.triplets, config.batch_size, config.edits_per_reference,
                                       config.seed, self._triplet_repeats(lone_target_repeats))
         self.caption_rng = random.Random(config.seed + 1)
-        if config.optim.head_lr < 0:
-            raise ValueError(f"optim.head_lr must be >= 0 (0 = optim.lr), got {config.optim.head_lr}")
         groups = parameter_groups(self.model, config, pretrained)
         for head in (self.region_head, self.scene_heads):
             if head is not None:
@@ -305,6 +319,16 @@ class Trainer:
         self.best = -math.inf
         if resume:
             self._resume()
+
+    def _check_out_dir(self, resume: bool, overwrite: bool) -> bool:
+        """Whether an earlier run in the output folder is to be replaced; refuses to mix two runs."""
+        if resume and overwrite:
+            raise ValueError("choose one of resume (continue the run) and overwrite (replace it)")
+        earlier = [name for name in RUN_FILES if (self.out_dir / name).exists()]
+        if earlier and not resume and not overwrite:
+            raise ValueError(f"{self.out_dir} already holds a run ({', '.join(earlier)}); continue it with --resume, "
+                             "replace it with --overwrite or choose another --out_dir")
+        return bool(earlier) and overwrite
 
     def _labelled_split(self, option: str):
         split = self.train_split
@@ -332,9 +356,7 @@ class Trainer:
         return heads.to(self.config.device)
 
     def _checked_lone_target_repeats(self) -> int:
-        repeats = self.config.lone_target_repeats
-        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
-            raise ValueError(f"lone_target_repeats must be a whole number >= 1, got {repeats!r}")
+        repeats = self.config.lone_target_repeats  # a whole number >= 1 (TrainConfig.validate)
         if repeats > 1 and self.config.data.kind != "shapes":
             raise ValueError("lone_target_repeats needs scene labels; only the shapes benchmark has them")
         return repeats
@@ -351,9 +373,6 @@ class Trainer:
 
     def _look_alikes(self):
         asked = {name: getattr(self.config, name) for name in ("position_negatives", "edit_negatives")}
-        for name, count in asked.items():
-            if count < 0:
-                raise ValueError(f"{name} must be >= 0, got {count}")
         if not any(asked.values()):
             return None
         from cir_core.data.shapes_negatives import LAYOUT_SPREADS, LookAlikes
@@ -393,8 +412,12 @@ class Trainer:
             labels = torch.stack([self.train_split.region_labels[i] for i in ids]).to(self.config.device)
         with self._autocast():
             reference, target, negatives = self.batch_features(triplets, negative_ids, rendered)
-            out = self.model(reference, captions, target, negatives=negatives)
+            descriptions = (self.model.tokenize_descriptions([self.train_split.image_captions[t.target]
+                                                              for t in triplets]) if self.describe_targets else None)
+            out = self.model(reference, captions, target, negatives=negatives, descriptions=descriptions)
             loss = out.loss
+            if out.description is not None:
+                extra["description"] = float(out.description.detach())
             if self.region_head is not None:
                 region = self.region_head.loss(torch.cat([reference, target]), labels)
                 loss = loss + self.config.region_weight * region
@@ -468,6 +491,14 @@ class Trainer:
 
     def run(self) -> dict[str, float]:
         config = self.config
+        if self._replace_run:
+            for name in RUN_FILES:
+                path = self.out_dir / name
+                if path.is_dir():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink(missing_ok=True)
+            self._replace_run = False
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "train_config.json").write_text(json.dumps(config.to_dict(), indent=2))
         start = time.monotonic()
@@ -564,16 +595,18 @@ def read_trainer_state(path: Path) -> dict:
     return state
 
 
-def parse_args(argv: list[str] | None) -> tuple[TrainConfig, bool]:
+def parse_args(argv: list[str] | None) -> tuple[TrainConfig, argparse.Namespace]:
     parser = argparse.ArgumentParser(prog="cir train", description="Train SPRC with the one training loop.")
     add_arguments(parser)
     args, extra = parser.parse_known_args(argv)
-    return config_from_args(args, extra), args.resume
+    return config_from_args(args, extra), args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="training config JSON (see configs/)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in OUT_DIR (its checkpoints and metrics.jsonl)")
 
 
 def config_from_args(args: argparse.Namespace, extra: list[str]) -> TrainConfig:
@@ -583,9 +616,11 @@ def config_from_args(args: argparse.Namespace, extra: list[str]) -> TrainConfig:
             raise ValueError(f"unrecognised argument {item!r}; overrides look like --optim.lr=1e-4")
         key, value = item[2:].split("=", 1)
         overrides[key] = value
-    return TrainConfig.from_file(args.config).with_overrides(overrides)
+    config = TrainConfig.from_file(args.config).with_overrides(overrides)
+    config.validate()
+    return config
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    config, resume = parse_args(argv)
-    return Trainer(config, resume=resume).run()
+    config, args = parse_args(argv)
+    return Trainer(config, resume=args.resume, overwrite=args.overwrite).run()

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cir_core.config import _build, read_json, set_dotted
+DATA_KINDS = ("shapes", "cirr", "fashioniq")
+SAVE_DTYPES = ("float32", "float16", "bfloat16")
+
+from cir_core.config import _build, _check_float, _check_int, read_json, set_dotted
 
 
 @dataclass
@@ -93,6 +97,40 @@ class TrainConfig:
     def from_file(cls, path: str | Path) -> TrainConfig:
         return cls.from_dict(read_json(path, "training config"))
 
+    def validate(self) -> None:
+        """Raise ValueError naming the first option out of its range, before any work is done
+        (a bad value found only at the first checkpoint would cost the whole run)."""
+        data, model, optim = self.data, self.model, self.optim
+        for name in ("out_dir", "precision", "position_negative_spread"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"{name} must be non-empty text, got {getattr(self, name)!r}")
+        if data.kind not in DATA_KINDS:
+            raise ValueError(f"data.kind must be one of {', '.join(DATA_KINDS)}, got {data.kind!r}")
+        if not isinstance(data.train_split, str) or not data.train_split:
+            raise ValueError(f"data.train_split must name a split, got {data.train_split!r}")
+        _check_int(data.val_max_queries, "data.val_max_queries", 0)
+        if not isinstance(model.overrides, dict) or not all(isinstance(key, str) for key in model.overrides):
+            raise ValueError(f"model.overrides must be an object of dotted model config keys, got {model.overrides!r}")
+        for name in ("lr", "pretrained_lr", "vision_lr", "head_lr", "weight_decay", "clip_grad_norm"):
+            _check_float(getattr(optim, name), f"optim.{name}", 0)
+        _check_float(optim.eps, "optim.eps", 0, low_open=True)
+        _check_float(optim.pct_start, "optim.pct_start", 0, 1, low_open=True, high_open=True)
+        betas = optim.betas
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"optim.betas must be two numbers in [0, 1), got {betas!r}")
+        for beta in betas:
+            _check_float(beta, "optim.betas", 0, 1, high_open=True)
+        for name, low in (("batch_size", 1), ("edits_per_reference", 1), ("max_steps", 1), ("eval_every", 0),
+                          ("checkpoint_every", 1), ("hard_negatives", 0), ("position_negatives", 0),
+                          ("edit_negatives", 0), ("lone_target_repeats", 1), ("num_threads", 0)):
+            _check_int(getattr(self, name), name, low)
+        for name in ("region_weight", "scene_weight"):
+            _check_float(getattr(self, name), name, 0)
+        if not isinstance(self.device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
+        if self.save_dtype not in SAVE_DTYPES:
+            raise ValueError(f"save_dtype must be one of {', '.join(SAVE_DTYPES)}, got {self.save_dtype!r}")
+
     def with_overrides(self, overrides: dict[str, str]) -> TrainConfig:
         """Apply dotted `key=value` overrides; values are parsed as JSON when possible."""
         data = self.to_dict()
@@ -104,6 +142,8 @@ class TrainConfig:
             head, found, model_key = key.partition("model.overrides.")
             if found and not head:
                 # model config keys stay dotted: they are applied to the preset by apply_overrides
+                if not isinstance(data["model"]["overrides"], dict):
+                    raise ValueError(f"model.overrides must be an object to take {key!r}")
                 data["model"]["overrides"][model_key] = value
                 continue
             set_dotted(data, key, value, "training option")

@@ -132,6 +132,46 @@ def test_overrides_and_bad_options(tmp_path, shapes_dir):
         main(["--config", str(tmp_path / "missing.json")])
 
 
+@pytest.mark.parametrize("option, message", [
+    ("--batch_size=0", "batch_size must be a whole number >= 1, got 0"),
+    ("--checkpoint_every=0", "checkpoint_every must be a whole number >= 1, got 0"),
+    ("--device=bogus", "device must be cpu, cuda or cuda:N, got 'bogus'"),
+    ("--num_threads=-1", "num_threads must be a whole number >= 0, got -1"),
+    ("--model.overrides=5", "model.overrides must be an object of dotted model config keys, got 5"),
+    ("--save_dtype=float64", "save_dtype must be one of float32, float16, bfloat16, got 'float64'"),
+    ("--optim.lr=-1e-4", "optim.lr must be a finite number >= 0, got -0.0001"),
+    ("--optim.betas=[0.9, 1.5]", r"optim.betas must be a finite number >= 0 and < 1, got 1.5"),
+    ("--max_steps=0", "max_steps must be a whole number >= 1, got 0"),
+])
+def test_bad_training_options_are_refused_before_training_starts(tmp_path, shapes_dir, capsys, option, message):
+    from cir_core.cli import main as cir_main
+
+    config = write_config(tmp_path, shapes_dir)
+    assert cir_main(["train", "--config", str(config), option]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_an_existing_run_folder_needs_resume_or_overwrite(tmp_path, shapes_dir, capsys):
+    from cir_core.cli import main as cir_main
+
+    config = write_config(tmp_path, shapes_dir, eval_every=0, max_steps=2, checkpoint_every=2)
+    assert cir_main(["train", "--config", str(config)]) == 0
+    run = tmp_path / "run"
+    before = {path: path.stat().st_mtime_ns for path in run.rglob("*")}
+    capsys.readouterr()
+    assert cir_main(["train", "--config", str(config), "--max_steps=4", "--checkpoint_every=4"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run} already holds a run (train_config.json, metrics.jsonl, last, best)" in err and "--overwrite" in err
+    assert {path: path.stat().st_mtime_ns for path in run.rglob("*")} == before  # nothing touched
+    assert cir_main(["train", "--config", str(config), "--resume", "--overwrite"]) == 2
+    assert cir_main(["train", "--config", str(config), "--overwrite", "--max_steps=4", "--checkpoint_every=4"]) == 0
+    steps = [record["step"] for record in read_log(run) if "loss" in record]
+    assert steps == [4]  # the earlier run's lines are gone, not appended to
+    assert json.loads((run / "train_config.json").read_text())["max_steps"] == 4
+
+
 def test_loss_falls_when_overfitting_one_batch(tmp_path, shapes_dir):
     config = write_config(tmp_path, shapes_dir)
     from cir_core.train import Trainer
@@ -219,7 +259,7 @@ def test_region_head_locates_patches():
 
 @pytest.mark.parametrize("changes, message", [
     ({"locate_patches": True}, "locate_patches needs region_weight > 0"),
-    ({"scene_weight": 1.0, "optim": {"head_lr": -1.0}}, "optim.head_lr must be >= 0"),
+    ({"scene_weight": 1.0, "optim": {"head_lr": -1.0}}, "optim.head_lr must be a finite number >= 0"),
 ])
 def test_auxiliary_head_options_are_checked(tmp_path, shapes_dir, changes, message):
     from cir_core.train import Trainer
@@ -432,8 +472,8 @@ def test_edit_negatives_are_rendered_after_the_layouts(tmp_path, shapes_dir):
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"position_negatives": -1}, "position_negatives must be >= 0"),
-    ({"edit_negatives": -2}, "edit_negatives must be >= 0"),
+    ({"position_negatives": -1}, "position_negatives must be a whole number >= 0"),
+    ({"edit_negatives": -2}, "edit_negatives must be a whole number >= 0"),
     ({"position_negatives": 2, "data": {"kind": "cirr", "root": "."}}, "position_negatives need scene labels"),
     ({"edit_negatives": 2, "data": {"kind": "cirr", "root": "."}}, "edit_negatives need scene labels"),
     ({"position_negatives": 2, "position_negative_spread": "fair"},

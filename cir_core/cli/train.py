@@ -20,6 +20,6 @@ def run(args: argparse.Namespace) -> int:
     from cir_core.train import Trainer, config_from_args
 
     config = config_from_args(args, args.overrides)
-    metrics = Trainer(config, resume=args.resume).run()
+    metrics = Trainer(config, resume=args.resume, overwrite=args.overwrite).run()
     print(json.dumps({"out_dir": config.out_dir, "final_validation": metrics}, indent=2))
     return 0
