@@ -100,6 +100,7 @@ class LossConfig:
     itc_weight: float = 1.0  # composed query vs target contrastive loss
     rtc_weight: float = 0.4  # auxiliary-prompt query vs target contrastive loss
     align_weight: float = 0.4  # MSE between mean sentence prompt and mean auxiliary prompt
+    description_weight: float = 0.0  # target image vs its description contrastive loss (datasets that describe images)
 
 
 @dataclass
@@ -242,7 +243,7 @@ def _check_field_ranges(config: SPRCConfig) -> None:
     _check_triple(p.std, "preprocess.std", positive=True)  # pixels are divided by it
     _check_int(p.max_caption_words, "preprocess.max_caption_words", 1)
     _check_int(p.max_caption_tokens, "preprocess.max_caption_tokens", 1)
-    for name in ("itc_weight", "rtc_weight", "align_weight"):
+    for name in ("itc_weight", "rtc_weight", "align_weight", "description_weight"):
         _check_float(getattr(loss, name), f"loss.{name}", 0)
     _check_int(config.embed_dim, "embed_dim", 1)
     _check_float(config.temp_init, "temp_init", 0, low_open=True)  # logits are divided by it

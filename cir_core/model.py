@@ -27,6 +27,8 @@ from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerModel, Blip2T
 from cir_core.config import SPRCConfig, checked_position_scale, checked_wavelength_band
 from cir_core.text import TextBatch, load_tokenizer, tokenize
 
+DESCRIPTION_TOKENS = 64  # word pieces read of an image description (five shapes objects take about 35)
+
 
 @dataclass
 class QueryEncoding:
@@ -56,6 +58,7 @@ class SPRCLossOutput:
     logits: torch.Tensor  # (B, B + H) query x (target + negative) similarities divided by temp
     query: torch.Tensor | None = None  # (B, D) composed queries, for auxiliary heads
     targets: torch.Tensor | None = None  # (B + H, Q, D) target (and negative) vectors, for auxiliary heads
+    description: torch.Tensor | None = None  # () target image <-> its description contrastive loss, when given
 
 
 def _vision_hf_config(config: SPRCConfig) -> Blip2VisionConfig:
@@ -250,6 +253,11 @@ class SPRCModel(nn.Module):
             hidden = self.qformer(query_embeds=sequence, query_length=0, attention_mask=mask).last_hidden_state
             return F.normalize(self.text_projection(hidden[:, 0]), dim=-1)
 
+    def tokenize_descriptions(self, texts: list[str]) -> TextBatch:
+        """Image descriptions, which run longer than relative captions, up to DESCRIPTION_TOKENS pieces."""
+        limit = min(DESCRIPTION_TOKENS, self.config.qformer.max_position_embeddings)
+        return tokenize(self.tokenizer, texts, limit, limit).to(self.device)
+
     def text_vectors(self, text: TextBatch) -> torch.Tensor:
         """Texts alone, [CLS ; words] without image or prompt -> (B, D) at [CLS]: BLIP-2's text side of
         image-text contrast, in the space of the composed queries (the same projection)."""
@@ -344,11 +352,16 @@ class SPRCModel(nn.Module):
 
     # ------------------------------------------------------------------ training
     def forward(self, reference: torch.Tensor, captions: list[str] | TextBatch, target: torch.Tensor,
-                negatives: torch.Tensor | None = None) -> SPRCLossOutput:
+                negatives: torch.Tensor | None = None, descriptions: TextBatch | None = None) -> SPRCLossOutput:
         """Training forward over B aligned (reference, caption, target) triplets.
 
         `negatives` (pixels or vision features of H extra images) are added to every
         query's candidates as non-matches, e.g. look-alikes of the targets.
+        `descriptions` (B texts describing the targets) add BLIP-2's image-text contrastive
+        term, weighted by `loss.description_weight`: each description against every
+        candidate image (max over its Q vectors) and each target against every description,
+        so that a text describing an image lands near that image's vectors, and near the
+        composed queries that retrieve it.
 
         Only the "sprc" query mode has the auxiliary-prompt (rtc) and alignment losses;
         the baseline modes train their query with the contrastive loss alone.
@@ -362,15 +375,24 @@ class SPRCModel(nn.Module):
         logits = self.score(encoding.query, targets) / self.temp
         itc = F.cross_entropy(logits, labels)
         weights = self.config.loss
+        description = self._description_loss(descriptions, targets, labels) if descriptions is not None else None
+        extra = weights.description_weight * description if description is not None else 0.0
         if self.config.query_mode != "sprc":
             zero = itc.new_zeros(())
-            return SPRCLossOutput(loss=weights.itc_weight * itc, itc=itc, rtc=zero, align=zero, logits=logits,
-                                  query=encoding.query, targets=targets)
+            return SPRCLossOutput(loss=weights.itc_weight * itc + extra, itc=itc, rtc=zero, align=zero, logits=logits,
+                                  query=encoding.query, targets=targets, description=description)
         auxiliary = self.auxiliary_query(text)
         rtc = F.cross_entropy(self.score(auxiliary, targets) / self.temp, labels)
         prompt_mean = encoding.prompt.mean(dim=1)  # (B, H)
         auxiliary_mean = self.prompt_tokens.mean(dim=1).detach().expand_as(prompt_mean)
         align = F.mse_loss(prompt_mean, auxiliary_mean.to(prompt_mean.dtype))
-        loss = weights.itc_weight * itc + weights.rtc_weight * rtc + weights.align_weight * align
+        loss = weights.itc_weight * itc + weights.rtc_weight * rtc + weights.align_weight * align + extra
         return SPRCLossOutput(loss=loss, itc=itc, rtc=rtc, align=align, logits=logits,
-                              query=encoding.query, targets=targets)
+                              query=encoding.query, targets=targets, description=description)
+
+    def _description_loss(self, descriptions: TextBatch, targets: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Symmetric image-text contrast between the B targets (of B + H candidates) and their descriptions."""
+        texts = self.text_vectors(descriptions.to(self.device))  # (B, D)
+        text_to_image = self.score(texts, targets) / self.temp  # (B, B + H)
+        image_to_text = text_to_image[:, :texts.shape[0]].t()  # (B, B): each target against every description
+        return (F.cross_entropy(text_to_image, labels) + F.cross_entropy(image_to_text, labels)) / 2

@@ -133,8 +133,16 @@ def test_eval_shapes_end_to_end(capsys, tmp_path, tiny_checkpoint, tiny_model):
     assert sum(counts.values()) == 6 and set(counts) == set(report["per_object_count"])
     weighted = sum(report["per_object_count"][n]["R@1"] * counts[n] for n in counts) / 6
     assert weighted == pytest.approx(report["recall"]["R@1"])
+    from cir_core.data.shapes import read_shapes_scenes
+    from cir_core.evaluation.prompt_faithfulness import shapes_prompt_faithfulness
+
+    direct = shapes_prompt_faithfulness(tiny_model, read_shapes_split(data, "test"), read_shapes_scenes(data),
+                                        progress=False).to_dict()
+    assert report["prompt"] == pytest.approx(direct) and report["prompt"]["queries"] == 6
+    assert report["prompt"]["remove_queries"] == expected["edit_counts"].get("remove", 0)
     code, out, _ = run(capsys, *args)
-    lines = [line for line in out.splitlines() if not line.startswith("first result wrong")]
+    assert f"composed query {direct['composed_top5']:.1f}%" in out
+    lines = [line for line in out.splitlines() if not line.startswith(("first result wrong", "target description"))]
     assert (f"first result wrong ({misses})" in out) == (misses > 0)
     assert code == 0 and lines[0].startswith("shapes/test: 6 queries")
     assert lines[1].split() == ["queries", "n", "R@1", "R@5", "R@10", "R@50"]

@@ -626,3 +626,24 @@ def test_lone_target_repeats_option_is_checked(tmp_path, shapes_dir, changes, me
         {key: json.dumps(value) for key, value in changes.items()})
     with pytest.raises(ValueError, match=message):
         Trainer(config)
+
+
+def test_description_term_trains_on_shapes_descriptions(tmp_path, shapes_dir):
+    config = write_config(tmp_path, shapes_dir, model={"preset": "tiny-test",
+                                                        "overrides": {"loss.description_weight": 1.0}})
+    main(["--config", str(config), "--eval_every=0"])
+    steps = [record for record in read_log(tmp_path / "run") if "loss" in record]
+    assert steps and all(record["description"] > 0 for record in steps)
+    assert cir_core.load_model(tmp_path / "run" / "best").config.loss.description_weight == 1.0
+
+
+def test_description_term_needs_described_images(tmp_path, shapes_dir, monkeypatch):
+    from cir_core import train
+
+    real = train.read_split
+    monkeypatch.setattr(train, "read_split", lambda config, split, for_training=False, descriptions=False:
+                        real(config, split, for_training))  # a dataset that describes nothing
+    config = write_config(tmp_path, shapes_dir, model={"preset": "tiny-test",
+                                                        "overrides": {"loss.description_weight": 1.0}})
+    with pytest.raises(ValueError, match="needs image descriptions"):
+        main(["--config", str(config)])

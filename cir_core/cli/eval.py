@@ -38,6 +38,9 @@ def register(subparsers) -> None:
     shapes.add_argument("--split", default="test")
     shapes.add_argument("--query-precision", default="fp32", choices=QUERY_PRECISIONS,
                         help="encode the queries as an engine with this setting does (int8: CPU only)")
+    shapes.add_argument("--no-prompt", action="store_true",
+                        help="skip the prompt faithfulness measure (nearest descriptions of the composed query "
+                             "and of the prompt; SPRC models only)")
     shapes.add_argument("--gallery-precision", default="fp32", choices=GALLERY_PRECISIONS,
                         help="encode the gallery as `cir build-index --precision` does (int8: CPU only)")
     add_model_arguments(shapes, features=False)
@@ -175,6 +178,11 @@ def _print_shapes_table(report: dict) -> None:
     if confusions:
         kinds = ", ".join(f"{kind} {count}" for kind, count in confusions.items())
         print(f"first result wrong ({sum(confusions.values())}), by how it differs from the target: {kinds}")
+    prompt = report.get("prompt")
+    if prompt:
+        print(f"target description among the 5 nearest: composed query {prompt['composed_top5']:.1f}%, "
+              f"prompt alone {prompt['prompt_top5']:.1f}%; removed object still in the nearest description: "
+              f"{prompt['removed_in_first']:.1f}% of {prompt['remove_queries']} remove queries")
 
 
 def _eval_shapes(args: argparse.Namespace) -> int:
@@ -185,13 +193,20 @@ def _eval_shapes(args: argparse.Namespace) -> int:
     split = read_shapes_split(args.data, args.split)
     model = load_model_from_args(args)
     try:
-        report = evaluate_shapes(model, split, args.batch_size, not args.no_progress, read_shapes_scenes(args.data),
+        scenes = read_shapes_scenes(args.data)
+        report = evaluate_shapes(model, split, args.batch_size, not args.no_progress, scenes,
                                  query_precision=args.query_precision, gallery_precision=args.gallery_precision)
+        summary = report.to_dict()
+        if not args.no_prompt and model.config.query_mode == "sprc":
+            from cir_core.evaluation.prompt_faithfulness import shapes_prompt_faithfulness
+
+            summary["prompt"] = shapes_prompt_faithfulness(model, split, scenes, args.batch_size,
+                                                           not args.no_progress).to_dict()
     except ValueError as error:
         raise CommandError(str(error)) from None
     if args.json:
-        print(json.dumps({**report.to_dict(), "query_precision": args.query_precision,
+        print(json.dumps({**summary, "query_precision": args.query_precision,
                           "gallery_precision": args.gallery_precision}, indent=2))
     else:
-        _print_shapes_table(report.to_dict())
+        _print_shapes_table(summary)
     return 0

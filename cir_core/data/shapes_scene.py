@@ -67,6 +67,16 @@ def position_name(row: int, col: int) -> str:
 POSITIONS: dict[str, Cell] = {position_name(r, c): (r, c) for r in range(GRID) for c in range(GRID)}
 
 
+def describe_object(obj: SceneObject) -> str:
+    """"large red circle top left": the words a scene description uses for one object."""
+    return f"{obj.size} {obj.color} {obj.shape} {position_name(obj.row, obj.col)}"
+
+
+def describe_scene(scene: ShapesScene) -> str:
+    """The scene in words, one object after another: "large yellow square top right; small red ..."."""
+    return "; ".join(describe_object(obj) for obj in scene.objects)
+
+
 @dataclass(frozen=True, order=True)
 class SceneObject:
     """One object of a scene; ordering is by cell (row-major), which is unique within a scene."""

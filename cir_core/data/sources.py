@@ -73,15 +73,14 @@ class BenchmarkSource:
 # ---------------------------------------------------------------------- the registry
 def _open_shapes(data_root: Path, split: str, category: str | None, check_images: bool) -> BenchmarkSource:
     from cir_core.data.shapes import read_shapes_scenes, read_shapes_split
-    from cir_core.data.shapes_scene import position_name
+    from cir_core.data.shapes_scene import describe_scene
 
     if category:
         raise ValueError("--category applies to FashionIQ only")
     triplets = read_shapes_split(data_root, split)
     scenes = read_shapes_scenes(data_root)
     described = {image_id: scenes[image_id] for image_id in triplets.gallery if image_id in scenes}
-    captions = {image_id: "; ".join(f"{o.size} {o.color} {o.shape} {position_name(o.row, o.col)}"
-                                    for o in scene.objects) for image_id, scene in described.items()}
+    captions = {image_id: describe_scene(scene) for image_id, scene in described.items()}
     labels = {image_id: json.dumps(scene.to_dict(), sort_keys=True) for image_id, scene in described.items()}
 
     def grouping(triplet: Triplet) -> tuple[str, ...]:

@@ -36,6 +36,7 @@ class TripletSplit:
     region_grid: int = 0  # regions form a region_grid x region_grid grid over the image
     region_classes: tuple[int, ...] = ()  # number of classes of each labelled attribute
     hard_negatives: dict[str, list[str]] | None = None  # optional target id -> look-alike image ids (not matches)
+    image_captions: dict[str, str] | None = None  # optional image id -> a text describing the image
 
     def __len__(self) -> int:
         return len(self.triplets)
