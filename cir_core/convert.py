@@ -135,7 +135,7 @@ class ConversionReport:
 
 # ---------------------------------------------------------------------------- reading files
 def _torch_load(path: Path) -> object:
-    """torch.load with weights_only, its failures translated into messages that name the problem."""
+    """torch.load with weights_only; any failure to read the file is a ConversionError naming the problem."""
     if not path.exists():
         raise ConversionError(f"checkpoint file {path} does not exist")
     if not path.is_file():
@@ -143,20 +143,24 @@ def _torch_load(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        text = str(error)
-        if "Weights only load failed" not in text:
-            raise ConversionError(f"{path} is truncated or corrupt: cannot unpickle it ({text})") from error
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", text) or re.search(r"WeightsUnpickler error: (.*)", text)
-        what = found.group(1) if found else "an object that is not a tensor"
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if found is None:
+            raise ConversionError(_unreadable(path, error)) from error
         raise ConversionError(
-            f"{path} holds pickled Python objects besides tensors ({what}); only plain state dicts are "
+            f"{path} holds pickled Python objects besides tensors ({found.group(1)}); only plain state dicts are "
             "loaded, because unpickling arbitrary objects can run code. Re-save it as a dict of tensors."
         ) from error
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as error:
-        first_line = (str(error).splitlines() or [""])[0]
-        raise ConversionError(
-            f"{path} is truncated or corrupt: torch.load failed ({type(error).__name__}: {first_line})"
-        ) from error
+    except Exception as error:  # random or cut bytes fail deep in torch's readers: IndexError, UnicodeDecodeError, ...
+        raise ConversionError(_unreadable(path, error)) from error
+
+
+def _unreadable(path: Path, error: Exception) -> str:
+    """One line for a file torch cannot read: its last non-empty message line says the most."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip() and "WeightsUnpickler error" not in line]
+    detail = next((line for line in lines if not line.startswith(("Weights only load failed", "Check the documentation",
+                                                                   "Please file an issue"))), "")
+    return (f"{path} is not a readable checkpoint (truncated or corrupt: {type(error).__name__}"
+            f"{': ' + detail[:200] if detail else ''})")
 
 
 def _require_tensors(state: dict, source: str) -> dict[str, torch.Tensor]:

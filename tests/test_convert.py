@@ -130,6 +130,57 @@ def test_truncated_file(lavis_file, tmp_path, capsys):
     assert "truncated or corrupt" in _fails(tmp_path, str(broken), capsys=capsys)
 
 
+@pytest.mark.parametrize("data", [b"\x80\x02a.", b"\x80\x02]a.", b"\x80\x020.", bytes(range(256))])
+def test_unreadable_bytes_are_not_a_readable_checkpoint(tmp_path, capsys, data):
+    broken = tmp_path / "random.pt"
+    broken.write_bytes(data)
+    err = _fails(tmp_path, str(broken), capsys=capsys)
+    assert f"{broken} is not a readable checkpoint (truncated or corrupt: " in err and err.count("\n") == 1
+
+
+def test_convert_fuzz_gives_one_line_errors_and_writes_nothing(lavis_file, lavis_state, tmp_path, capsys):
+    """Seeded random corruptions of a LAVIS file: each conversion stops with one line, exit code 2,
+    and leaves no output folder or staging folder behind."""
+    import random
+    import shutil
+
+    rng = random.Random(22)
+    original = lavis_file.read_bytes()
+    keys = sorted(lavis_state)
+    for trial in range(40):
+        source = tmp_path / f"trial{trial}.pt"
+        how = rng.choice(["truncate", "bytes", "random", "junk_value", "junk_top", "wrong_shape"])
+        if how == "truncate":
+            source.write_bytes(original[:rng.randrange(len(original))])
+        elif how == "bytes":
+            data = bytearray(original)
+            for _ in range(rng.randint(1, 20)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            source.write_bytes(bytes(data))
+        elif how == "random":
+            source.write_bytes(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 2000))))
+        elif how == "junk_value":
+            state = dict(lavis_state)
+            state[rng.choice(keys)] = rng.choice([1, "x", None, [torch.zeros(1)], {"a": torch.zeros(1)}])
+            torch.save({"model": state}, source)
+        elif how == "junk_top":
+            torch.save(rng.choice([[1, 2], "text", 5, {}, {"model": {}}, {"model": [torch.zeros(1)]}]), source)
+        else:
+            state = dict(lavis_state)
+            key = rng.choice(keys)
+            state[key] = torch.zeros(*[n + 1 for n in state[key].shape] or [2])
+            torch.save({"model": state}, source)
+        out = tmp_path / "never-written"
+        code = cir_main(["convert", "--from-lavis", str(source), "--preset", PRESET, "--out", str(out)])
+        err = capsys.readouterr().err
+        if how == "bytes" and code == 0:  # the flips hit tensor values only: a valid file (zip entries carry no checksum)
+            shutil.rmtree(out)
+            continue
+        assert code == 2 and "Traceback" not in err, (how, err)
+        assert err.splitlines()[-1].startswith("cir convert: error: "), (how, err)
+        assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".never-written")]
+
+
 def test_missing_file(tmp_path, capsys):
     assert "does not exist" in _fails(tmp_path, str(tmp_path / "nothing.pt"), capsys=capsys)
 
