@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from threadpoolctl import threadpool_limits
 
+from cir_core.caption_bank import CaptionBank, CaptionBankError
 from cir_core.checkpoints import load_model, weights_fingerprint
 from cir_core.device import describe_placement, place_model, resolve_device
 from cir_core.config import QUERY_MODE_DESCRIPTIONS
@@ -326,8 +327,9 @@ class Engine:
         """`index` was built with `model`; `source`, a labelled benchmark split, provides the queries
         for examples, ground truth and failure inspection (None: a plain gallery).
 
-        `cache_dir` keeps the benchmark queries' ranks across restarts (ranking every
-        query takes tens of seconds on a CPU); None keeps them in memory only.
+        `cache_dir` keeps what the engine computes once across restarts: the benchmark
+        queries' ranks (ranking every query takes tens of seconds on a CPU) and the caption
+        bank of the nearest-caption view; None keeps them in memory only.
         `num_threads` is the process's torch/faiss thread count (one per request suits a
         server with concurrent users).
         `query_precision` "bf16" or "int8" runs searches without explanations (the uploaded
@@ -354,6 +356,10 @@ class Engine:
         self._benchmark: list[BenchmarkQuery] | None = None
         self._ranks: list[FailureCase] | None = None  # every benchmark query's rank, failures or not
         self._ranks_lock = threading.Lock()
+        self._caption_bank: CaptionBank | None = None
+        self._caption_bank_lock = threading.Lock()
+        self._caption_bank_thread: threading.Thread | None = None
+        self._dataset_vocabulary: Vocabulary | None = None
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.query_precision = resolve_query_precision(model, query_precision)
         self._query_model = query_model(model, self.query_precision)
@@ -552,6 +558,57 @@ class Engine:
         return BenchmarkReport(split=self.source.name, queries=len(ranked), groups=groups,
                                failures=self.failure_cases(group, keyword))
 
+    def caption_texts(self) -> tuple[list[str], list[str | None]]:
+        """The texts of the caption bank: the benchmark's (`BenchmarkSource.caption_texts`), else the
+        gallery's own captions; ([], []) when there are none."""
+        if self.source is not None:
+            return self.source.caption_texts()
+        described = [(caption, image_id) for caption, image_id in zip(self.index.captions, self.index.ids) if caption]
+        return [caption for caption, _ in described], [image_id for _, image_id in described]
+
+    def caption_bank(self) -> CaptionBank | None:
+        """The caption bank of this model and gallery: loaded from the cache, else encoded once (and
+        cached); None when there are no texts. A cached bank of another model is rebuilt, with a log line."""
+        with self._caption_bank_lock:  # held while building: a second caller waits instead of encoding again
+            if self._caption_bank is None:
+                texts, image_ids = self.caption_texts()
+                if not texts:
+                    return None
+                key = hashlib.sha256(json.dumps([texts, image_ids]).encode()).hexdigest()[:16]
+                folder = (self.cache_dir / "caption-banks" / f"{self.model.config.name}-{key}"
+                          if self.cache_dir is not None else None)
+                bank = None
+                if folder is not None and folder.is_dir():
+                    try:
+                        bank = CaptionBank.load(folder, model=self.model, key=key)
+                    except CaptionBankError as error:
+                        logger.warning("encoding the caption bank again: %s", error)
+                if bank is None:
+                    logger.info("encoding a caption bank of %d texts (once)", len(texts))
+                    bank = CaptionBank.build(self.model, texts, image_ids, key=key, progress=False)
+                    if folder is not None:
+                        try:
+                            bank.save(folder)
+                        except OSError as error:
+                            logger.warning("could not cache the caption bank in %s: %s", folder, error)
+                self._caption_bank = bank
+            return self._caption_bank
+
+    def prepare_caption_bank(self) -> threading.Thread:
+        """Load or encode the caption bank in a background thread (once; later calls return that thread)."""
+        with self._lock:
+            if self._caption_bank_thread is None:
+                def work():
+                    try:
+                        self.caption_bank()
+                        self._benchmark_vocabulary()
+                    except Exception:  # never take the server down; explanations say the captions are missing
+                        logger.exception("building the caption bank failed")
+
+                self._caption_bank_thread = threading.Thread(target=work, name="caption-bank", daemon=True)
+                self._caption_bank_thread.start()
+            return self._caption_bank_thread
+
     def prepare_failures(self) -> threading.Thread:
         """Rank the benchmark queries (or read their ranks from the cache) in a background thread,
         so that the first look at the failure-inspection view does not wait for it."""
@@ -653,9 +710,33 @@ class Engine:
                  top_id: str | None) -> Explanation:
         vocabulary, auxiliary_tokens = self._vocabulary_and_auxiliary()
         relevance = self.relevance(query.float().cpu().numpy(), top_id) if top_id is not None else None
-        return Explanation(prompt_tokens=vocabulary.nearest(prompt), auxiliary_tokens=auxiliary_tokens,
-                           attention=attention_maps(attentions), reference=reference,
-                           relevance=relevance, relevance_id=top_id)
+        explanation = Explanation(prompt_tokens=vocabulary.nearest(prompt), auxiliary_tokens=auxiliary_tokens,
+                                  attention=attention_maps(attentions), reference=reference,
+                                  relevance=relevance, relevance_id=top_id)
+        thread = self.prepare_caption_bank()  # the bank and the benchmark's vocabulary, first used here
+        if self._dataset_vocabulary is not None:
+            explanation.prompt_dataset_tokens = self._dataset_vocabulary.nearest(prompt)
+        if thread.is_alive():
+            explanation.captions_note = "the caption bank is being encoded (once); search again in a moment"
+        elif self._caption_bank is None:
+            explanation.captions_note = "this gallery has no captions to compare with"
+        else:
+            with torch.inference_mode():
+                prompt_vector = self.model.prompt_vectors(prompt.unsqueeze(0).to(self.model.query_tokens.dtype))
+            explanation.query_captions = self._caption_bank.nearest(query.float().cpu()[None])[0]
+            explanation.prompt_captions = self._caption_bank.nearest(prompt_vector.float().cpu())[0]
+        return explanation
+
+    def _benchmark_vocabulary(self) -> Vocabulary | None:
+        """The model's tokens that occur in the benchmark's captions (None without a source)."""
+        if self.source is None:
+            return None
+        with self._lock:
+            if self._dataset_vocabulary is None:
+                texts = [t.caption for t in self.source.split.triplets] + self.source.caption_texts()[0]
+                words = {token for text in texts for token in self.model.tokenizer.tokenize(text)}
+                self._dataset_vocabulary = Vocabulary(self.model, restrict_to=words)
+            return self._dataset_vocabulary
 
     def _vocabulary_and_auxiliary(self):
         with self._lock:

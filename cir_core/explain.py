@@ -71,16 +71,24 @@ class Explanation:
     reference: Image.Image  # RGB reference image the attention maps belong to
     relevance: RelevanceMap | None = None  # on `relevance_id`, when a result was explained
     relevance_id: str | None = None  # gallery id of the explained result
+    query_captions: list | None = None  # caption_bank.CaptionMatch: captions nearest the composed query, best first
+    prompt_captions: list | None = None  # the same for the sentence prompt alone
+    captions_note: str = ""  # why there are no nearest captions, when there are none
+    prompt_dataset_tokens: list[list[TokenMatch]] | None = None  # nearest tokens among the benchmark's own words
 
 
 class Vocabulary:
     """The word-embedding table, unit-normalised once, minus special and unused entries."""
 
-    def __init__(self, model: SPRCModel):
+    def __init__(self, model: SPRCModel, restrict_to: set[str] | None = None):
+        """`restrict_to`: keep only these token strings (e.g. the word pieces of a benchmark's captions)."""
         tokenizer = model.tokenizer
         special = set(tokenizer.all_special_tokens)
         tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
-        keep = [i for i, token in enumerate(tokens) if token not in special and not _UNUSED_TOKEN.match(token)]
+        keep = [i for i, token in enumerate(tokens) if token not in special and not _UNUSED_TOKEN.match(token)
+                and (restrict_to is None or token in restrict_to)]
+        if not keep:
+            raise ValueError("the vocabulary is empty: no token of the model is among the words given")
         with torch.no_grad():
             table = model.embeddings.word_embeddings.weight.detach().float().cpu()  # (V, H)
             self.unit_embeddings = F.normalize(table[keep], dim=-1)  # (V', H)

@@ -75,14 +75,43 @@ def _shade(relative: float) -> float:
     return max(0.1, min(1.0, relative))
 
 
-def prompt_html(explanation: Explanation | None) -> tuple[str, str]:
-    """(sentence-prompt chips, auxiliary-prompt chips)."""
+def prompt_html(explanation: Explanation | None, benchmark_words: bool = False) -> tuple[str, str]:
+    """(sentence-prompt chips, auxiliary-prompt chips); `benchmark_words` decodes the sentence prompt
+    with the benchmark's own words when the explanation has them."""
     if explanation is None:
         message = "<p>Tick <b>explanations</b> and search to decode the prompt.</p>"
         return message, message
-    return (token_chips(explanation.prompt_tokens, "Sentence-level prompt: nearest vocabulary tokens", "cir-prompt"),
-            token_chips(explanation.auxiliary_tokens, "Learned auxiliary prompt P': nearest vocabulary tokens",
-                        "cir-auxiliary"))
+    if benchmark_words and explanation.prompt_dataset_tokens is not None:
+        prompt = token_chips(explanation.prompt_dataset_tokens,
+                             "Sentence-level prompt: nearest tokens among the benchmark's own words", "cir-prompt")
+    else:
+        prompt = token_chips(explanation.prompt_tokens, "Sentence-level prompt: nearest vocabulary tokens",
+                             "cir-prompt")
+    return prompt, token_chips(explanation.auxiliary_tokens, "Learned auxiliary prompt P': nearest vocabulary tokens",
+                               "cir-auxiliary")
+
+
+def _caption_list(title: str, matches, target_id: str | None) -> str:
+    items = []
+    for match in matches:
+        mark = f"<b>{TARGET_MARK}</b> " if target_id is not None and match.image_id == target_id else ""
+        width = max(0.0, min(1.0, match.similarity)) * 100
+        items.append(f'<li>{mark}{html.escape(match.text)} <span class="cir-similarity">'
+                     f'<span style="width:{width:.0f}%"></span>{match.similarity:.3f}</span></li>')
+    return f"<div class='cir-captions'><h4>{html.escape(title)}</h4><ol>{''.join(items)}</ol></div>"
+
+
+def captions_html(explanation: Explanation | None, target_id: str | None = None) -> str:
+    """The 5 captions nearest the composed query and the prompt alone, with similarities (the target's
+    description marked), or why there are none."""
+    if explanation is None:
+        return "<p>Tick <b>explanations</b> and search to see the captions nearest the prompt.</p>"
+    if explanation.query_captions is None:
+        return f"<p>Nearest captions: {html.escape(explanation.captions_note or 'not available')}.</p>"
+    return ("<div class='cir-caption-row'>"
+            + _caption_list("Composed query: nearest captions", explanation.query_captions, target_id)
+            + _caption_list("Sentence prompt alone: nearest captions", explanation.prompt_captions, target_id)
+            + "</div>")
 
 
 def attention_overlay(explanation: Explanation, transform: ImageTransform, token: int | None) -> Image.Image:

@@ -31,6 +31,11 @@ CSS = """
 .cir-chip-row {display: flex; flex-wrap: wrap; align-items: center; gap: 4px; margin: 2px 0;}
 .cir-chip {border-radius: 10px; padding: 1px 8px; font-family: monospace; color: #111;}
 .cir-position {width: 2.5em; font-weight: bold;}
+.cir-caption-row {display: flex; flex-wrap: wrap; gap: 24px;}
+.cir-captions {flex: 1 1 360px;}
+.cir-captions ol {margin: 4px 0 0 1.2em; padding: 0;}
+.cir-similarity {font-family: monospace; color: #555; margin-left: 6px;}
+.cir-similarity span {display: inline-block; height: 0.6em; background: #f59e0b; margin-right: 4px; max-width: 60px;}
 """
 
 
@@ -171,6 +176,10 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
                     raw_json = gr.JSON(label="/search answer")
         with gr.Tabs():
             with gr.Tab("Sentence prompt"):
+                prompt_captions = gr.HTML(elem_id="prompt-captions")
+                token_vocabulary = gr.Radio(["all words", "this benchmark's words"], value="all words",
+                                            label="Decode the prompt vectors with", visible=bool(groups),
+                                            elem_id="token-vocabulary")
                 prompt_chips = gr.HTML(elem_id="prompt-chips")
                 auxiliary_chips = gr.HTML(elem_id="auxiliary-chips")
             with gr.Tab("Attention maps"):
@@ -228,12 +237,13 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
                 gr.Warning(note)
             return result.to_json(), dataclasses.replace(view, result=result)
 
-        def show_result(view: ViewState, token):
+        def show_result(view: ViewState, token, vocabulary):
             result = view.result
             if result is None:
-                return [gr.skip()] * 9
+                return [gr.skip()] * 10
             truth_id = result.ground_truth.id if result.ground_truth else None
-            chips, auxiliary = render.prompt_html(result.explanation)
+            chips, auxiliary = render.prompt_html(result.explanation, vocabulary == "this benchmark's words")
+            captions = render.captions_html(result.explanation, truth_id)
             explanation = result.explanation
             average = token_image = relevance = None
             if explanation is not None:
@@ -246,7 +256,12 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
             hit_ids = [hit.id for hit in result.hits]
             choice = gr.update(choices=hit_ids, value=explanation.relevance_id if explanation else None)
             return (render.result_summary(result), render.gallery_items(result.hits, truth_id),
-                    render.latency_markdown(result.timings), chips, auxiliary, average, token_image, choice, relevance)
+                    render.latency_markdown(result.timings), captions, chips, auxiliary, average, token_image, choice,
+                    relevance)
+
+        def show_tokens(view: ViewState, vocabulary):
+            explanation = view.result.explanation if view.result is not None else None
+            return render.prompt_html(explanation, vocabulary == "this benchmark's words")[0]
 
         @user_errors
         def show_token(view: ViewState, token):
@@ -337,16 +352,18 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
 
         # -------------------------------------------------------------- wiring
         query_inputs = [reference, caption, top_k, explain, state]
-        view_outputs = [summary, results, latency, prompt_chips, auxiliary_chips, average_map, token_map,
-                        relevance_choice, relevance_map]
+        view_outputs = [summary, results, latency, prompt_captions, prompt_chips, auxiliary_chips, average_map,
+                        token_map, relevance_choice, relevance_map]
+        view_inputs = [state, token_choice, token_vocabulary]
         search_outputs = [raw_json, state]
         search_button.click(run_search, query_inputs, search_outputs, api_name="search", preprocess=False).success(
-            show_result, [state, token_choice], view_outputs, api_name="show_result", api_visibility="undocumented")
+            show_result, view_inputs, view_outputs, api_name="show_result", api_visibility="undocumented")
         caption.submit(run_search, query_inputs, search_outputs, api_name="search_on_enter",
                        api_visibility="undocumented", preprocess=False).success(
-            show_result, [state, token_choice], view_outputs, api_name="show_result_on_enter",
+            show_result, view_inputs, view_outputs, api_name="show_result_on_enter",
             api_visibility="undocumented")
         token_choice.release(show_token, [state, token_choice], token_map, api_name="attention_token")
+        token_vocabulary.input(show_tokens, [state, token_vocabulary], prompt_chips, api_name="prompt_tokens")
         relevance_choice.input(explain_result, [state, relevance_choice], relevance_map, api_name="relevance")
         results.select(use_result_as_reference, [state], [reference, reference_info, state],
                        api_name="use_result_as_reference")
@@ -364,7 +381,7 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
         failures.select(load_failure, [failure_ids], [reference, reference_info, caption, state],
                         api_name="load_failure").success(
             run_search, query_inputs, search_outputs, api_name="search_failure", api_visibility="undocumented",
-            preprocess=False).success(show_result, [state, token_choice], view_outputs, api_name="show_failure",
+            preprocess=False).success(show_result, view_inputs, view_outputs, api_name="show_failure",
                   api_visibility="undocumented")
     return app
 

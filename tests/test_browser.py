@@ -33,6 +33,7 @@ def app_url(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
     checkpoint = write_image_sensitive_checkpoint(root / "model")
     engine = tiny_engine(checkpoint, write_tiny_shapes(root / "shapes"), root / "cache")
+    engine.prepare_caption_bank().join(timeout=120)  # otherwise built on the first explained search
     port = free_port()
     app = launch(engine, server_port=port, prevent_thread_lock=True)
     yield f"http://127.0.0.1:{port}/"
@@ -62,6 +63,16 @@ def test_upload_caption_search_shows_results_tokens_and_heatmaps(app_url, tmp_pa
             expect(page.locator("#results img").first).to_be_visible(timeout=60_000)
             expect(page.locator("#summary")).to_contain_text("an uploaded image", timeout=30_000)
             expect(page.locator("#prompt-chips .cir-chip").first).to_be_visible(timeout=30_000)
+            # The prompt tab leads with the captions nearest the composed query and the prompt alone.
+            expect(page.locator("#prompt-captions")).to_contain_text("Composed query: nearest captions")
+            assert page.locator("#prompt-captions li").count() == 10
+            first_caption = page.locator("#prompt-captions li").first.inner_text()
+            assert any(word in first_caption for word in ("square", "circle", "triangle"))
+            box_captions = page.locator("#prompt-captions").bounding_box()
+            box_chips = page.locator("#prompt-chips").bounding_box()
+            assert box_captions["y"] < box_chips["y"]  # captions first, tokens below
+            page.get_by_text("this benchmark's words").click()
+            expect(page.locator("#prompt-chips")).to_contain_text("benchmark's own words", timeout=30_000)
             assert page.locator("#results img").count() == 10
             page.get_by_role("tab", name="Attention maps").click()
             expect(page.locator("#attention-average img").first).to_be_visible(timeout=30_000)

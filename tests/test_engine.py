@@ -441,3 +441,49 @@ def test_k_that_is_not_a_whole_number_is_refused(engine, k):
 def test_k_as_whole_float_or_text_is_accepted(engine):
     assert len(engine.search(engine.gallery_ids[0], CAPTION, k=3.0).hits) == 3
     assert len(engine.search(engine.gallery_ids[0], CAPTION, k="4").hits) == 4
+
+
+# ---------------------------------------------------------------------- nearest captions
+def test_explanation_lists_the_captions_nearest_the_query_and_the_prompt(engine, model):
+    from cir_core.caption_bank import CaptionBank
+
+    query = engine.benchmark_queries()[0]
+    first = engine.search(query.reference_id, query.caption, k=3, explain=True)
+    engine.prepare_caption_bank().join(timeout=120)
+    assert first.explanation.query_captions is not None or "being encoded" in first.explanation.captions_note
+    result = engine.search(query.reference_id, query.caption, k=3, explain=True)
+    bank = engine.caption_bank()
+    texts, ids = engine.caption_texts()
+    assert bank.texts == texts and ids == engine.source.split.gallery  # shapes: every scene's description
+    assert engine.gallery_label(ids[0]) == texts[0]
+    direct = CaptionBank.build(model, texts, ids, progress=False).nearest(result.query_vector[None])[0]
+    found = result.explanation.query_captions
+    assert [m.text for m in found] == [m.text for m in direct] and len(found) == 5
+    assert [m.similarity for m in found] == pytest.approx([m.similarity for m in direct], abs=1e-5)
+    assert [m.similarity for m in found] == sorted((m.similarity for m in found), reverse=True)
+    with torch.inference_mode():
+        encoding = model.encode_query(engine._gallery_features(query.reference_id), [query.caption])
+        prompt_vector = model.prompt_vectors(encoding.prompt)
+    assert [m.text for m in result.explanation.prompt_captions] == [m.text for m in bank.nearest(prompt_vector)[0]]
+    words = [match.token for matches in result.explanation.prompt_dataset_tokens for match in matches]
+    vocabulary = {t for text in texts for t in model.tokenizer.tokenize(text)} | {
+        t for q in engine.source.split.triplets for t in model.tokenizer.tokenize(q.caption)}
+    assert words and set(words) <= vocabulary
+
+
+def test_caption_bank_is_cached_and_rebuilt_for_another_model(checkpoint, shapes_dir, cache_root, engine, tmp_path,
+                                                              monkeypatch):
+    from cir_core.caption_bank import CaptionBank
+
+    expected = engine.caption_bank()
+    restarted = tiny_engine(checkpoint, shapes_dir, cache_root)
+
+    def must_not_encode(*args, **kwargs):
+        raise AssertionError("the cached caption bank should have been used")
+
+    monkeypatch.setattr(CaptionBank, "build", must_not_encode)
+    assert np.array_equal(restarted.caption_bank().vectors, expected.vectors)
+    monkeypatch.undo()
+    other = tiny_engine(write_image_sensitive_checkpoint(tmp_path / "other", seed=5), shapes_dir, cache_root)
+    rebuilt = other.caption_bank()  # same name and texts, other weights: the cached bank is refused
+    assert rebuilt.fingerprint != expected.fingerprint and not np.allclose(rebuilt.vectors, expected.vectors)

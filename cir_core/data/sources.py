@@ -59,6 +59,15 @@ class BenchmarkSource:
         return [GalleryItem(id=image_id, path=str(self.split.path(image_id)), caption=self.captions.get(image_id),
                             label=self.labels.get(image_id)) for image_id in self.split.gallery]
 
+    def caption_texts(self) -> tuple[list[str], list[str | None]]:
+        """Texts for a caption bank, with the gallery image each describes: the images' descriptions
+        where the benchmark has them (shapes), else the split's relative captions (CIRR, FashionIQ)."""
+        if self.captions:
+            described = [image_id for image_id in self.split.gallery if self.captions.get(image_id)]
+            return [self.captions[image_id] for image_id in described], described
+        texts = list(dict.fromkeys(t.caption for t in self.split.triplets if t.caption.strip()))
+        return texts, [None] * len(texts)
+
     def cache_key(self) -> str:
         """Changes whenever the gallery or the queries change (caches of ranks are keyed by it)."""
         digest = hashlib.sha256()
