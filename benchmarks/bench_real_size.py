@@ -8,6 +8,7 @@ checkpoint) and the gallery is a stand-in of N random images written as PNG file
 settings run side by side, query by query, so that the host's load hits both alike:
 
 - fp32: the model as loaded;
+- with `--bf16` (CPU), also a bf16 copy (query precision bf16), int8's alternative;
 - the fast setting: on a CPU, int8 (`cir_core.precision.query_model(model, "int8")`: the
   vision encoder and both Q-Former passes, what an engine's query precision "auto" picks
   for ViT-g); on CUDA, fp16 (`cir_core.device.place_model`, as an engine on a GPU runs).
@@ -213,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads on a CPU")
     parser.add_argument("--throughput-batches", type=int, default=8,
                         help="CUDA: batches of 64 timed for gallery encoding throughput")
+    parser.add_argument("--bf16", action="store_true",
+                        help="CPU: also time a bf16 copy (query precision bf16), the alternative to int8 (+2.4 GB)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
 
@@ -254,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         fast = query_model(model, "int8")
     fast_build_s = time.perf_counter() - started
     settings = {"fp32": model, fast_name: fast}
+    if args.bf16 and not cuda:
+        settings["bf16"] = query_model(model, "bf16")
     transform = ImageTransform(model.config.preprocess)
 
     report: dict = {
@@ -310,9 +315,15 @@ def main(argv: list[str] | None = None) -> int:
     fast_rows, fp32_rows = report["settings"][fast_name], report["settings"]["fp32"]
     report["speedup_over_fp32"] = {kind: round(fp32_rows[kind]["p50_ms"] / fast_rows[kind]["p50_ms"], 2)
                                    for kind in fast_rows}
+    for name in settings.keys() - {"fp32", fast_name}:
+        report[f"{name}_speedup_over_fp32"] = {
+            kind: round(fp32_rows[kind]["p50_ms"] / report["settings"][name][kind]["p50_ms"], 2) for kind in fast_rows}
     k = min(10, gallery_size // 2)
     report["ranking_agreement_with_fp32"] = {kind: agreement(scores[fast_name][kind], scores["fp32"][kind], k)
                                              for kind in ("upload", "gallery_reference")}
+    for name in settings.keys() - {"fp32", fast_name}:
+        report[f"{name}_ranking_agreement_with_fp32"] = {
+            kind: agreement(scores[name][kind], scores["fp32"][kind], k) for kind in ("upload", "gallery_reference")}
     report["gallery_reference_p50_ms"] = fast_rows["gallery_reference"]["p50_ms"]
     report["upload_p50_ms"] = fast_rows["upload"]["p50_ms"]
     report["stored_vision_features_kb_per_image"] = round(store.shape[1] * store.shape[2] * 2 / 1024, 1)

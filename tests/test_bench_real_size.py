@@ -15,13 +15,15 @@ def test_report_has_the_targets_fields_and_both_settings(capsys):
     threads = torch.get_num_threads()
     try:
         assert bench.main(["--preset", "tiny-test", "--device", "cpu", "--gallery", "6", "--queries", "2",
-                           "--threads", "1", "--json"]) == 0
+                           "--threads", "1", "--bf16", "--json"]) == 0
     finally:
         torch.set_num_threads(threads)
     report = json.loads(capsys.readouterr().out)
     for field in ("gallery_reference_p50_ms", "upload_p50_ms", "peak_rss_gb"):
         assert report[field] > 0
-    assert report["fast_setting"] == "int8" and set(report["settings"]) == {"fp32", "int8"}
+    assert report["fast_setting"] == "int8" and set(report["settings"]) == {"fp32", "int8", "bf16"}
+    assert set(report["bf16_speedup_over_fp32"]) == {"upload", "gallery_reference"}
+    assert "spearman" in report["bf16_ranking_agreement_with_fp32"]["gallery_reference"]
     upload = report["settings"]["int8"]["upload"]["stages_p50_ms"]
     assert set(upload) == {"vision_encoder_ms", "prompt_pass_ms", "compose_pass_ms", "scoring_ms"}
     assert "vision_encoder_ms" not in report["settings"]["int8"]["gallery_reference"]["stages_p50_ms"]
