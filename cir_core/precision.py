@@ -81,8 +81,19 @@ def query_model(model: SPRCModel, precision: str) -> SPRCModel:
     if precision == "fp32":
         return model
     if precision == "bf16":
-        return copy.deepcopy(model).to(torch.bfloat16).eval()
+        # Each floating-point tensor is copied straight into bf16: a full fp32 copy first
+        # would need the model's memory twice over at once (4.7 GB more for ViT-g).
+        halved = {id(tensor): _bf16(tensor) for tensor in [*model.parameters(), *model.buffers()]
+                  if tensor.is_floating_point()}
+        return copy.deepcopy(model, halved).eval()
     return int8_copy(model)
+
+
+def _bf16(tensor: torch.Tensor) -> torch.Tensor:
+    converted = tensor.detach().to(torch.bfloat16, copy=True)
+    if isinstance(tensor, torch.nn.Parameter):
+        return torch.nn.Parameter(converted, requires_grad=tensor.requires_grad)
+    return converted
 
 
 def resolve_gallery_precision(model: SPRCModel, precision: str) -> str:

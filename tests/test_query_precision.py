@@ -29,3 +29,14 @@ def test_the_int8_copy_shares_the_fp32_tensors_it_does_not_quantize(tiny_model):
     pixels = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(fast.encode_query(pixels, "make it red").query,
                                tiny_model.encode_query(pixels, "make it red").query, atol=5e-2, rtol=0)
+
+
+def test_the_bf16_copy_converts_every_floating_point_tensor_and_leaves_the_original(tiny_model):
+    fast = query_model(tiny_model, "bf16")
+    assert all(p.dtype == torch.bfloat16 for p in fast.parameters())
+    assert all(b.dtype in (torch.bfloat16, torch.int64) for b in fast.buffers())
+    assert all(p.dtype == torch.float32 for p in tiny_model.parameters())
+    assert fast.query_tokens is not tiny_model.query_tokens and fast.query_tokens.requires_grad
+    pixels = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(fast.encode_query(pixels, "make it red").query.float(),
+                               tiny_model.encode_query(pixels, "make it red").query, atol=5e-2, rtol=0)
