@@ -646,3 +646,24 @@ def test_cli_writes_a_dataset(tmp_path, capsys):
     assert {k: v["triplets"] for k, v in info["splits"].items()} == {"train": 8, "val": 2, "test": 3}
     assert info["sampling"]["hard_negative_fraction"] == ShapesCounts().hard_negative_fraction
     assert len(read_shapes_split(out, "test")) == 3
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--distractors", "inf"], "distractor_fraction and hard_negative_fraction must be finite numbers, got inf"),
+    (["--distractors", "nan"], "must be finite numbers, got nan"),
+    (["--distractors", "1e9"], "gallery images, more than the 10,000,000 this benchmark writes"),
+    (["--train", "100000000"], "more than the 10,000,000 this benchmark writes"),
+    (["--image-size", "100000"], "image size 100000 is too large (maximum 2048)"),
+])
+def test_cli_refuses_counts_and_sizes_it_cannot_write(tmp_path, capsys, options, message):
+    import time
+
+    from cir_core.cli import main
+
+    start = time.monotonic()
+    code = main(["data", "shapes", "--out", str(tmp_path / "ds"), "--train", "8", "--val", "2", "--test", "3",
+                 "--no-progress", *options])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1
+    assert time.monotonic() - start < 5
+    assert list(tmp_path.iterdir()) == []  # no dataset and no staging folder

@@ -41,6 +41,7 @@ from cir_core.data.shapes_scene import (
     DEFAULT_IMAGE_SIZE,
     GRID,
     HELD_OUT_COMBINATIONS,
+    MAX_IMAGE_SIZE,
     MIN_IMAGE_SIZE,
     NUM_CELL_CLASSES,
     POSITIONS,
@@ -166,6 +167,8 @@ def write_shapes_dataset(out_dir: str | Path, seed: int = 0, image_size: int = D
     counts.validate()
     if image_size < MIN_IMAGE_SIZE:
         raise ValueError(f"image size {image_size} is too small (minimum {MIN_IMAGE_SIZE})")
+    if image_size > MAX_IMAGE_SIZE:
+        raise ValueError(f"image size {image_size} is too large (maximum {MAX_IMAGE_SIZE})")
     _check_destination(out_dir, overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))

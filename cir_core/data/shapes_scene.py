@@ -47,6 +47,9 @@ COLUMN_WORDS = ("left", "center", "right")
 
 DEFAULT_IMAGE_SIZE = 96
 MIN_IMAGE_SIZE = 24
+# The models here read 224 pixels at most; far larger images only cost memory and time
+# (one image of 100,000 pixels a side is 30 GB).
+MAX_IMAGE_SIZE = 2048
 SUPERSAMPLING = 4  # draw at 4x, then average 4x4 blocks: antialiased edges
 # Object extent as a fraction of the cell side: 24 px (large) and 13 px (small) in a 32 px cell.
 EXTENT = {"large": 24 / 32, "small": 13 / 32}
@@ -281,6 +284,8 @@ def render_scene(scene: ShapesScene, size: int = DEFAULT_IMAGE_SIZE) -> Image.Im
     """RGB image of `size` x `size` pixels: cells of size/3, objects centred, drawn at 4x and downsampled."""
     if size < MIN_IMAGE_SIZE:
         raise ValueError(f"image size {size} is too small to draw a 3x3 grid of objects (minimum {MIN_IMAGE_SIZE})")
+    if size > MAX_IMAGE_SIZE:
+        raise ValueError(f"image size {size} is too large to draw (maximum {MAX_IMAGE_SIZE})")
     image = Image.new("RGB", (size, size), BACKGROUND)
     for obj in scene.objects:
         left, top, right, bottom = cell_box(obj.row, obj.col, size)

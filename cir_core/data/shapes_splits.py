@@ -8,6 +8,7 @@ rare skip is the only way one split's sampling can depend on another's.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from dataclasses import dataclass
 
@@ -21,6 +22,9 @@ logger = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 # Draws without a new scene or query before giving up (only tiny scene spaces get there).
 _MAX_STALE_DRAWS = 10_000
+# Gallery scenes a dataset may plan: 100 times what the default counts plan, some 40 GB of
+# 96-pixel PNGs and hours of sampling; more is a mistaken count rather than a benchmark.
+MAX_IMAGES = 10_000_000
 
 
 @dataclass
@@ -37,7 +41,17 @@ class ShapesCounts:
     def triplets(self, split: str) -> int:
         return {"train": self.train, "val": self.val, "test": self.test}[split]
 
+    def planned_images(self) -> int:
+        """About how many gallery scenes the splits get: a reference and a target per query at most,
+        plus hard negatives and distractors (an upper bound; shared scenes are rendered once)."""
+        own = 2 * sum(self.triplets(s) for s in SPLITS)
+        return math.ceil(own * (1 + self.hard_negative_fraction + self.distractor_fraction))
+
     def validate(self) -> None:
+        fractions = (self.distractor_fraction, self.hard_negative_fraction)
+        if not all(isinstance(f, (int, float)) and not isinstance(f, bool) and math.isfinite(f) for f in fractions):
+            raise ValueError(f"invalid shapes counts: distractor_fraction and hard_negative_fraction must be finite "
+                             f"numbers, got {self.distractor_fraction!r} and {self.hard_negative_fraction!r}")
         checks = [
             (all(self.triplets(s) >= 1 for s in SPLITS), "every split needs at least one triplet"),
             (1 <= self.train_edits_per_reference <= 5, "train_edits_per_reference must be within 1..5"),
@@ -47,6 +61,9 @@ class ShapesCounts:
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"invalid shapes counts: {message}")
+        if self.planned_images() > MAX_IMAGES:
+            raise ValueError(f"invalid shapes counts: they plan up to {self.planned_images():,} gallery images, more "
+                             f"than the {MAX_IMAGES:,} this benchmark writes (fewer triplets or distractors)")
 
 
 @dataclass(frozen=True)
