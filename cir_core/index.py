@@ -41,6 +41,7 @@ from cir_core.index_store import (
     FLAT_FILE,
     FORMAT_VERSION,
     INFO_FILE,
+    KINDS,
     METADATA_FILE,
     STORE_FILE,
     VISION_FILE,
@@ -93,7 +94,9 @@ class GalleryIndex:
         self._lock = threading.Lock()
         self._metadata, self._line_starts = _open_metadata(folder / METADATA_FILE, self.count)
         if self.kind == "flat":
-            self._flat = faiss.read_index(str(folder / FLAT_FILE), faiss.IO_FLAG_MMAP_IFC)
+            self._flat = _read_faiss(folder / FLAT_FILE, faiss.IO_FLAG_MMAP_IFC)
+            # The view below trusts these numbers: a wider embed_dim would read past the vectors.
+            self._check_faiss_shape(self._flat, FLAT_FILE)
             raw = faiss.rev_swig_ptr(faiss.downcast_index(self._flat).get_xb(), self._flat.ntotal * self.dim)
             self._store = raw.reshape(self.count, self.num_query_tokens, self.dim)  # (N, Q, D) fp32 view
             self._coarse = None
@@ -102,7 +105,8 @@ class GalleryIndex:
             self._store = StoreReader(folder / STORE_FILE)  # (N, Q, D) fp16, read on demand
             # IVF lists (ivfpq) or the quantized vectors (hnsw) stay on disk, memory-mapped.
             mapping = faiss.IO_FLAG_MMAP if self.kind == "ivfpq" else faiss.IO_FLAG_MMAP_IFC
-            self._coarse = faiss.read_index(str(folder / COARSE_FILE), mapping)
+            self._coarse = _read_faiss(folder / COARSE_FILE, mapping)
+            self._check_faiss_shape(self._coarse, COARSE_FILE)
             self.set_search_params()
         expected = (self.count, self.num_query_tokens, self.dim)
         if self._store.shape != expected:
@@ -116,6 +120,12 @@ class GalleryIndex:
             raise GalleryIndexError(f"index {folder} is damaged: {VISION_FILE} has shape {self._vision.shape}, "
                                     f"info.json says {info.get('vision_features', {}).get('shape')} "
                                     f"for {self.count} images")
+
+    def _check_faiss_shape(self, index, name: str) -> None:
+        expected = (self.count * self.num_query_tokens, self.dim)
+        if (index.ntotal, index.d) != expected:
+            raise GalleryIndexError(f"index {self.folder} is damaged: {name} holds {index.ntotal} vectors of width "
+                                    f"{index.d}, {INFO_FILE} says {expected[0]} of width {expected[1]}")
 
     def set_search_params(self, nprobe: int | None = None, candidates: int | None = None) -> None:
         """Search-time settings of an approximate index (in memory; the folder is not changed).
@@ -194,7 +204,14 @@ class GalleryIndex:
     def record(self, row: int) -> dict[str, Any]:
         """The metadata of one image row: id, path, caption, label, size [w, h]."""
         start, end = self._line_starts[row], self._line_starts[row + 1]
-        return json.loads(self._metadata[start:end])
+        damaged = f"index {self.folder} is damaged: line {row + 1} of {METADATA_FILE} is not an image record"
+        try:
+            record = json.loads(self._metadata[start:end])
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise GalleryIndexError(f"{damaged} ({error})") from None
+        if not isinstance(record, dict) or not _RECORD_KEYS <= set(record):
+            raise GalleryIndexError(f"{damaged} (it needs {sorted(_RECORD_KEYS)})")
+        return record
 
     @cached_property
     def _columns(self) -> dict[str, list]:
@@ -397,6 +414,7 @@ def _first_per_image(images: np.ndarray, scores: np.ndarray, excluded: set[int])
 
 # ------------------------------------------------------------------------------------------- loading
 _REQUIRED_INFO = ("format_version", "kind", "count", "num_query_tokens", "embed_dim", "params", "files")
+_RECORD_KEYS = {"id", "path", "caption", "label", "size"}
 
 
 def _read_info(folder: Path) -> dict[str, Any]:
@@ -414,11 +432,73 @@ def _read_info(folder: Path) -> dict[str, Any]:
     if info["format_version"] != FORMAT_VERSION:
         raise GalleryIndexError(f"index {folder} has format version {info['format_version']!r}; this code reads "
                                 f"version {FORMAT_VERSION} (rebuild the index)")
+    problem = _info_problem(info)
+    if problem:
+        raise GalleryIndexError(f"index {folder} is damaged: {INFO_FILE} {problem}")
     needed = {"flat": (FLAT_FILE, METADATA_FILE)}.get(info["kind"], (STORE_FILE, COARSE_FILE, METADATA_FILE))
     unlisted = [name for name in needed if name not in info["files"]]
     if unlisted:
         raise GalleryIndexError(f"index {folder} is damaged: {INFO_FILE} lists no checksum for {unlisted}")
     return info
+
+
+# The data files an index folder may list; any other name (say "../x") is refused, not opened.
+_DATA_FILES = (FLAT_FILE, STORE_FILE, COARSE_FILE, METADATA_FILE, VISION_FILE)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _info_problem(info: dict[str, Any]) -> str | None:
+    """What is wrong with the fields of a parsed info.json ("has kind 'x'", ...), or None."""
+    if info["kind"] not in KINDS:
+        return f"has kind {info['kind']!r}; expected one of {list(KINDS)}"
+    for key in ("count", "num_query_tokens", "embed_dim"):
+        if not _is_count(info[key]):
+            return f"has {key} {info[key]!r}; expected a whole number >= 1"
+    files = info["files"]
+    if not isinstance(files, dict):
+        return f"has files of type {type(files).__name__}; expected an object of file name -> checksum"
+    for name, entry in files.items():
+        if name not in _DATA_FILES:
+            return f"lists an unknown file {name!r}"
+        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and isinstance(entry.get("bytes"), int)
+                and not isinstance(entry["bytes"], bool) and entry["bytes"] >= 0):
+            return f"has no sha256 and byte size for {name}: {entry!r:.100}"
+    params = info["params"]
+    fields = {field.name: field.type for field in dataclasses.fields(IndexParams)}
+    if not isinstance(params, dict) or set(params) - set(fields):
+        return f"has params {params!r:.200}; expected an object with some of {sorted(fields)}"
+    for name, value in params.items():
+        wanted = str if name == "kind" else int
+        if not isinstance(value, wanted) or isinstance(value, bool):
+            return f"has params.{name} {value!r:.50}; expected {'text' if wanted is str else 'a whole number'}"
+    try:
+        IndexParams(**params).validate()
+    except ValueError as error:
+        return f"has params that cannot be searched ({error})"
+    if params.get("kind", info["kind"]) != info["kind"]:
+        return f"has params.kind {params['kind']!r} for an index of kind {info['kind']!r}"
+    build = info.get("build", {})
+    try:
+        BuildReport.from_dict(build)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return f"has a build report that is not one: {build!r:.100}"
+    vision = info.get("vision_features")
+    if vision is not None and not (isinstance(vision, dict) and isinstance(vision.get("shape"), list)
+                                   and len(vision["shape"]) == 3 and all(map(_is_count, vision["shape"]))):
+        return f"has vision_features {vision!r:.100}; expected an object with a shape [N, T, W]"
+    return None
+
+
+def _read_faiss(path: Path, flags: int):
+    try:
+        return faiss.read_index(str(path), flags)
+    except RuntimeError as error:  # faiss reports any malformed file this way, over several lines
+        last_line = (str(error).strip().splitlines() or [""])[-1][:200]
+        raise GalleryIndexError(f"index {path.parent} is damaged: {path.name} is not a readable faiss index "
+                                f"({last_line})") from None
 
 
 def _check_vision_shape(folder: Path, info: dict[str, Any], model) -> None:

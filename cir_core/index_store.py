@@ -176,10 +176,13 @@ class StoreReader:
 
     def __init__(self, path: Path):
         with open(path, "rb") as handle:
-            version = np.lib.format.read_magic(handle)
-            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                           else np.lib.format.read_array_header_2_0)
-            shape, fortran_order, dtype = read_header(handle)
+            try:
+                version = np.lib.format.read_magic(handle)
+                read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0)
+                shape, fortran_order, dtype = read_header(handle)
+            except (ValueError, SyntaxError, TypeError) as error:  # numpy parses the header as a Python literal
+                raise GalleryIndexError(f"{path} is not a readable .npy array ({error})") from None
             self._offset = handle.tell()
         if fortran_order or len(shape) != 3:
             raise GalleryIndexError(f"{path} does not hold an (N, Q, D) C-ordered array")

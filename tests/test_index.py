@@ -368,6 +368,104 @@ def test_damaged_index_is_refused(built_index, tmp_path):
         GalleryIndex.load(bad_info)
 
 
+def _with_info(built_index, folder, edit):
+    damaged = _copy(built_index, folder)
+    info = json.loads((damaged / INFO_FILE).read_text())
+    edit(info)
+    (damaged / INFO_FILE).write_text(json.dumps(info))
+    return damaged
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda info: info["files"][FLAT_FILE].pop("bytes"), f"has no sha256 and byte size for {FLAT_FILE}"),
+    (lambda info: info.update(files=list(info["files"])), "has files of type list"),
+    (lambda info: info["files"].update({"../outside": {"sha256": "0", "bytes": 1}}), "lists an unknown file '../outside'"),
+    (lambda info: info["params"].update(warp=9), "has params .*; expected an object with some of"),
+    (lambda info: info["params"].update(candidates="200"), "has params.candidates '200'; expected a whole number"),
+    (lambda info: info["params"].update(candidates=0), "has params that cannot be searched"),
+    (lambda info: info.update(build=[1, 2]), "has a build report that is not one"),
+    (lambda info: info.update(build={"skipped": [{"file": "x"}]}), "has a build report that is not one"),
+    (lambda info: info.update(count="3"), "has count '3'; expected a whole number >= 1"),
+    (lambda info: info.update(embed_dim=True), "has embed_dim True; expected a whole number >= 1"),
+    (lambda info: info.update(kind="lsh"), "has kind 'lsh'"),
+    (lambda info: info.update(vision_features={"shape": "big"}), "has vision_features"),
+])
+def test_malformed_info_is_one_line_error(built_index, tmp_path, edit, message):
+    damaged = _with_info(built_index, tmp_path / "damaged", edit)
+    with pytest.raises(GalleryIndexError, match=f"is damaged: {INFO_FILE} {message}") as caught:
+        GalleryIndex.load(damaged, verify=False)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("key, value", [("embed_dim", 4096), ("embed_dim", 8), ("num_query_tokens", 64)])
+def test_info_that_disagrees_with_the_vectors_is_refused_not_read(built_index, tmp_path, key, value):
+    """Before, a wider embed_dim made a view past the vectors: score_all crashed the process."""
+    import subprocess
+    import sys
+
+    damaged = _with_info(built_index, tmp_path / "damaged", lambda info: info.update({key: value}))
+    script = ("import sys; from cir_core.index import GalleryIndex\n"
+              "index = GalleryIndex.load(sys.argv[1], verify=False); index.score_all([0.0] * index.dim)")
+    result = subprocess.run([sys.executable, "-c", script, str(damaged)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr[-500:]
+    assert f"{FLAT_FILE} holds 12 vectors of width 16, {INFO_FILE} says" in result.stderr
+
+
+def test_a_bad_metadata_line_names_the_file_and_line(built_index, tmp_path):
+    damaged = _copy(built_index, tmp_path / "damaged")
+    lines = (damaged / METADATA_FILE).read_text().splitlines()
+    (damaged / METADATA_FILE).write_text("\n".join([lines[0], "{not json", '{"id": "x"}']) + "\n")
+    info = json.loads((damaged / INFO_FILE).read_text())
+    info["files"][METADATA_FILE]["bytes"] = (damaged / METADATA_FILE).stat().st_size
+    (damaged / INFO_FILE).write_text(json.dumps(info))
+    index = GalleryIndex.load(damaged, verify=False)  # a file changed with its recorded size is only caught here
+    with pytest.raises(GalleryIndexError, match=f"line 2 of {METADATA_FILE} is not an image record"):
+        index.ids
+    with pytest.raises(GalleryIndexError, match=f"line 3 of {METADATA_FILE} is not an image record .*it needs"):
+        index.record(2)
+
+
+def test_index_loader_fuzz_gives_one_line_errors(built_index, tmp_path):
+    """Seeded random corruptions of info.json values and of the data files: loading (and then reading
+    every record and scoring) either works or fails with one GalleryIndexError line."""
+    import random
+    import shutil
+
+    rng = random.Random(22)
+    info = json.loads((built_index / INFO_FILE).read_text())
+    junk = [None, True, -1, 0, 1.5, "x", "", [], [1, 2], {}, {"a": 1}, 10**12, 4096]
+    failures = 0
+    for trial in range(80):
+        folder = tmp_path / f"trial{trial}"
+        shutil.copytree(built_index, folder)
+        how = rng.choice(["top", "params", "files", "build", "bytes", "truncate"])
+        verify = how in ("bytes", "truncate") and rng.random() < 0.5
+        data = json.loads(json.dumps(info))
+        if how in ("top", "params", "build"):
+            node = data if how == "top" else data.setdefault(how, {})
+            node[rng.choice(sorted(node) or ["indexed"])] = rng.choice(junk)
+        elif how == "files":
+            entry = data["files"][rng.choice(sorted(data["files"]))]
+            entry[rng.choice(["sha256", "bytes"])] = rng.choice(junk)
+        (folder / INFO_FILE).write_text(json.dumps(data))
+        if how in ("bytes", "truncate"):
+            path = folder / rng.choice([FLAT_FILE, METADATA_FILE])
+            blob = bytearray(path.read_bytes())
+            if how == "truncate":
+                blob = blob[:rng.randrange(len(blob))]
+            else:
+                for _ in range(rng.randint(1, 8)):
+                    blob[rng.randrange(len(blob))] = rng.randrange(256)
+            path.write_bytes(bytes(blob))
+        try:
+            index = GalleryIndex.load(folder, verify=verify)
+            index.ids, index.score_all(np.zeros(index.dim, dtype=np.float32))
+        except GalleryIndexError as error:
+            failures += 1
+            assert str(error) and "\n" not in str(error), (how, str(error))
+    assert failures >= 40
+
+
 # ------------------------------------------------------------------------------------------- CLIs
 def test_cli_build_index_from_images(tmp_path, tiny_checkpoint, tiny_model, capsys):
     images = _png_folder(tmp_path / "images", 5, seed=7)
