@@ -245,3 +245,23 @@ def test_sweep_refuses_a_word_table_without_a_caption_row(tiny, tmp_path):
     save_file(state, str(tmp_path / "bert" / "model.safetensors"))
     with pytest.raises(SystemExit, match="has no row for 1 caption tokens"):
         sweep.check_init_vocabulary(args)
+
+
+def test_default_rows_of_the_same_checkpoint_files_are_reused(tiny, tmp_path):
+    folder = tmp_path / "checkpoint"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"not weights: loading them would fail")
+    digest = results.checkpoint_digest(folder)
+    names = ["default", "default/image_only", "default/text_only", "default/late_fusion"]
+    previous = [fake_row("sprc/seed0", r1, table="default" if name == "default" else "inference", weights=digest,
+                         group="default") for name, r1 in zip(names, (90.0, 30.0, 1.0, 10.0))]
+    for row, name in zip(previous, names):
+        row["name"] = name
+        row["report"]["num_queries"] = 16  # the tiny test split
+    assert results.evaluate_default_rows(folder, tiny / "data", 1, previous) == previous
+    (folder / "model.safetensors").write_bytes(b"other files")  # no longer the evaluated checkpoint
+    from cir_core.checkpoints import CheckpointError
+
+    with pytest.raises(CheckpointError):  # evaluated again: the stand-in files do not load as a model
+        results.evaluate_default_rows(folder, tiny / "data", 1, previous)
