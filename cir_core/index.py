@@ -40,6 +40,7 @@ from cir_core.index_store import (
     COARSE_FILE,
     FLAT_FILE,
     FORMAT_VERSION,
+    INDEX_FILES,
     INFO_FILE,
     KINDS,
     METADATA_FILE,
@@ -442,10 +443,6 @@ def _read_info(folder: Path) -> dict[str, Any]:
     return info
 
 
-# The data files an index folder may list; any other name (say "../x") is refused, not opened.
-_DATA_FILES = (FLAT_FILE, STORE_FILE, COARSE_FILE, METADATA_FILE, VISION_FILE)
-
-
 def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
@@ -461,7 +458,7 @@ def _info_problem(info: dict[str, Any]) -> str | None:
     if not isinstance(files, dict):
         return f"has files of type {type(files).__name__}; expected an object of file name -> checksum"
     for name, entry in files.items():
-        if name not in _DATA_FILES:
+        if name not in INDEX_FILES or name == INFO_FILE:  # any other name (say "../x") is refused, not opened
             return f"lists an unknown file {name!r}"
         if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str) and isinstance(entry.get("bytes"), int)
                 and not isinstance(entry["bytes"], bool) and entry["bytes"] >= 0):

@@ -3,15 +3,19 @@
 The build encodes images in batches with the model's own preprocessing and
 `model.encode_target`, and persists every finished batch in a work folder beside the
 destination (`.<name>.work/`). A rerun of an interrupted build with the same model and
-items continues after the last finished batch. When every batch is encoded, the index
-is written atomically (`index_store.write_index`) and the work folder removed.
+items continues after the last finished batch, re-encoding any batch whose files changed
+on disk since (size or modification time). When every batch is encoded, the index is
+written atomically (`index_store.write_index`) and the work folder removed. One build at
+a time writes a destination: it holds a lock (`.<name>.lock`) from start to finish.
 
-Files that cannot be read as images are skipped, logged and listed in the build report
-(stored in info.json); a gallery with no readable image is an error.
+Files that cannot be read as images, or are too large or too narrow to be pictures the
+model reads, are skipped, logged and listed in the build report (stored in info.json); a
+gallery with no readable image is an error.
 """
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
@@ -19,6 +23,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -30,13 +35,24 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from cir_core.index_store import IndexContents, IndexParams, write_index
+from cir_core.index_store import (
+    IndexContents,
+    IndexParams,
+    check_destination,
+    check_finite,
+    checked_params,
+    write_index,
+)
 from cir_core.transforms import ImageTransform, to_rgb
 
 logger = logging.getLogger(__name__)
 
-WORK_VERSION = 1
+WORK_VERSION = 2  # batches record their files' size and modification time
 _MANIFEST = "manifest.json"
+# Gallery images are refused beyond the limits the engine puts on query images: larger
+# files are not decoded at all, and longer strips would be mostly padding.
+MAX_IMAGE_PIXELS = 40_000_000
+MAX_ASPECT_RATIO = 50
 # Errors PIL raises for files that are not (complete, sane) images.
 _UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 _SKIPS_LOGGED = 20
@@ -127,41 +143,76 @@ def build_gallery_index(model, items: list[GalleryItem], out_dir: Path, params: 
     dtype = np.float32 if params.kind == "flat" else np.float16
     fingerprint = weights_fingerprint(model)
     precision = resolve_gallery_precision(model, precision)
+    check_destination(out_dir)
+    checked_params(params, len(items), q, d)  # skipped images can only make it fail later, at writing
     manifest = {"version": WORK_VERSION, "fingerprint": fingerprint, "items": _items_digest(items),
                 "batch_size": batch_size, "dtype": np.dtype(dtype).name, "shape": [q, d], "precision": precision,
                 "vision_features": store_vision_features}
-    work = out_dir.parent / f".{out_dir.name}.work"
-    resumed = _prepare_work_folder(work, manifest, resume)
-    batches = [items[start:start + batch_size] for start in range(0, len(items), batch_size)]
-    with gallery_encoder(model, precision) as encoder:
-        _encode_missing(encoder, batches, work, dtype, progress, store_vision_features)
+    with _destination_lock(out_dir):
+        work = out_dir.parent / f".{out_dir.name}.work"
+        resumed = _prepare_work_folder(work, manifest, resume)
+        batches = [items[start:start + batch_size] for start in range(0, len(items), batch_size)]
+        resumed -= _forget_changed_batches(work, batches)
+        with gallery_encoder(model, precision) as encoder:
+            _encode_missing(encoder, batches, work, dtype, progress, store_vision_features)
 
-    skipped: list[SkippedImage] = []
-    records: list[dict[str, Any]] = []
-    for number, batch in enumerate(batches):
-        done = json.loads((work / f"{_batch_name(number)}.json").read_text())
-        skipped += [SkippedImage(**entry) for entry in done["skipped"]]
-        records += [{"id": batch[i].id, "path": str(batch[i].path), "caption": batch[i].caption,
-                     "label": batch[i].label, "size": size} for i, size in zip(done["kept"], done["sizes"])]
-    _log_skipped(skipped)
-    if not records:
+        skipped: list[SkippedImage] = []
+        records: list[dict[str, Any]] = []
+        for number, batch in enumerate(batches):
+            done = json.loads((work / f"{_batch_name(number)}.json").read_text())
+            skipped += [SkippedImage(**entry) for entry in done["skipped"]]
+            records += [{"id": batch[i].id, "path": str(batch[i].path), "caption": batch[i].caption,
+                         "label": batch[i].label, "size": size} for i, size in zip(done["kept"], done["sizes"])]
+        _log_skipped(skipped)
+        if not records:
+            shutil.rmtree(work, ignore_errors=True)
+            first = skipped[0]
+            raise ValueError(f"no readable images among {len(items)} gallery items "
+                             f"(e.g. {first.path}: {first.reason})")
+        report = BuildReport(indexed=len(records), skipped=skipped, resumed_batches=resumed)
+        info = {"model": model_id or getattr(model, "source", None) or config.name, "model_config": config.name,
+                "fingerprint": fingerprint, "precision": precision, "preprocess": dataclasses.asdict(config.preprocess),
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        contents = IndexContents(records=records, num_query_tokens=q, dim=d, info=info)
+        report.seconds = round(time.perf_counter() - started, 3)
+        contents.info["build"] = report.to_dict()
+        vision = _stored_chunks(work, len(batches), _VISION_SUFFIX) if store_vision_features else None
+        write_index(out_dir, _stored_chunks(work, len(batches)), contents, params, progress=progress,
+                    vision_chunks=vision)
         shutil.rmtree(work, ignore_errors=True)
-        first = skipped[0]
-        raise ValueError(f"no readable images among {len(items)} gallery items "
-                         f"(e.g. {first.path}: {first.reason})")
-    report = BuildReport(indexed=len(records), skipped=skipped, resumed_batches=resumed)
-    info = {"model": model_id or getattr(model, "source", None) or config.name, "model_config": config.name,
-            "fingerprint": fingerprint, "precision": precision, "preprocess": dataclasses.asdict(config.preprocess),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    contents = IndexContents(records=records, num_query_tokens=q, dim=d, info=info)
-    report.seconds = round(time.perf_counter() - started, 3)
-    contents.info["build"] = report.to_dict()
-    vision = _stored_chunks(work, len(batches), _VISION_SUFFIX) if store_vision_features else None
-    write_index(out_dir, _stored_chunks(work, len(batches)), contents, params, progress=progress, vision_chunks=vision)
-    shutil.rmtree(work, ignore_errors=True)
-    logger.info("indexed %d images (%d skipped, %d batches resumed) in %.1fs", report.indexed,
-                report.skipped_count, resumed, time.perf_counter() - started)
-    return fingerprint
+        logger.info("indexed %d images (%d skipped, %d batches resumed) in %.1fs", report.indexed,
+                    report.skipped_count, resumed, time.perf_counter() - started)
+        return fingerprint
+
+
+@contextmanager
+def _destination_lock(out_dir: Path):
+    """Held while one build writes `out_dir`: a second build would share its work folder (and delete it).
+
+    The lock is an flock on `.<name>.lock` beside the destination, so it dies with its process and a
+    crashed build never blocks the next; the file is removed when the build ends.
+    """
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    path = out_dir.parent / f".{out_dir.name}.lock"
+    while True:
+        handle = open(path, "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise ValueError(f"another build is writing {out_dir} (it holds {path}); wait for it to finish or "
+                             "choose another destination") from None
+        try:
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        handle.close()  # locked a file its holder removed as it finished: lock the current one instead
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # still locked: a build that opened it meanwhile sees it gone and retries
+        handle.close()
 
 
 def _check_unique_ids(items: list[GalleryItem]) -> None:
@@ -202,6 +253,35 @@ def _prepare_work_folder(work: Path, manifest: dict[str, Any], resume: bool) -> 
     return 0
 
 
+def _file_signature(path: str | Path) -> list[int] | None:
+    """[size, modification time in ns] of a file (None when it cannot be read): what a resumed
+    build compares to tell a file it encoded from one changed under the same name."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def _forget_changed_batches(work: Path, batches: list[list[GalleryItem]]) -> int:
+    """Unmark finished batches whose files changed since they were encoded; returns how many."""
+    forgotten = 0
+    for number, batch in enumerate(batches):
+        marker = work / f"{_batch_name(number)}.json"
+        if not marker.is_file():
+            continue
+        try:
+            recorded = json.loads(marker.read_text()).get("files")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            recorded = None
+        if recorded != [_file_signature(item.path) for item in batch]:
+            marker.unlink()
+            forgotten += 1
+    if forgotten:
+        logger.info("%d encoded batches are encoded again: their files changed since", forgotten)
+    return forgotten
+
+
 def _encode_missing(model, batches: list[list[GalleryItem]], work: Path, dtype, progress: bool,
                     store_vision_features: bool = False) -> None:
     transform = ImageTransform(model.config.preprocess)
@@ -213,10 +293,11 @@ def _encode_missing(model, batches: list[list[GalleryItem]], work: Path, dtype, 
               disable=not progress) as bar, ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as reader:
         upcoming = reader.submit(_read_batch, batches[pending[0]], transform) if pending else None
         for position, number in enumerate(pending):
-            pixels, kept, sizes, skipped = upcoming.result()
+            pixels, kept, sizes, skipped, signatures = upcoming.result()
             if position + 1 < len(pending):
                 upcoming = reader.submit(_read_batch, batches[pending[position + 1]], transform)
             name = _batch_name(number)
+            (work / f"{name}{_VISION_SUFFIX}").unlink(missing_ok=True)  # from an earlier encoding of changed files
             features = None
             if pixels and store_vision_features:
                 vectors, features = _encode_batch_with_features(model, torch.stack(pixels))
@@ -225,6 +306,7 @@ def _encode_missing(model, batches: list[list[GalleryItem]], work: Path, dtype, 
                 vectors = _encode_batch(model, torch.stack(pixels)).astype(dtype)
             else:
                 vectors = np.zeros((0, model.config.qformer.num_query_tokens, model.config.embed_dim), dtype=dtype)
+            check_finite(vectors, f"the gallery batch from {batches[number][0].id!r}")
             if features is not None:
                 with open(work / f"{name}{_VISION_SUFFIX}.tmp", "wb") as handle:
                     np.save(handle, features)
@@ -233,13 +315,16 @@ def _encode_missing(model, batches: list[list[GalleryItem]], work: Path, dtype, 
                 np.save(handle, vectors)
             os.replace(work / f"{name}.npy.tmp", work / f"{name}.npy")
             # The JSON marks the batch finished, so it is written after its vectors.
-            _write_atomic(work / f"{name}.json", json.dumps({"kept": kept, "sizes": sizes, "skipped": skipped}).encode())
+            _write_atomic(work / f"{name}.json", json.dumps({"kept": kept, "sizes": sizes, "skipped": skipped,
+                                                             "files": signatures}).encode())
             bar.update(len(batches[number]))
 
 
 def _read_batch(batch: list[GalleryItem], transform: ImageTransform):
-    """Decoded pixels of the readable items, their positions in the batch and sizes, and the skipped ones."""
+    """Decoded pixels of the readable items, their positions in the batch and sizes, the skipped ones,
+    and every file's signature as it was before reading."""
     pixels, kept, sizes, skipped = [], [], [], []
+    signatures = [_file_signature(item.path) for item in batch]
     for position, item in enumerate(batch):
         try:
             tensor, size = _read_image(item.path, transform)
@@ -249,11 +334,18 @@ def _read_batch(batch: list[GalleryItem], transform: ImageTransform):
         pixels.append(tensor)
         kept.append(position)
         sizes.append(size)
-    return pixels, kept, sizes, skipped
+    return pixels, kept, sizes, skipped, signatures
 
 
 def _read_image(path: str | Path, transform: ImageTransform) -> tuple[torch.Tensor, list[int]]:
     with Image.open(path) as image:
+        width, height = image.size  # from the header: nothing is decoded yet
+        if width * height > MAX_IMAGE_PIXELS:
+            raise ValueError(f"the image is {width}x{height} = {width * height / 1e6:.0f} megapixels; "
+                             f"gallery images may have {MAX_IMAGE_PIXELS / 1e6:.0f} at most")
+        if max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height)):
+            raise ValueError(f"the image is {width}x{height}: sides more than {MAX_ASPECT_RATIO}:1 apart would be "
+                             "mostly padding")
         image.load()
         rgb = to_rgb(image)
     return transform(rgb), list(rgb.size)

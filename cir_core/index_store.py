@@ -48,6 +48,8 @@ FLAT_FILE = "vectors.faiss"
 STORE_FILE = "vectors_fp16.npy"
 COARSE_FILE = "coarse.faiss"
 VISION_FILE = "vision_fp16.npy"
+# Everything an index folder may hold; an index is replaced only when it holds nothing else.
+INDEX_FILES = (INFO_FILE, METADATA_FILE, FLAT_FILE, STORE_FILE, COARSE_FILE, VISION_FILE)
 KINDS = ("flat", "ivfpq", "hnsw")
 LAYOUT = "vector row r belongs to image row r // Q"
 # An IVF-PQ index trains k-means codebooks; below this many vectors they cannot be trained.
@@ -151,6 +153,49 @@ def file_entry(path: Path) -> dict[str, Any]:
     return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
+def check_destination(out_dir: Path) -> None:
+    """ValueError unless `out_dir` is absent, empty or an index folder holding nothing but its own files
+    (its info.json may be damaged): writing an index replaces the whole folder, which must never take
+    anything else with it, such as a dataset folder that has an info.json of its own."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise ValueError(f"{out_dir} exists and is not a folder; refusing to replace it")
+    present = sorted(path.name for path in out_dir.iterdir())
+    foreign = [name for name in present if name not in INDEX_FILES]
+    try:
+        info = json.loads((out_dir / INFO_FILE).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        info = None  # missing or damaged: the file names alone tell
+    if (foreign and INFO_FILE not in present) or (isinstance(info, dict) and info.get("layout") != LAYOUT):
+        raise ValueError(f"{out_dir} is not a gallery index (no {INFO_FILE} written by an index build); "
+                         "refusing to replace it (choose another folder)")
+    if foreign:
+        raise ValueError(f"{out_dir} holds files that are not part of its index ({', '.join(foreign[:5])}); "
+                         "refusing to replace it (move them or choose another folder)")
+
+
+def checked_params(params: IndexParams, count: int, q: int, d: int) -> IndexParams:
+    """`params` resolved for `count` images of Q vectors of width D; ValueError when that index cannot be
+    trained (checked before encoding too, so no gallery is encoded for an index that cannot be written)."""
+    params.validate()
+    if params.kind == "flat":
+        return params
+    total = count * q
+    if params.kind == "ivfpq" and total < MIN_IVFPQ_VECTORS:
+        raise ValueError(f"kind 'ivfpq' needs at least {MIN_IVFPQ_VECTORS} vectors to train its codebooks "
+                         f"(this gallery has {count} images x {q} = {total}); use kind 'flat'")
+    resolved = params.resolved(total, d)
+    if params.kind == "ivfpq":
+        # k-means needs at least as many training vectors as centroids: nlist lists, 2^pq_bits codes.
+        for name, centroids in (("nlist", resolved.nlist), ("pq_bits", 2 ** resolved.pq_bits)):
+            if centroids > resolved.train_size:
+                raise ValueError(f"kind 'ivfpq' with {name}={getattr(resolved, name)} trains {centroids} centroids, "
+                                 f"more than the {resolved.train_size} training vectors of this gallery "
+                                 f"({count} images x {q}); choose a smaller {name} or kind 'flat'")
+    return resolved
+
+
 def publish_folder(staging: Path, out_dir: Path) -> None:
     """Rename a finished staging folder to `out_dir`, replacing an older index there."""
     if out_dir.exists():
@@ -242,8 +287,8 @@ def write_index(out_dir: str | Path, chunks: Iterable[np.ndarray], contents: Ind
     The chunks must hold exactly len(contents.records) images in total; so must
     `vision_chunks`, (n, T, W) vision features stored in fp16 when given.
     """
-    params.validate()
     out_dir = Path(out_dir)
+    check_destination(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     count, q, d = len(contents.records), contents.num_query_tokens, contents.dim
     if count == 0:
@@ -253,10 +298,7 @@ def write_index(out_dir: str | Path, chunks: Iterable[np.ndarray], contents: Ind
         if record["id"] in seen_ids:
             raise ValueError(f"gallery image ids must be unique; {record['id']!r} appears more than once")
         seen_ids.add(record["id"])
-    resolved = params.resolved(count * q, d) if params.kind != "flat" else params
-    if params.kind == "ivfpq" and count * q < MIN_IVFPQ_VECTORS:
-        raise ValueError(f"kind 'ivfpq' needs at least {MIN_IVFPQ_VECTORS} vectors to train its codebooks "
-                         f"(this gallery has {count} images x {q} = {count * q}); use kind 'flat'")
+    resolved = checked_params(params, count, q, d)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         files = {}
@@ -305,6 +347,7 @@ def _checked_chunks(chunks: Iterable[np.ndarray], count: int, q: int, d: int, pr
         for chunk in chunks:
             if chunk.ndim != 3 or chunk.shape[1:] != (q, d):
                 raise ValueError(f"vector chunk of shape {tuple(chunk.shape)} does not match (n, {q}, {d})")
+            check_finite(chunk, f"{desc} rows {seen}..{seen + len(chunk) - 1}")
             seen += chunk.shape[0]
             if seen > count:
                 raise ValueError(f"more vectors than the {count} images described")
@@ -312,6 +355,14 @@ def _checked_chunks(chunks: Iterable[np.ndarray], count: int, q: int, d: int, pr
             yield chunk
     if seen != count:
         raise ValueError(f"vectors for {seen} images but {count} images described")
+
+
+def check_finite(vectors: np.ndarray, what: str) -> None:
+    """ValueError when `vectors` hold NaN or infinity: every score against them would be NaN."""
+    if not np.isfinite(vectors).all():
+        bad = int((~np.isfinite(vectors.reshape(len(vectors), -1))).any(axis=1).sum())
+        raise ValueError(f"{bad} of {len(vectors)} images in {what} have non-finite vectors (NaN or infinity); "
+                         "the model's weights or config are broken, so no index is written")
 
 
 def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray]:

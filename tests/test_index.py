@@ -313,6 +313,142 @@ def test_crash_while_writing_keeps_the_previous_index(tmp_path, tiny_model, monk
     assert len(GalleryIndex.build(tiny_model, items, out, progress=False)) == 4
 
 
+def test_build_replaces_only_an_index_of_its_own(tmp_path, tiny_model, tiny_checkpoint, capsys):
+    items = index_build.items_from_images(_png_folder(tmp_path / "images", 2))
+    dataset = tmp_path / "shapes"
+    (dataset / "images").mkdir(parents=True)
+    (dataset / "info.json").write_text(json.dumps({"benchmark": "shapes", "version": 1}))
+    with pytest.raises(ValueError, match="is not a gallery index"):
+        GalleryIndex.build(tiny_model, items, dataset, progress=False)
+    code = main(["build-index", "--images", str(tmp_path / "images"), "--model", "local-dir:/nowhere",
+                 "--out", str(dataset)])
+    assert code == 2 and "is not a gallery index" in capsys.readouterr().err  # refused before the model is read
+    assert sorted(p.name for p in dataset.iterdir()) == ["images", "info.json"]
+
+    out = tmp_path / "index"
+    GalleryIndex.build(tiny_model, items, out, progress=False)
+    assert len(GalleryIndex.build(tiny_model, items[:1], out, progress=False)) == 1  # its own index: replaced
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"holds files that are not part of its index \(notes.txt\)"):
+        GalleryIndex.build(tiny_model, items, out, progress=False)
+    assert (out / "notes.txt").read_text() == "mine" and len(GalleryIndex.load(out)) == 1
+    (out / "notes.txt").unlink()
+    (out / INFO_FILE).write_text("{damaged")
+    assert len(GalleryIndex.build(tiny_model, items, out, progress=False)) == 2  # a damaged index of its own
+
+
+def test_a_second_build_into_the_same_destination_is_refused(tmp_path, tiny_model, monkeypatch):
+    import threading
+
+    first_items = index_build.items_from_images(_png_folder(tmp_path / "first", 6, seed=1))
+    other_items = index_build.items_from_images(_png_folder(tmp_path / "other", 6, seed=2))
+    out = tmp_path / "index"
+    real_encode, started, release = index_build._encode_batch, threading.Event(), threading.Event()
+
+    def slow_encode(model, pixels):
+        started.set()
+        release.wait(30)
+        return real_encode(model, pixels)
+
+    monkeypatch.setattr(index_build, "_encode_batch", slow_encode)
+    errors = []
+
+    def build_first():
+        try:
+            GalleryIndex.build(tiny_model, first_items, out, batch_size=2, progress=False)
+        except Exception as error:  # reported below, in the test's thread
+            errors.append(error)
+
+    first = threading.Thread(target=build_first)
+    first.start()
+    try:
+        assert started.wait(30)
+        with pytest.raises(ValueError, match=f"another build is writing {out}"):
+            GalleryIndex.build(tiny_model, other_items, out, batch_size=2, progress=False)
+        assert (tmp_path / ".index.work").is_dir()  # the first build's work folder was left alone
+    finally:
+        release.set()
+        first.join(60)
+    assert not errors
+    built = GalleryIndex.load(out, model=tiny_model)
+    transform = ImageTransform(tiny_model.config.preprocess)
+    expected = tiny_model.encode_target(torch.stack([transform(Image.open(i.path)) for i in first_items])).numpy()
+    np.testing.assert_allclose(built.vectors(range(6)), expected, atol=1e-6)
+    monkeypatch.setattr(index_build, "_encode_batch", real_encode)
+    assert len(GalleryIndex.build(tiny_model, other_items[:2], out, progress=False)) == 2  # the lock was released
+    assert not (tmp_path / ".index.lock").exists()
+
+
+def test_resume_encodes_again_the_files_that_changed(tmp_path, tiny_model, monkeypatch):
+    import os
+
+    images = _png_folder(tmp_path / "images", 9)
+    items = index_build.items_from_images(images)
+    out = tmp_path / "index"
+    _build_crashing_at_batch(monkeypatch, tiny_model, items, out, crash_at=3, batch_size=3)  # batches 0, 1 done
+    changed = images / "im04.png"  # in batch 1: same name, same size, new pixels and time
+    stat = changed.stat()
+    with Image.open(images / "im07.png") as replacement:
+        replacement.save(changed)
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))
+    real_encode, calls = index_build._encode_batch, []
+    monkeypatch.setattr(index_build, "_encode_batch", lambda model, pixels: calls.append(len(pixels)) or
+                        real_encode(model, pixels))
+    resumed = GalleryIndex.build(tiny_model, items, out, batch_size=3, progress=False)
+    assert calls == [3, 3] and resumed.report.resumed_batches == 1  # batch 1 again, then batch 2
+    fresh = GalleryIndex.build(tiny_model, items, tmp_path / "fresh", batch_size=3, progress=False, resume=False)
+    np.testing.assert_array_equal(resumed.vectors(range(9)), fresh.vectors(range(9)))
+    np.testing.assert_array_equal(resumed.vectors(4), resumed.vectors(7))  # im04 now holds im07's pixels
+
+
+def test_ivfpq_settings_are_checked_before_any_image_is_encoded(tmp_path, tiny_model, monkeypatch, capsys):
+    monkeypatch.setattr(index_build, "_read_batch", lambda *args: pytest.fail("an image was read"))
+    items = [GalleryItem(id=f"img{n}", path=tmp_path / f"img{n}.png") for n in range(300)]  # 300 x 4 vectors
+    with pytest.raises(ValueError, match="at least 1024 vectors"):
+        GalleryIndex.build(tiny_model, items[:3], tmp_path / "index", params=IndexParams(kind="ivfpq"), progress=False)
+    with pytest.raises(ValueError, match="with nlist=4096 trains 4096 centroids, more than the 1200 training vectors"):
+        GalleryIndex.build(tiny_model, items, tmp_path / "index", params=IndexParams(kind="ivfpq", nlist=4096),
+                           progress=False)
+    with pytest.raises(ValueError, match="with pq_bits=16 trains 65536 centroids"):
+        GalleryIndex.build(tiny_model, items, tmp_path / "index", params=IndexParams(kind="ivfpq", pq_bits=16),
+                           progress=False)
+    assert list(tmp_path.iterdir()) == []  # no work folder, no index
+
+
+def test_non_finite_vectors_are_refused(tmp_path, tiny_model):
+    import copy
+
+    broken = copy.deepcopy(tiny_model)
+    with torch.no_grad():
+        broken.vision_projection.weight[0, 0] = float("nan")
+    items = index_build.items_from_images(_png_folder(tmp_path / "images", 3))
+    with pytest.raises(ValueError, match="3 of 3 images in the gallery batch from 'im00.png' have non-finite vectors"):
+        GalleryIndex.build(broken, items, tmp_path / "index", progress=False)
+    assert not (tmp_path / "index").exists()
+    vectors = _unit(np.random.default_rng(0).standard_normal((4, 2, 8)))
+    vectors[2, 1, 3] = np.inf
+    with pytest.raises(ValueError, match="1 of 4 images in flat index rows 0..3 have non-finite vectors"):
+        _write(tmp_path / "written", vectors)
+    assert not (tmp_path / "written").exists()
+
+
+def test_huge_and_extreme_aspect_gallery_images_are_skipped_unread(tmp_path, tiny_model, monkeypatch):
+    images = _png_folder(tmp_path / "images", 2)
+    Image.new("RGB", (40000, 1)).save(images / "strip.png")  # padded to 40000 x 32000 by TargetPad
+    Image.new("1", (8000, 6000)).save(images / "huge.png")  # 48 megapixels, a small file
+    from PIL import ImageFile
+
+    decoded = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda image: decoded.append(image.size) or real_load(image))
+    index = GalleryIndex.build(tiny_model, index_build.items_from_images(images), tmp_path / "index", progress=False)
+    assert index.ids == ["im00.png", "im01.png"]
+    reasons = {skipped.id: skipped.reason for skipped in index.report.skipped}
+    assert "40000x1: sides more than 50:1 apart" in reasons["strip.png"]
+    assert "8000x6000 = 48 megapixels; gallery images may have 40 at most" in reasons["huge.png"]
+    assert (40, 30) in decoded and (40000, 1) not in decoded and (8000, 6000) not in decoded
+
+
 # ------------------------------------------------------------------------------------------- refusals
 @pytest.fixture(scope="module")
 def built_index(tmp_path_factory, tiny_model):
@@ -379,7 +515,8 @@ def _with_info(built_index, folder, edit):
 @pytest.mark.parametrize("edit, message", [
     (lambda info: info["files"][FLAT_FILE].pop("bytes"), f"has no sha256 and byte size for {FLAT_FILE}"),
     (lambda info: info.update(files=list(info["files"])), "has files of type list"),
-    (lambda info: info["files"].update({"../outside": {"sha256": "0", "bytes": 1}}), "lists an unknown file '../outside'"),
+    (lambda info: info["files"].update({"../outside": {"sha256": "0", "bytes": 1}}),
+     "lists an unknown file '../outside'"),
     (lambda info: info["params"].update(warp=9), "has params .*; expected an object with some of"),
     (lambda info: info["params"].update(candidates="200"), "has params.candidates '200'; expected a whole number"),
     (lambda info: info["params"].update(candidates=0), "has params that cannot be searched"),
@@ -504,7 +641,7 @@ def test_cli_build_index_errors(tmp_path, tiny_checkpoint, capsys):
     occupied.mkdir()
     (occupied / "thesis.tex").write_text("precious")
     assert main(["build-index", "--images", str(images), "--model", model, "--out", str(occupied)]) == 2
-    assert "without info.json" in capsys.readouterr().err
+    assert "is not a gallery index (no info.json written by an index build)" in capsys.readouterr().err
     assert (occupied / "thesis.tex").read_text() == "precious"
 
 

@@ -47,14 +47,13 @@ def register(subparsers) -> None:
 
 
 def _check_destination(out: Path) -> None:
-    """Refuse to replace a folder that holds something other than an index."""
-    from cir_core.index_store import INFO_FILE
+    """Refuse, before any image is read, to replace a folder that is not an index of its own."""
+    from cir_core.index_store import check_destination
 
-    if out.exists() and not out.is_dir():
-        raise CommandError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / INFO_FILE).is_file():
-        raise CommandError(f"--out {out} is a non-empty folder without {INFO_FILE}, so it is not a gallery index; "
-                           "refusing to replace it (choose another folder)")
+    try:
+        check_destination(out)
+    except ValueError as error:
+        raise CommandError(f"--out {error}") from None
 
 
 def run(args: argparse.Namespace) -> int:
