@@ -125,7 +125,7 @@ def build_gallery_index(model, items: list[GalleryItem], out_dir: Path, params: 
     `precision` (`cir_core.precision.GALLERY_PRECISIONS`) is how the images are encoded;
     the index records it, and a resumed build only reuses batches encoded the same way.
     `store_vision_features` also keeps each image's vision-encoder output (T x W, fp16:
-    724 KB per image for ViT-g), so that an engine answering a query whose reference is a
+    0.72 MB per image for ViT-g), so that an engine answering a query whose reference is a
     gallery image reads it instead of running the vision encoder.
     """
     from cir_core.checkpoints import weights_fingerprint

@@ -38,7 +38,7 @@ def register(subparsers) -> None:
                         help="how images are encoded: fp32 (default), bf16 autocast, int8 (CPU only, fastest) "
                              "or auto (bf16 on a CPU with bf16 units, else fp32)")
     parser.add_argument("--store-vision-features", action="store_true",
-                        help="also store each image's vision features (fp16; 724 KB per image for ViT-g) so that a "
+                        help="also store each image's vision features (fp16; 0.72 MB per image for ViT-g) so that a "
                              "query whose reference is a gallery image skips the vision encoder")
     parser.add_argument("--no-resume", action="store_true", help="discard the encoded batches of an interrupted build")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
