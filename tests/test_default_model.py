@@ -36,14 +36,15 @@ def test_checkpoint_fits_the_budget_and_its_card_reports_its_metrics(default_mod
     # the documented command reproduces this checkpoint: the shipped recipe is configs/shapes_mini.json
     recipe = TrainConfig.from_file(ROOT / "configs" / "shapes_mini.json").to_dict()
     shipped = TrainConfig.from_file(CHECKPOINT / "train_config.json").to_dict()
-    assert {**shipped, "out_dir": None} == {**recipe, "out_dir": None}
+    where = {"out_dir": None, "device": None, "progress": None}  # where and how visibly it ran, not the recipe
+    assert {**shipped, **where} == {**recipe, **where}
 
 
 @pytest.mark.skipif(not (SHIPPED_SPLIT / "test.json").is_file(), reason="the shipped test split is missing")
 def test_default_model_finds_benchmark_targets(default_model):
     """60 test queries against a 300-scene slice of the test gallery: far above chance.
 
-    The whole split (5,233 scenes) gives R@1 90.1 / R@5 99.4 (model card); a smaller gallery
+    The whole split (5,233 scenes) gives R@1 94.8 / R@5 99.8 (model card); a smaller gallery
     can only be easier, and a broken checkpoint or preprocessing gives R@5 near 2%.
     """
     split = read_shapes_split(SHIPPED_SPLIT, "test")
