@@ -47,6 +47,7 @@ from cir_core.model import SPRCModel
 from cir_core.precision import (
     check_gallery_precision,
     check_query_precision,
+    has_large_vision_encoder,
     query_model,
     resolve_gallery_precision,
     resolve_query_precision,
@@ -845,12 +846,16 @@ def default_gallery_index(model: SPRCModel, items: list[GalleryItem], gallery_na
     precision gets a new index; `GalleryIndex.load` re-checks the fingerprint anyway.
     """
     precision = resolve_gallery_precision(model, precision)
-    folder = (Path(cache_root) / "indexes"
-              / f"{model.config.name}-{weights_fingerprint(model)}-{gallery_name}-{precision}")
+    # A large vision encoder (ViT-g) costs seconds per query on a CPU; its stored output lets a
+    # query whose reference is a gallery image skip it (0.7 MB per image). Small models recompute.
+    store_vision = has_large_vision_encoder(model)
+    folder = (Path(cache_root) / "indexes" / f"{model.config.name}-{weights_fingerprint(model)}-{gallery_name}-"
+              f"{precision}{'-vision' if store_vision else ''}")
     if folder.is_dir():
         try:
             return GalleryIndex.load(folder, model=model)
         except (GalleryIndexError, FileNotFoundError) as error:
             logger.warning("rebuilding the cached gallery index: %s", error)
     logger.info("indexing %d gallery images (%s) into %s (once, %s)", len(items), gallery_name, folder, precision)
-    return GalleryIndex.build(model, items, folder, progress=progress, precision=precision)
+    return GalleryIndex.build(model, items, folder, progress=progress, precision=precision,
+                              store_vision_features=store_vision)

@@ -66,13 +66,17 @@ def check_gallery_precision(precision: str) -> str:
     return _check(precision, GALLERY_PRECISIONS, "gallery")
 
 
+def has_large_vision_encoder(model: SPRCModel) -> bool:
+    """Whether the vision encoder is ViT-g-sized (LARGE_VISION_ENCODER parameters or more)."""
+    return sum(p.numel() for p in model.vision_model.parameters()) >= LARGE_VISION_ENCODER
+
+
 def resolve_query_precision(model: SPRCModel, precision: str) -> str:
     """The concrete query precision ("fp32", "bf16" or "int8") that `precision` means for `model`."""
     check_query_precision(precision)
     if precision != "auto":
         return precision
-    large = sum(p.numel() for p in model.vision_model.parameters()) >= LARGE_VISION_ENCODER
-    return "int8" if large and model.device.type == "cpu" else "fp32"
+    return "int8" if has_large_vision_encoder(model) and model.device.type == "cpu" else "fp32"
 
 
 def query_model(model: SPRCModel, precision: str) -> SPRCModel:

@@ -487,3 +487,16 @@ def test_caption_bank_is_cached_and_rebuilt_for_another_model(checkpoint, shapes
     other = tiny_engine(write_image_sensitive_checkpoint(tmp_path / "other", seed=5), shapes_dir, cache_root)
     rebuilt = other.caption_bank()  # same name and texts, other weights: the cached bank is refused
     assert rebuilt.fingerprint != expected.fingerprint and not np.allclose(rebuilt.vectors, expected.vectors)
+
+
+def test_a_large_vision_encoders_cached_index_stores_its_features(checkpoint, shapes_dir, tmp_path, monkeypatch):
+    import cir_core.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "has_large_vision_encoder", lambda model: True)  # the tiny model as ViT-g
+    large = tiny_engine(checkpoint, shapes_dir, tmp_path / "cache")
+    assert large.index.has_vision_features and "vision features stored" in large.summary()
+    folder = next((tmp_path / "cache" / "indexes").iterdir())
+    assert folder.name.endswith("-vision")
+    monkeypatch.undo()
+    small = tiny_engine(checkpoint, shapes_dir, tmp_path / "cache")  # the same model as itself: its own index
+    assert not small.index.has_vision_features and len(list((tmp_path / "cache" / "indexes").iterdir())) == 2
