@@ -169,3 +169,11 @@ def test_documented_keyword_table_is_the_code_list():
     rows = {line.split("|")[1].strip(): tuple(w.strip() for w in line.split("|")[2].split(","))
             for line in doc.splitlines() if line.startswith("| ") and not line.startswith("| group")}
     assert rows == CAPTION_KEYWORD_GROUPS
+
+
+def test_the_missing_default_model_hint_is_only_for_the_model(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(app, "DEFAULT_MODEL", f"local-dir:{tmp_path / 'no-model'}")
+    assert app.main(["--model", app.DEFAULT_MODEL, "--dataset", "coco"]) == 2
+    assert "default model is missing" not in capsys.readouterr().err  # a bad flag, not a missing model
+    assert app.main(["--model", app.DEFAULT_MODEL, "--gallery", str(tmp_path)]) == 2
+    assert "default model is missing" in capsys.readouterr().err
