@@ -13,14 +13,14 @@ Folder layout: `captions.json` ({"fingerprint", "key", "texts", "image_ids"}) an
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from cir_core.atomic import staged_folder
 
 TEXTS_FILE = "captions.json"
 VECTORS_FILE = "vectors.npy"
@@ -78,15 +78,10 @@ class CaptionBank:
 
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
-        staging = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        (staging / TEXTS_FILE).write_text(json.dumps({"fingerprint": self.fingerprint, "key": self.key,
-                                                      "texts": self.texts, "image_ids": self.image_ids}))
-        np.save(staging / VECTORS_FILE, self.vectors.astype(np.float32))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)  # readers see the old bank or the whole new one
+        with staged_folder(folder) as staging:
+            (staging / TEXTS_FILE).write_text(json.dumps({"fingerprint": self.fingerprint, "key": self.key,
+                                                          "texts": self.texts, "image_ids": self.image_ids}))
+            np.save(staging / VECTORS_FILE, self.vectors.astype(np.float32))
         return folder
 
     @classmethod

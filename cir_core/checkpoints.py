@@ -14,14 +14,13 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from cir_core.atomic import staged_folder
 from cir_core.config import SPRCConfig
 from cir_core.model import SPRCModel
 from cir_core.text import TOKENIZER_CONFIG_FILE, VOCAB_FILE, load_tokenizer, save_tokenizer
@@ -45,9 +44,7 @@ def save_model(model: SPRCModel, path: str | Path, dtype: torch.dtype | None = N
     `extra_files` maps file names to text written beside the weights (a model card).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with staged_folder(path) as staging:
         state = {}
         for name, tensor in model.state_dict().items():
             tensor = tensor.detach().cpu()
@@ -59,17 +56,6 @@ def save_model(model: SPRCModel, path: str | Path, dtype: torch.dtype | None = N
         save_tokenizer(model.tokenizer, staging)
         for name, text in (extra_files or {}).items():
             (staging / name).write_text(text)
-        if path.exists():
-            backup = path.with_name(f".{path.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
-            path.rename(backup)
-            staging.rename(path)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            staging.rename(path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return path
 
 

@@ -53,13 +53,11 @@ from cir_core.precision import (
     resolve_query_precision,
 )
 from cir_core.text import TextBatch, clean_caption
-from cir_core.transforms import ImageTransform, to_rgb
+from cir_core.transforms import MAX_IMAGE_PIXELS, ImageSizeError, ImageTransform, check_image_size, to_rgb
 
 logger = logging.getLogger(__name__)
 
-MAX_QUERY_PIXELS = 40_000_000  # larger images are refused before decoding (decompression-bomb guard)
 INVISIBLE_CATEGORIES = ("Cc", "Cf", "Zs", "Zl", "Zp")  # control, format (zero-width spaces), separators
-MAX_ASPECT_RATIO = 50  # longer strips are refused: padding would make them mostly border
 FAILURE_TOP = 3  # results kept per failure (what ranked above the target)
 GROUP_RECALL_KS = (1, 5)  # recall reported per query group
 DEFAULT_CACHE_ROOT = Path(os.environ.get("CIR_CACHE", "~/.cache/cir")).expanduser()
@@ -224,7 +222,7 @@ class CaptionCheck:
 
 
 # ---------------------------------------------------------------------- input validation
-def load_query_image(source, max_pixels: int = MAX_QUERY_PIXELS) -> Image.Image:
+def load_query_image(source, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """A PIL image, numpy array, image file or encoded image bytes -> RGB image; QueryError if unusable.
 
     The pixel count is checked from the header before any pixel is decoded, so a forged
@@ -261,15 +259,10 @@ def load_query_image(source, max_pixels: int = MAX_QUERY_PIXELS) -> Image.Image:
 
 
 def _check_pixels(size: tuple[int, int], max_pixels: int) -> None:
-    width, height = size
-    if width < 1 or height < 1:
-        raise QueryError(f"the image has no pixels ({width}x{height})")
-    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
-        raise QueryError(f"the image is {width}x{height}: sides more than {MAX_ASPECT_RATIO}:1 apart are not "
-                         "a picture the model can read (crop it first)")
-    if width * height > max_pixels:
-        raise QueryError(f"the image is {width}x{height} = {width * height / 1e6:.0f} megapixels; "
-                         f"the limit is {max_pixels / 1e6:.0f} megapixels (downscale it first)")
+    try:
+        check_image_size(*size, max_pixels)
+    except ImageSizeError as error:
+        raise QueryError(str(error)) from None
 
 
 def check_caption(model: SPRCModel, caption) -> CaptionCheck:

@@ -51,6 +51,7 @@ from cir_core.index_store import (
     StoreReader,
     sha256_file,
 )
+from cir_core.scoring import max_over_queries_numpy
 
 # Scores of one query computed two ways (faiss, numpy) may differ by float rounding; the
 # flat search fetches every vector within this margin of the k-th image's score.
@@ -278,7 +279,7 @@ class GalleryIndex:
         block = max(1, _SCORE_BLOCK_BYTES // (self.num_query_tokens * self.dim * 4))
         for start in range(0, self.count, block):
             vectors = self._store[start:start + block]  # (n, Q, D)
-            scores[:, start:start + len(vectors)] = _max_scores(vectors, queries)
+            scores[:, start:start + len(vectors)] = max_over_queries_numpy(vectors, queries)
         return scores[0] if single else scores
 
     def search(self, query, k: int = 10, exclude=None) -> list[SearchHit] | list[list[SearchHit]]:
@@ -338,7 +339,7 @@ class GalleryIndex:
     def _rank(self, rows: np.ndarray, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact scores of the candidate rows; the k best by (score desc, row asc)."""
         rows = np.unique(rows)  # sorted: reads the store front to back
-        scores = _max_scores(self._gather(rows), query[None])[0]
+        scores = max_over_queries_numpy(self._gather(rows), query[None])[0]
         order = np.lexsort((rows, -scores))[:k]
         return rows[order], scores[order]
 
@@ -388,18 +389,6 @@ class GalleryIndex:
         if self.kind == "ivfpq":
             return faiss.SearchParametersIVF(nprobe=self.params.nprobe)
         return faiss.SearchParametersHNSW(efSearch=max(self.params.ef_search, fetch))
-
-
-def _max_scores(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    """(n, Q, D) fp32 or fp16 x (B, D) fp32 -> (B, n) fp32: max over each image's Q vectors of the dot product.
-
-    Torch converts fp16 with SIMD and runs the product in its own thread pool, several times
-    faster here than numpy's conversion and BLAS.
-    """
-    n, q, d = vectors.shape
-    with torch.inference_mode():
-        products = torch.from_numpy(vectors).reshape(n * q, d).float() @ torch.from_numpy(queries).T  # (n*Q, B)
-        return products.reshape(n, q, -1).amax(dim=1).T.contiguous().numpy()
 
 
 def _first_per_image(images: np.ndarray, scores: np.ndarray, excluded: set[int]) -> tuple[np.ndarray, np.ndarray]:

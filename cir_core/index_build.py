@@ -43,17 +43,13 @@ from cir_core.index_store import (
     checked_params,
     write_index,
 )
-from cir_core.transforms import ImageTransform, to_rgb
+from cir_core.transforms import ImageTransform, check_image_size, to_rgb
 
 logger = logging.getLogger(__name__)
 
 WORK_VERSION = 2  # batches record their files' size and modification time
 _MANIFEST = "manifest.json"
-# Gallery images are refused beyond the limits the engine puts on query images: larger
-# files are not decoded at all, and longer strips would be mostly padding.
-MAX_IMAGE_PIXELS = 40_000_000
-MAX_ASPECT_RATIO = 50
-# Errors PIL raises for files that are not (complete, sane) images.
+# Errors PIL raises for files that are not (complete, sane) images; ImageSizeError is a ValueError.
 _UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 _SKIPS_LOGGED = 20
 _VISION_SUFFIX = ".vision.npy"
@@ -339,13 +335,7 @@ def _read_batch(batch: list[GalleryItem], transform: ImageTransform):
 
 def _read_image(path: str | Path, transform: ImageTransform) -> tuple[torch.Tensor, list[int]]:
     with Image.open(path) as image:
-        width, height = image.size  # from the header: nothing is decoded yet
-        if width * height > MAX_IMAGE_PIXELS:
-            raise ValueError(f"the image is {width}x{height} = {width * height / 1e6:.0f} megapixels; "
-                             f"gallery images may have {MAX_IMAGE_PIXELS / 1e6:.0f} at most")
-        if max(width, height) > MAX_ASPECT_RATIO * max(1, min(width, height)):
-            raise ValueError(f"the image is {width}x{height}: sides more than {MAX_ASPECT_RATIO}:1 apart would be "
-                             "mostly padding")
+        check_image_size(*image.size)  # from the header: nothing is decoded yet
         image.load()
         rgb = to_rgb(image)
     return transform(rgb), list(rgb.size)

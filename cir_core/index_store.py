@@ -27,9 +27,7 @@ import json
 import logging
 import math
 import os
-import shutil
 import weakref
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+from cir_core.atomic import staged_folder
 
 logger = logging.getLogger(__name__)
 
@@ -196,18 +196,6 @@ def checked_params(params: IndexParams, count: int, q: int, d: int) -> IndexPara
     return resolved
 
 
-def publish_folder(staging: Path, out_dir: Path) -> None:
-    """Rename a finished staging folder to `out_dir`, replacing an older index there."""
-    if out_dir.exists():
-        retired = out_dir.with_name(f".{out_dir.name}.old")
-        shutil.rmtree(retired, ignore_errors=True)
-        out_dir.rename(retired)
-        staging.rename(out_dir)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        staging.rename(out_dir)
-
-
 # ------------------------------------------------------------------------------------------- reader
 class StoreReader:
     """The (N, Q, D) fp16 store read with positional reads: store[rows] and store[start:stop].
@@ -299,8 +287,7 @@ def write_index(out_dir: str | Path, chunks: Iterable[np.ndarray], contents: Ind
             raise ValueError(f"gallery image ids must be unique; {record['id']!r} appears more than once")
         seen_ids.add(record["id"])
     resolved = checked_params(params, count, q, d)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with staged_folder(out_dir) as staging:
         files = {}
         if params.kind == "flat":
             files[FLAT_FILE] = _write_flat(staging / FLAT_FILE, chunks, count, q, d, progress)
@@ -332,10 +319,6 @@ def write_index(out_dir: str | Path, chunks: Iterable[np.ndarray], contents: Ind
             "files": files,
         }
         (staging / INFO_FILE).write_text(json.dumps(info, indent=2))
-        publish_folder(staging, out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     logger.info("wrote %s index of %d images (%d vectors) to %s", params.kind, count, count * q, out_dir)
     return out_dir
 

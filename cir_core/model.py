@@ -25,6 +25,7 @@ from transformers import Blip2QFormerConfig, Blip2VisionConfig
 from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerModel, Blip2TextEmbeddings, Blip2VisionModel
 
 from cir_core.config import SPRCConfig, checked_position_scale, checked_wavelength_band
+from cir_core.scoring import max_over_queries
 from cir_core.text import TextBatch, load_tokenizer, tokenize
 
 DESCRIPTION_TOKENS = 64  # word pieces read of an image description (five shapes objects take about 35)
@@ -59,6 +60,15 @@ class SPRCLossOutput:
     query: torch.Tensor | None = None  # (B, D) composed queries, for auxiliary heads
     targets: torch.Tensor | None = None  # (B + H, Q, D) target (and negative) vectors, for auxiliary heads
     description: torch.Tensor | None = None  # () target image <-> its description contrastive loss, when given
+
+
+def _prefixed_mask(text_mask: torch.Tensor, count: int, after_cls: bool = False) -> torch.Tensor:
+    """(B, L) caption mask -> (B, count + L): `count` always-visible positions (query tokens, a
+    prompt or a pseudo-word) joined to the caption, in front of it or right after its [CLS]."""
+    ones = text_mask.new_ones(text_mask.shape[0], count)
+    if after_cls:
+        return torch.cat([text_mask[:, :1], ones, text_mask[:, 1:]], dim=1)
+    return torch.cat([ones, text_mask], dim=1)
 
 
 def _vision_hf_config(config: SPRCConfig) -> Blip2VisionConfig:
@@ -218,8 +228,7 @@ class SPRCModel(nn.Module):
         batch, num_queries = vision_features.shape[0], self.num_query_tokens
         queries = self.query_tokens.expand(batch, -1, -1)
         embeds = self.embeddings(input_ids=text.input_ids, query_embeds=queries)  # (B, Q+L, H)
-        mask = torch.cat([torch.ones(batch, num_queries, dtype=text.attention_mask.dtype, device=self.device),
-                          text.attention_mask], dim=1)
+        mask = _prefixed_mask(text.attention_mask, num_queries)
         with self.autocast():
             output = self.qformer(query_embeds=embeds, query_length=num_queries, attention_mask=mask,
                                   encoder_hidden_states=vision_features, output_attentions=output_attentions)
@@ -230,10 +239,9 @@ class SPRCModel(nn.Module):
 
     def compose(self, prompt: torch.Tensor, text: TextBatch) -> torch.Tensor:
         """Compose pass: [P ; caption] without the image -> query (B, D), the caption [CLS] after P."""
-        batch, num_prompt = prompt.shape[:2]
+        num_prompt = prompt.shape[1]
         embeds = self.embeddings(input_ids=text.input_ids, query_embeds=prompt)  # (B, Q+L, H)
-        mask = torch.cat([torch.ones(batch, num_prompt, dtype=text.attention_mask.dtype, device=self.device),
-                          text.attention_mask], dim=1)
+        mask = _prefixed_mask(text.attention_mask, num_prompt)
         with self.autocast():
             hidden = self.qformer(query_embeds=embeds, query_length=0, attention_mask=mask).last_hidden_state
             return F.normalize(self.text_projection(hidden[:, num_prompt]), dim=-1)
@@ -246,9 +254,7 @@ class SPRCModel(nn.Module):
         sequence = torch.cat([words[:, :1], prompt, words[:, 1:]], dim=1)  # (B, 1+Q+L-1, H)
         positions = torch.arange(sequence.shape[1], device=self.device)
         sequence = sequence + self.embeddings.position_embeddings(positions)[None]
-        mask = torch.cat([text.attention_mask[:, :1],
-                          torch.ones(batch, prompt.shape[1], dtype=text.attention_mask.dtype, device=self.device),
-                          text.attention_mask[:, 1:]], dim=1)
+        mask = _prefixed_mask(text.attention_mask, prompt.shape[1], after_cls=True)
         with self.autocast():
             hidden = self.qformer(query_embeds=sequence, query_length=0, attention_mask=mask).last_hidden_state
             return F.normalize(self.text_projection(hidden[:, 0]), dim=-1)
@@ -274,7 +280,7 @@ class SPRCModel(nn.Module):
     @staticmethod
     def score(query: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """(B, D) x (N, Q, D) -> (B, N): max over each target's Q vectors of the dot product."""
-        return torch.einsum("bd,nqd->bnq", query, targets.to(query.dtype)).amax(dim=-1)
+        return max_over_queries(query, targets)
 
     # ------------------------------------------------------------------ inference API
     @torch.inference_mode()
@@ -325,8 +331,7 @@ class SPRCModel(nn.Module):
         """Baseline: the learned prompt P' (shared) reads the image; output at the caption's [CLS] -> (B, D)."""
         batch, num_queries = features.shape[0], self.num_query_tokens
         embeds = self.embeddings(input_ids=text.input_ids, query_embeds=self.prompt_tokens.expand(batch, -1, -1))
-        mask = torch.cat([torch.ones(batch, num_queries, dtype=text.attention_mask.dtype, device=self.device),
-                          text.attention_mask], dim=1)
+        mask = _prefixed_mask(text.attention_mask, num_queries)
         with self.autocast():
             hidden = self.qformer(query_embeds=embeds, query_length=num_queries, attention_mask=mask,
                                   encoder_hidden_states=features).last_hidden_state
@@ -344,8 +349,7 @@ class SPRCModel(nn.Module):
         sequence = torch.cat([words[:, :1], pseudo, words[:, 1:]], dim=1)
         positions = torch.arange(sequence.shape[1], device=self.device)
         sequence = sequence + self.embeddings.position_embeddings(positions)[None]
-        mask = torch.cat([text.attention_mask[:, :1], torch.ones_like(text.attention_mask[:, :1]),
-                          text.attention_mask[:, 1:]], dim=1)
+        mask = _prefixed_mask(text.attention_mask, 1, after_cls=True)
         with self.autocast():
             hidden = self.qformer(query_embeds=sequence, query_length=0, attention_mask=mask).last_hidden_state
             return F.normalize(self.text_projection(hidden[:, 0]), dim=-1)

@@ -18,7 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
@@ -30,7 +29,7 @@ from cir_core.model import SPRCModel
 from cir_core.precision import resolve_train_precision
 from cir_core.region_supervision import RegionHead, SceneHeads
 from cir_core.train_config import TrainConfig
-from cir_core.transforms import ImageTransform, to_rgb
+from cir_core.transforms import ImageTransform
 
 logger = logging.getLogger(__name__)
 
@@ -141,27 +140,20 @@ class ImageStore:
                 for image_id, tensor in tqdm(zip(ids, loaded), total=len(ids), desc="loading images",
                                              disable=not progress, unit="img"):
                     self._images[image_id] = tensor
-        mean = torch.tensor(transform.config.mean).view(1, 3, 1, 1)
-        std = torch.tensor(transform.config.std).view(1, 3, 1, 1)
-        self._scale, self._shift = 1.0 / (255.0 * std), -mean / std
 
     def _load(self, image_id: str) -> torch.Tensor:
         path = self.split.path(image_id)
         try:
             with Image.open(path) as image:
-                return self._uint8(image)
+                return self.transform.to_uint8(image)
         except OSError as error:
             raise ValueError(f"cannot read training image {path}: {error}") from error
-
-    def _uint8(self, image: Image.Image) -> torch.Tensor:
-        rgb = self.transform.resize_and_crop(to_rgb(image))
-        return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1)
 
     def batch(self, image_ids: list[str], rendered: list[Image.Image] = ()) -> torch.Tensor:
         """(B, 3, S, S) normalised float pixels of stored images, then of `rendered` ones."""
         images = [self._images[i] if i in self._images else self._load(i) for i in image_ids]
-        images += [self._uint8(image) for image in rendered]
-        return torch.stack(images).float() * self._scale + self._shift
+        images += [self.transform.to_uint8(image) for image in rendered]
+        return self.transform.normalize(torch.stack(images))
 
 
 class TripletSampler:

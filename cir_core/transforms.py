@@ -32,6 +32,29 @@ def target_pad(image: Image.Image, ratio: float) -> Image.Image:
     return ImageOps.expand(image, border=border, fill=(0, 0, 0))
 
 
+# Query and gallery images beyond these limits are refused from their header, before any
+# pixel is decoded: larger files could exhaust memory (decompression bombs), and longer
+# strips would be mostly padding once target-padded.
+MAX_IMAGE_PIXELS = 40_000_000
+MAX_ASPECT_RATIO = 50
+
+
+class ImageSizeError(ValueError):
+    """An image too large or too elongated to process; the message says which and what to do."""
+
+
+def check_image_size(width: int, height: int, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    """Raise ImageSizeError for a size (read from the file's header) that must not be decoded."""
+    if width < 1 or height < 1:
+        raise ImageSizeError(f"the image has no pixels ({width}x{height})")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ImageSizeError(f"the image is {width}x{height}: sides more than {MAX_ASPECT_RATIO}:1 apart are not "
+                             "a picture the model can read (crop it first)")
+    if width * height > max_pixels:
+        raise ImageSizeError(f"the image is {width}x{height} = {width * height / 1e6:.0f} megapixels; "
+                             f"the limit is {max_pixels / 1e6:.0f} megapixels (downscale it first)")
+
+
 PAD_GROWTH_LIMIT = 4  # padding may multiply the pixel count by this much before the image is shrunk first
 
 
@@ -95,10 +118,17 @@ class ImageTransform:
         top = (new_size[1] - size) // 2
         return image.crop((left, top, left + size, top + size))
 
+    def to_uint8(self, image: Image.Image) -> torch.Tensor:
+        """(3, S, S) uint8 pixels of the resized and cropped image, before normalisation."""
+        rgb = self.resize_and_crop(to_rgb(image))
+        return torch.from_numpy(np.asarray(rgb, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels (..., 3, S, S) -> float, scaled to [0, 1] and normalised with the configured mean/std."""
+        return (pixels.float() / 255.0 - self._mean) / self._std
+
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        image = self.resize_and_crop(to_rgb(image))
-        array = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
-        return (array - self._mean) / self._std
+        return self.normalize(self.to_uint8(image))
 
     def batch(self, images: list[Image.Image]) -> torch.Tensor:
         """(N, 3, S, S) from a list of PIL images."""

@@ -10,11 +10,13 @@ from PIL import Image
 
 import cir_core
 from cir_core import index_build, index_store
-from cir_core.cli import main
+from cir_core.cli import CommandError, main
+from cir_core.cli.bench import load_index_harness
 from cir_core.index import GalleryIndex, GalleryIndexError, GalleryItem, IndexParams
-from cir_core.index_bench import IndexBenchConfig, SyntheticGallery, run_index_benchmark
 from cir_core.index_store import FLAT_FILE, HNSW_QUANTIZER_LISTS, INFO_FILE, METADATA_FILE, IndexContents, write_index
 from cir_core.transforms import ImageTransform
+
+harness = load_index_harness()  # benchmarks/bench_index.py
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -137,7 +139,7 @@ def test_vectors_and_score_all(tmp_path):
     ("hnsw", {"hnsw_m": 16, "ef_construction": 40}),
 ])
 def test_compressed_kinds_recall_and_exact_rescoring(tmp_path, kind, params):
-    gallery = SyntheticGallery(count=800, num_query_tokens=8, dim=32, seed=5)
+    gallery = harness.SyntheticGallery(count=800, num_query_tokens=8, dim=32, seed=5)
     vectors = np.concatenate(list(gallery.chunks()))
     index = _write(tmp_path / kind, vectors, kind=kind, candidates=60, **params)
     assert index.kind == kind and not (tmp_path / kind / FLAT_FILE).exists()
@@ -445,7 +447,7 @@ def test_huge_and_extreme_aspect_gallery_images_are_skipped_unread(tmp_path, tin
     assert index.ids == ["im00.png", "im01.png"]
     reasons = {skipped.id: skipped.reason for skipped in index.report.skipped}
     assert "40000x1: sides more than 50:1 apart" in reasons["strip.png"]
-    assert "8000x6000 = 48 megapixels; gallery images may have 40 at most" in reasons["huge.png"]
+    assert "8000x6000 = 48 megapixels; the limit is 40 megapixels" in reasons["huge.png"]
     assert (40, 30) in decoded and (40000, 1) not in decoded and (8000, 6000) not in decoded
 
 
@@ -695,31 +697,36 @@ def test_cli_bench_index(capsys):
     assert "unknown index kind 'annoy'" in capsys.readouterr().err
 
 
+def test_bench_index_without_a_source_checkout_says_so(tmp_path):
+    with pytest.raises(CommandError, match="source checkout"):
+        load_index_harness(tmp_path)
+
+
 def test_bench_streams_the_naive_way_when_the_matrix_does_not_fit(tmp_path):
-    config = IndexBenchConfig(sizes=(300,), kinds=("flat", "hnsw"), num_query_tokens=4, dim=16, queries=6,
+    config = harness.IndexBenchConfig(sizes=(300,), kinds=("flat", "hnsw"), num_query_tokens=4, dim=16, queries=6,
                               naive_streamed_queries=2, params=IndexParams(candidates=50, hnsw_m=16,
                                                                            ef_construction=40), naive_ram_bytes=0,
                               flat_ram_bytes=0, fresh_process=False, work_dir=tmp_path)
-    rows = run_index_benchmark(config)
+    rows = harness.run_index_benchmark(config)
     assert [row.method for row in rows] == ["naive (streamed fp16)", "hnsw"]  # flat skipped: over flat_ram_bytes
     assert rows[0].recall == 1.0 and rows[1].recall >= 0.9
     assert rows[1].build_s > 0 and rows[1].data_bytes > 300 * 4 * 16 * 2
 
 
 def test_synthetic_gallery_is_deterministic_and_unit_norm():
-    first = np.concatenate(list(SyntheticGallery(count=2100, num_query_tokens=4, dim=16, seed=3).chunks()))
-    again = np.concatenate(list(SyntheticGallery(count=2100, num_query_tokens=4, dim=16, seed=3).chunks()))
+    first = np.concatenate(list(harness.SyntheticGallery(count=2100, num_query_tokens=4, dim=16, seed=3).chunks()))
+    again = np.concatenate(list(harness.SyntheticGallery(count=2100, num_query_tokens=4, dim=16, seed=3).chunks()))
     assert first.shape == (2100, 4, 16)
     np.testing.assert_array_equal(first, again)
     np.testing.assert_allclose(np.linalg.norm(first, axis=-1), 1.0, atol=1e-5)
-    queries = SyntheticGallery(count=2100, num_query_tokens=4, dim=16, seed=3).queries(7)
+    queries = harness.SyntheticGallery(count=2100, num_query_tokens=4, dim=16, seed=3).queries(7)
     assert queries.shape == (7, 16)
 
 
 def test_search_params_and_the_sweep_script(tmp_path, capsys):
     import importlib.util
 
-    gallery = SyntheticGallery(count=800, num_query_tokens=8, dim=32, seed=5)
+    gallery = harness.SyntheticGallery(count=800, num_query_tokens=8, dim=32, seed=5)
     vectors = np.concatenate(list(gallery.chunks()))
     index = _write(tmp_path / "ivfpq", vectors, kind="ivfpq", candidates=60)
     index.set_search_params(nprobe=3, candidates=40)
