@@ -1,12 +1,13 @@
 """Regenerate the shapes results: docs/results.json, docs/results.md, docs/figures/results_*.png.
 
-    python benchmarks/shapes_results.py --rows OUT/rows.jsonl --data data/shapes
+    python benchmarks/shapes_results.py --rows docs/results_rows.jsonl --data data/shapes
 
-takes the trained rows written by `benchmarks/shapes_sweep.py` (every row today's recipe
-at one budget), evaluates the embedded default model and its inference-time baselines on
-the shapes test split here, writes all of them to docs/results.json, then renders
-docs/results.md and the figures from docs/results.json. Without `--rows` it only renders
-again from docs/results.json. Rows at another budget or recipe than the main table's are
+takes the trained rows written by `benchmarks/shapes_sweep.py` (every row one recipe at one
+budget; docs/results_rows.jsonl keeps the rows of the published table, with the commit of
+their recipe, and docs/results_training_logs.jsonl their training logs), evaluates the
+embedded default model and its inference-time baselines on the shapes test split here,
+writes all of them to docs/results.json, then renders docs/results.md and the figures from
+docs/results.json. Without `--rows` it only renders again from docs/results.json. Rows at another budget or recipe than the main table's are
 shown in their own labelled table, never in the main one. The text after READING_MARKER in
 docs/results.md is written by hand and kept across regenerations.
 """
@@ -32,7 +33,8 @@ INFERENCE_BASELINES = {
     "text_only": "text only (caption with the auxiliary prompt)",
     "late_fusion": "late fusion (sum of the two above)",
 }
-# Every row of docs/results.json records these; trained rows also record TRAINED_FIELDS.
+# Every row of docs/results.json records these; trained rows also record TRAINED_FIELDS. Trained rows
+# may also record recipe_sha256 (the recipe file's contents), recipe_commit and description_weight.
 ROW_FIELDS = ("name", "group", "description", "table", "steps", "seed", "query_mode", "prompt_length",
               "align_weight", "train_seconds", "seconds_per_step", "device", "precision", "report")
 TRAINED_FIELDS = ("recipe", "overrides", "train_flops_per_step", "concurrent_rows", "threads")
@@ -64,9 +66,14 @@ def check_row(row: dict, where: str, trained: bool) -> None:
         raise ValueError(f"{where}: row {row.get('name')!r} lacks {', '.join(missing)}")
 
 
-def main_budget(rows: list[dict]) -> tuple[int, str] | None:
-    """(steps, recipe) of the main table: the one most trained rows share (ties: more steps)."""
-    budgets = Counter((row["steps"], row["recipe"]) for row in rows if row["table"] == "main")
+def budget_of(row: dict) -> tuple[int, str, str]:
+    """Steps, recipe file and its contents: rows differing in any of them are not one table."""
+    return row["steps"], row["recipe"], row.get("recipe_sha256") or ""
+
+
+def main_budget(rows: list[dict]) -> tuple[int, str, str] | None:
+    """The budget of the main table: the one most trained rows share (ties: more steps)."""
+    budgets = Counter(budget_of(row) for row in rows if row["table"] == "main")
     if not budgets:
         return None
     return max(budgets, key=lambda budget: (budgets[budget], budget[0]))
@@ -75,9 +82,18 @@ def main_budget(rows: list[dict]) -> tuple[int, str] | None:
 def split_by_budget(rows: list[dict]) -> tuple[list[dict], list[dict]]:
     """The main rows, and the trained rows at another budget or recipe (shown apart, labelled)."""
     budget = main_budget(rows)
-    main = [r for r in rows if r["table"] == "main" and (r["steps"], r["recipe"]) == budget]
-    other = [r for r in rows if r["table"] == "main" and (r["steps"], r["recipe"]) != budget]
+    main = [r for r in rows if r["table"] == "main" and budget_of(r) == budget]
+    other = [r for r in rows if r["table"] == "main" and budget_of(r) != budget]
     return main, other
+
+
+def recipe_text(row: dict) -> str:
+    """The recipe as the tables name it: the file, and the commit or contents it had."""
+    if row.get("recipe_commit"):
+        return f"`{row['recipe']}` as of commit {row['recipe_commit']}"
+    if row.get("recipe_sha256"):
+        return f"`{row['recipe']}` (contents sha256 {row['recipe_sha256']})"
+    return f"`{row['recipe']}`"
 
 
 def checkpoint_digest(folder: Path) -> str:
@@ -118,10 +134,14 @@ def evaluate_default_rows(folder: Path, data: Path, threads: int, previous: list
     scenes = read_shapes_scenes(data)
     card = json.loads((folder / "training.json").read_text()) if (folder / "training.json").is_file() else {}
     recipe = json.loads((folder / "train_config.json").read_text()) if (folder / "train_config.json").is_file() else {}
-    steps = card.get("max_steps")
+    steps = card.get("max_steps") or recipe.get("max_steps")
     wall = card.get("train_wall_seconds")
+    # device and precision of the default's training (its card, else its recipe); evaluated here on the CPU
     base = {"group": "default", "seed": recipe.get("seed"), "prompt_length": model.config.qformer.num_query_tokens,
-            "align_weight": model.config.loss.align_weight, "device": "cpu", "precision": recipe.get("precision"),
+            "align_weight": model.config.loss.align_weight,
+            "description_weight": model.config.loss.description_weight,
+            "device": card.get("device") or recipe.get("device"),
+            "precision": card.get("precision") or recipe.get("precision"), "evaluated_on": "cpu",
             "weights": digest}
     entries = [("default", "SPRC, embedded default (its own budget)", "default", model.config.query_mode, steps,
                 wall, model)]
@@ -211,16 +231,21 @@ def fmt(value, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def gflops(row: dict) -> str:
-    flops = row.get("train_flops_per_step")
-    return "-" if flops is None else f"{flops / 1e9:.3g}"
+def gflops(rows: list[dict]) -> str:
+    """Mean GFLOPs per step (one counted step per row: the text lengths of its batch vary)."""
+    flops = [row.get("train_flops_per_step") for row in rows]
+    return "-" if None in flops else f"{statistics.fmean(flops) / 1e9:.3g}"
 
 
 def recall_cells(rows: list[dict]) -> list[str]:
     return [spread(rows, f"recall/{k}").text() for k in RECALLS] + [spread(rows, "novel/R@1").text()]
 
 
-def write_markdown(rows: list[dict], data: str, figures: Path) -> str:
+def at_once(rows: list[dict]) -> str:
+    return "/".join(str(n) for n in sorted({r["concurrent_rows"] for r in rows}))
+
+
+def write_markdown(rows: list[dict], data: str, figures: Path, rows_files: list[str]) -> str:
     main, other = split_by_budget(rows)
     default = [r for r in rows if r["table"] in ("default", "inference")]
     anchor = (main or default or other)[0]["report"]
@@ -232,47 +257,58 @@ def write_markdown(rows: list[dict], data: str, figures: Path) -> str:
         "",
     ]
     if main:
-        lines += main_section(main, data, figures)
+        lines += main_section(main, data, figures, rows_files)
     if other:
         lines += ["## Rows at another budget or recipe (not comparable with the main table)", "",
                   "| model | steps | recipe | seed | R@1 | R@5 | R@10 | R@50 | novel R@1 |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for row in other:
-            lines.append(f"| {row['description']} | {row['steps']} | {row['recipe']} | {row['seed']} | "
+            lines.append(f"| {row['description']} | {row['steps']} | {recipe_text(row)} | {row['seed']} | "
                          + " | ".join(recall_cells([row])) + " |")
         lines.append("")
     if default:
-        lines += default_section(default)
+        lines += default_section(default, main)
     return "\n".join(lines)
 
 
-def main_section(main: list[dict], data: str, figures: Path) -> list[str]:
+def main_section(main: list[dict], data: str, figures: Path, rows_files: list[str]) -> list[str]:
     grouped = groups_of(main)
-    steps, recipe = main[0]["steps"], main[0]["recipe"]
+    steps = main[0]["steps"]
     devices = sorted({r["device"] for r in main})
     precisions = sorted({r["precision"] for r in main})
-    concurrent = sorted({r["concurrent_rows"] for r in main})
+    batches: dict[int, list[str]] = {}
+    for row in sorted(main, key=lambda r: r["name"]):
+        batches.setdefault(row["concurrent_rows"], []).append(row["name"])
+    weights = {r.get("description_weight") for r in main}
+    extra = f"; `loss.description_weight` {weights.pop():g}" if len(weights) == 1 and None not in weights else ""
+    commit = main[0].get("recipe_commit")
+    sweeps = "; ".join(f"`python benchmarks/shapes_sweep.py --data {data} --device cuda --steps {steps} "
+                       f"--parallel {n} --rows {','.join(names)} --out OUT`" for n, names in sorted(batches.items()))
+    source = " ".join(f"--rows {path}" for path in rows_files) or "--rows OUT/rows.jsonl"
     lines = [
-        f"## Trained at one budget: {steps} steps of today's recipe",
+        f"## Trained at one budget: {steps} steps of one recipe",
         "",
-        f"Every row below is `{recipe}` (look-alikes included) trained for {steps} steps, one OneCycle "
-        "schedule each, differing only in what the row names; its saved model is evaluated on the test split. "
-        f"SPRC and the static prompt were trained with seeds {', '.join(str(r['seed']) for r in grouped.get('sprc', []))}: "
-        "their cells are mean ± sample standard deviation over the seeds, with the R@1 range beside them; "
-        "every other row is seed 0.",
+        f"Every row below is {recipe_text(main[0])} (look-alikes included{extra}) trained for {steps} steps, "
+        "one OneCycle schedule each, differing only in what the row names; its saved model is evaluated on the "
+        "test split. SPRC and the static prompt were trained with seeds "
+        f"{', '.join(str(r['seed']) for r in grouped.get('sprc', []))}: their cells are mean ± sample standard "
+        "deviation over the seeds, with the R@1 range beside them; every other row is one seed (0).",
         "",
-        f"Trained on {', '.join(devices)} in {', '.join(precisions)}, {', '.join(map(str, concurrent))} rows at a "
-        "time sharing the machine (so seconds per step are comparable between rows, not with a machine to "
-        "themselves). FLOPs per step count the matrix products of one training step, forward and backward "
-        "(torch's FlopCounterMode).",
+        f"Each row trained on one {' or '.join(devices)} in {', '.join(precisions)}, several rows at a time "
+        "sharing the device ("
+        + "; ".join(f"{n} at a time: {', '.join(names)}" for n, names in sorted(batches.items()))
+        + "). Seconds per step depend on how many rows shared the device (column \"at once\"), so they compare "
+        "only rows with the same number there. FLOPs per step count the matrix products of one training step, "
+        "forward and backward (torch's FlopCounterMode), and do not depend on the sharing.",
         "",
-        "Regenerate: on a GPU machine, `python -m cir_core data shapes --out data/shapes --seed 0` then "
-        f"`python benchmarks/shapes_sweep.py --data {data} --device cuda --steps {steps} "
-        f"--parallel {max(concurrent)} --out OUT`; then here `python benchmarks/shapes_results.py "
-        f"--rows OUT/rows.jsonl --data {data}`.",
+        "Regenerate: on a GPU machine"
+        + (f", at commit {commit} (the recipe as it was then)" if commit else "")
+        + f", `python -m cir_core data shapes --out {data} --seed 0`, then {sweeps} (rows append to "
+        f"OUT/rows.jsonl); then here `python benchmarks/shapes_results.py {source} --data {data}`.",
         "",
-        "| model | seeds | R@1 | R@1 range | R@5 | R@10 | R@50 | novel R@1 | train s | s/step | GFLOPs/step |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | seeds | R@1 | R@1 range | R@5 | R@10 | R@50 | novel R@1 | train s | s/step | at once "
+        "| GFLOPs/step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for group, rows in grouped.items():
         cells = recall_cells(rows)
@@ -280,7 +316,8 @@ def main_section(main: list[dict], data: str, figures: Path) -> list[str]:
         seconds = Spread([r["train_seconds"] for r in rows])
         per_step = Spread([r["seconds_per_step"] for r in rows])
         lines.append(f"| {rows[0]['description']} | {len(rows)} | {cells[0]} | {r1_range} | "
-                     + " | ".join(cells[1:]) + f" | {seconds.mean:.0f} | {per_step.mean:.3f} | {gflops(rows[0])} |")
+                     + " | ".join(cells[1:]) + f" | {seconds.mean:.0f} | {per_step.mean:.3f} | {at_once(rows)} | "
+                     f"{gflops(rows)} |")
     if all(g in grouped for g in SEEDED_GROUPS):
         lines += ["", "Per seed (R@1):", "", "| model | " + " | ".join(
             f"seed {r['seed']}" for r in grouped[SEEDED_GROUPS[0]]) + " |",
@@ -303,10 +340,12 @@ def main_section(main: list[dict], data: str, figures: Path) -> list[str]:
         if len(points) < 2:
             continue
         lines += ["", f"{title} (seed 0 each; SPRC is Q=8, weight 0.4):", "",
-                  f"| {unit} | R@1 | R@5 | novel R@1 | s/step | GFLOPs/step |", "|---|---|---|---|---|---|"]
+                  f"| {unit} | R@1 | R@5 | novel R@1 | s/step | GFLOPs/step | at once |",
+                  "|---|---|---|---|---|---|---|"]
         for row in points:
             lines.append(f"| {row[field_name]:g} | {metric(row, 'recall/R@1'):.1f} | {metric(row, 'recall/R@5'):.1f} | "
-                         f"{metric(row, 'novel/R@1'):.1f} | {row['seconds_per_step']:.3f} | {gflops(row)} |")
+                         f"{metric(row, 'novel/R@1'):.1f} | {row['seconds_per_step']:.3f} | {gflops([row])} | "
+                         f"{row['concurrent_rows']} |")
     lines += ["", f"![R@1 of the main rows]({figures.name}/results_r1.png)", "",
               f"![R@1 and compute per step against prompt length]({figures.name}/results_prompt_length.png)", "",
               f"![R@1 against alignment weight]({figures.name}/results_align_weight.png)", "",
@@ -314,13 +353,23 @@ def main_section(main: list[dict], data: str, figures: Path) -> list[str]:
     return lines
 
 
-def default_section(rows: list[dict]) -> list[str]:
+def default_section(rows: list[dict], main: list[dict]) -> list[str]:
     default = next((r for r in rows if r["table"] == "default"), None)
     steps = default["steps"] if default else "-"
+    recipe = "Not part of the table above: the default (`checkpoints/shapes-mini`) has its own recipe and budget"
+    if default:
+        recipe += f" ({steps} steps, seed {default['seed']}"
+        if default.get("description_weight") is not None:
+            recipe += f", `loss.description_weight` {default['description_weight']:g}"
+            main_weights = {r.get("description_weight") for r in main}
+            if main and len(main_weights) == 1 and None not in main_weights:
+                recipe += f" against {main_weights.pop():g} for the table's rows"
+        recipe += (f"; trained on {default['device']} in {default['precision']}, as its `training.json` and "
+                   "`train_config.json` say; train s is its wall time, validations included)")
     lines = [f"## The embedded default ({steps} steps) and inference-time baselines on its weights", "",
-             "Not part of the table above: the default (`checkpoints/shapes-mini`) had its own budget. The "
-             "baselines change only how its query is formed, without training. Evaluated with "
-             "`python benchmarks/shapes_results.py --rows ...` on the CPU.", "",
+             recipe + ". The baselines change only how its query is formed, without training. All four are "
+             "evaluated on the CPU by `python benchmarks/shapes_results.py --rows ...` from the checkpoint's files.",
+             "",
              "| model | steps | R@1 | R@5 | R@10 | R@50 | novel R@1 | train s |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['description']} | {row['steps'] if row['steps'] is not None else '-'} | "
@@ -329,6 +378,15 @@ def default_section(rows: list[dict]) -> list[str]:
 
 
 # ---------------------------------------------------------------------- figures
+def seeds_beside(ax, seeded: list[dict], field_name: str) -> None:
+    """SPRC's other seeds as grey dots on a seed-0 curve: the noise a single-seed point carries."""
+    others = [r for r in seeded if r is not seed_zero(seeded)]
+    if others:
+        ax.plot([r[field_name] for r in others], [metric(r, "recall/R@1") for r in others], ".", color="grey",
+                label="SPRC, other seeds", zorder=3)
+        ax.legend(fontsize=7, loc="lower right")
+
+
 def plot(rows: list[dict], figures: Path) -> None:
     import matplotlib
 
@@ -359,12 +417,16 @@ def plot(rows: list[dict], figures: Path) -> None:
         lengths = [r["prompt_length"] for r in points]
         fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6))
         left.plot(lengths, [metric(r, "recall/R@1") for r in points], "o-", color="#4c72b0")
+        seeds_beside(left, grouped.get("sprc", []), "prompt_length")
         left.set_xscale("log", base=2)
         left.set_xticks(lengths, [str(q) for q in lengths])
         left.set_ylim(bottom=0)
         left.set_xlabel("prompt length Q")
-        left.set_ylabel(f"test R@1 (%) after {steps} steps")
+        left.set_ylabel(f"test R@1 (%) after {steps} steps, seed 0")
         right.plot(lengths, [r["seconds_per_step"] for r in points], "o-", color="#dd8452", label="s/step")
+        for row in points:  # seconds per step depend on how many rows shared the device
+            right.annotate(f"{row['concurrent_rows']} at once", (row["prompt_length"], row["seconds_per_step"]),
+                           textcoords="offset points", xytext=(0, -12), ha="center", fontsize=7, color="#dd8452")
         right.set_xscale("log", base=2)
         right.set_xticks(lengths, [str(q) for q in lengths])
         right.set_xlabel("prompt length Q")
@@ -374,7 +436,7 @@ def plot(rows: list[dict], figures: Path) -> None:
             twin.plot(lengths, [r["train_flops_per_step"] / 1e9 for r in points], "s--", color="#55a868")
             twin.set_ylabel("GFLOPs per training step", color="#55a868")
             twin.set_ylim(bottom=0)
-        right.set_ylim(bottom=0)
+        right.set_ylim(0, 1.2 * max(r["seconds_per_step"] for r in points))  # room for the labels
         fig.tight_layout()
         fig.savefig(figures / "results_prompt_length.png", dpi=120)
         plt.close(fig)
@@ -383,21 +445,24 @@ def plot(rows: list[dict], figures: Path) -> None:
     if len(points) >= 2:
         fig, ax = plt.subplots(figsize=(5, 3.6))
         ax.plot([r["align_weight"] for r in points], [metric(r, "recall/R@1") for r in points], "o-", color="#4c72b0")
+        seeds_beside(ax, grouped.get("sprc", []), "align_weight")
+        ax.set_ylim(bottom=0)
         ax.set_xlabel("alignment loss weight")
-        ax.set_ylabel(f"test R@1 (%) after {steps} steps")
+        ax.set_ylabel(f"test R@1 (%) after {steps} steps, seed 0")
         fig.tight_layout()
         fig.savefig(figures / "results_align_weight.png", dpi=120)
         plt.close(fig)
 
     edits = sorted(main[0]["report"]["per_edit"])
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig, ax = plt.subplots(figsize=(9, 4.8))
     width = 0.8 / len(grouped)
     for i, rows_ in enumerate(grouped.values()):
         ax.bar([e + i * width for e in range(len(edits))],
                [spread(rows_, f"per_edit/{e}/R@1").mean for e in edits], width, label=rows_[0]["description"])
     ax.set_xticks([e + 0.4 - width / 2 for e in range(len(edits))], edits)
     ax.set_ylabel(f"test R@1 (%) after {steps} steps")
-    ax.legend(fontsize=6, ncol=2)
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=6, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.08))  # below: the bars fill the axes
     fig.tight_layout()
     fig.savefig(figures / "results_per_edit.png", dpi=120)
     plt.close(fig)
@@ -416,7 +481,8 @@ def render(results_json: Path, out: Path, data: str) -> str:
     previous = out.read_text() if out.is_file() else ""
     # The commentary after READING_MARKER is written by hand: keep it across regenerations.
     commentary = previous[previous.index(READING_MARKER):] if READING_MARKER in previous else ""
-    text = write_markdown(rows, data, figures) + ("\n" + commentary if commentary else "")
+    text = write_markdown(rows, data, figures, results.get("rows_files", []))
+    text += "\n" + commentary if commentary else ""
     out.write_text(text)
     return text
 
@@ -441,7 +507,9 @@ def main(argv: list[str] | None = None) -> int:
         previous_rows = previous.get("rows", []) if isinstance(previous, dict) else []
         if args.default:
             rows += evaluate_default_rows(Path(args.default), Path(args.data), args.threads, previous_rows)
-        results_json.write_text(json.dumps({"rows": rows}, indent=1) + "\n")
+        rows_files = [str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
+                      for path in args.rows]
+        results_json.write_text(json.dumps({"rows_files": rows_files, "rows": rows}, indent=1) + "\n")
     print(render(results_json, args.out, args.data))
     return 0
 

@@ -18,6 +18,7 @@ docs/results.json, docs/results.md and the figures.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -150,6 +151,9 @@ def train_and_evaluate(row: SweepRow, args: argparse.Namespace) -> dict:
         "steps": args.steps, "seed": row.seed, "query_mode": model_config.query_mode,
         "prompt_length": model_config.qformer.num_query_tokens, "align_weight": model_config.loss.align_weight,
         "recipe": os.path.relpath(args.config, ROOT) if Path(args.config).is_relative_to(ROOT) else str(args.config),
+        # the recipe file's contents: a later edit of the same file is another recipe, not the same table
+        "recipe_sha256": hashlib.sha256(Path(args.config).read_bytes()).hexdigest()[:16],
+        "description_weight": model_config.loss.description_weight,
         "overrides": dict(row.overrides),
         "train_seconds": round(train_seconds, 2), "seconds_per_step": round(loop_seconds / args.steps, 4),
         "setup_seconds": round(setup_seconds, 2), "eval_seconds": round(eval_seconds, 2),

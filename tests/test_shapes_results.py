@@ -1,6 +1,7 @@
 """The shapes results sweep (benchmarks/shapes_sweep.py), its renderer (shapes_results.py)
 and the packer of the recipe's MiniLM start (shapes_sweep_pack.py), on tiny data on the CPU."""
 import copy
+import hashlib
 import importlib.util
 import json
 import sys
@@ -12,7 +13,8 @@ import torch
 
 from cir_core.data.shapes import ShapesCounts, write_shapes_dataset
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
 
 
 def load_benchmark(name):
@@ -75,6 +77,8 @@ def test_sweep_writes_every_field_of_both_rows(two_rows):
         assert row["prompt_length"] == 4 and row["align_weight"] == pytest.approx(0.4)  # tiny-test's own
         assert row["train_seconds"] > 0 and row["seconds_per_step"] >= 0 and row["train_flops_per_step"] > 0
         assert row["device"].startswith("cpu") and row["precision"] == "fp32"
+        assert row["recipe_sha256"] == hashlib.sha256((out.parent / "config.json").read_bytes()).hexdigest()[:16]
+        assert row["description_weight"] == 0.0
         assert row["report"]["num_queries"] == 16 and set(row["report"]["per_object_count"])
     assert {r["name"]: r["query_mode"] for r in rows} == {"sprc/seed0": "sprc", "static_prompt/seed0": "static_prompt"}
     logged = read_jsonl(out / "metrics.jsonl")
@@ -158,6 +162,39 @@ def test_row_of_another_budget_is_kept_out_of_the_main_table(tmp_path):
     assert "late fusion, trained" not in main_table
     assert "| late fusion, trained | 200 |" in other
     assert "99.0" in other
+
+
+def test_same_recipe_file_with_other_contents_is_another_table(tmp_path):
+    rows = [fake_row("sprc/seed0", 30.0, recipe_sha256="aaaa", recipe_commit="abc1234"),
+            fake_row("static_prompt/seed0", 20.0, recipe_sha256="aaaa", recipe_commit="abc1234"),
+            fake_row("late_fusion/seed0", 99.0, recipe_sha256="bbbb")]
+    text = render_rows(tmp_path, rows)
+    main_table, other = text.split("## Rows at another budget")
+    assert "`configs/shapes_mini.json` as of commit abc1234" in main_table
+    assert "late fusion, trained" not in main_table
+    assert "| late fusion, trained | 500 | `configs/shapes_mini.json` (contents sha256 bbbb) |" in other
+
+
+def test_seconds_per_step_say_how_many_rows_shared_the_device(tmp_path):
+    rows = [fake_row("sprc/seed0", 30.0, concurrent_rows=4, seconds_per_step=0.18),
+            fake_row("prompt_4/seed0", 10.0, prompt_length=4, concurrent_rows=7, seconds_per_step=0.22)]
+    text = render_rows(tmp_path, rows)
+    assert "4 at a time: sprc/seed0; 7 at a time: prompt_4/seed0" in text
+    assert "--parallel 4 --rows sprc/seed0 " in text and "--parallel 7 --rows prompt_4/seed0 " in text
+    assert "| 0.180 | 4 | 2 |" in text  # main table: s/step, at once, GFLOPs/step
+    assert "| 8 | 30.0 | 50.0 | 30.0 | 0.180 | 2 | 4 |" in text  # prompt-length curve
+
+
+def test_default_section_names_its_own_recipe(tmp_path):
+    main = [fake_row("sprc/seed0", 30.0, description_weight=0.0)]
+    default = fake_row("sprc/seed0", 90.0, steps=1250, table="default", group="default",
+                       description="SPRC, embedded default", device="one GPU", precision="bf16 autocast",
+                       description_weight=1.0)
+    default["name"] = "default"
+    text = render_rows(tmp_path, main + [default])
+    section = text.split("## The embedded default (1250 steps)")[1]
+    assert "`loss.description_weight` 1 against 0 for the table's rows; trained on one GPU in bf16 autocast" in section
+    assert "| SPRC, embedded default | 1250 | 90.0 |" in section
 
 
 def test_curves_and_figures(tmp_path):
@@ -265,3 +302,15 @@ def test_default_rows_of_the_same_checkpoint_files_are_reused(tiny, tmp_path):
 
     with pytest.raises(CheckpointError):  # evaluated again: the stand-in files do not load as a model
         results.evaluate_default_rows(folder, tiny / "data", 1, previous)
+
+
+def test_published_results_are_the_committed_rows_and_the_shipped_default():
+    published = json.loads((ROOT / "docs" / "results.json").read_text())
+    rows = {row["name"]: row for row in published["rows"]}
+    committed = results.read_rows([ROOT / path for path in published["rows_files"]])
+    assert [rows[row["name"]] for row in committed] == committed
+    folder = ROOT / "checkpoints" / "shapes-mini"
+    default = rows["default"]
+    assert default["weights"] == results.checkpoint_digest(folder), "docs/results.json describes another default"
+    card = json.loads((folder / "training.json").read_text())["test"]["recall"]
+    assert default["report"]["recall"] == pytest.approx(card, abs=0.25)
