@@ -21,3 +21,16 @@ def tiny_checkpoint(tmp_path_factory, tiny_model):
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
     cir_core.save_model(tiny_model, path)
     return path
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """(engine, url): the app over the tiny shapes gallery and an image-sensitive tiny checkpoint,
+    served in-process for one test module."""
+    from tiny_gallery import serving, tiny_engine, write_image_sensitive_checkpoint, write_tiny_shapes
+
+    root = tmp_path_factory.mktemp("app")
+    checkpoint = write_image_sensitive_checkpoint(root / "model")
+    engine = tiny_engine(checkpoint, write_tiny_shapes(root / "shapes"), root / "cache")
+    with serving(engine) as url:
+        yield engine, url

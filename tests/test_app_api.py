@@ -2,7 +2,6 @@
 import importlib.util
 import json
 import os
-import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -13,27 +12,9 @@ import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from demo import launch
-from tiny_gallery import png_with_forged_size, tiny_engine, write_image_sensitive_checkpoint, write_tiny_shapes
+from tiny_gallery import png_with_forged_size
 
 CAPTION = "make the blue square small"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    root = tmp_path_factory.mktemp("app")
-    checkpoint = write_image_sensitive_checkpoint(root / "model")
-    engine = tiny_engine(checkpoint, write_tiny_shapes(root / "shapes"), root / "cache")
-    port = free_port()
-    app = launch(engine, server_port=port, prevent_thread_lock=True)
-    yield engine, f"http://127.0.0.1:{port}/"
-    app.close()
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 the /search and /benchmark endpoints, ground truth, failures by group and keyword, bad flags."""
 import os
 import re
-import socket
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -13,17 +12,10 @@ import app
 from cir_core.data.query_groups import CAPTION_KEYWORD_GROUPS, VIEW_ANGLE, keyword_groups
 from cir_core.data.sources import open_source
 from cir_core.engine import Engine
-from demo import launch
 from standins import SHARED_DATA, needs_real_annotations, write_cirr_val_standin, write_fashioniq_val_standin
-from tiny_gallery import write_image_sensitive_checkpoint
+from tiny_gallery import serving, write_image_sensitive_checkpoint
 
 pytestmark = needs_real_annotations
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def matches_any(caption: str, keywords) -> bool:
@@ -38,20 +30,17 @@ def roots(tmp_path_factory):
             "model": write_image_sensitive_checkpoint(root / "model"), "cache": root / "cache"}
 
 
-def serve(roots, argv):
-    """The engine app.py would build from `argv`, served in-process."""
+def engine_for(roots, argv) -> Engine:
+    """The engine app.py would build from `argv`."""
     args = app.parse_args(["--model", f"local-dir:{roots['model']}", *argv])
-    engine = Engine.from_uris(args.model, source=app.benchmark_source(args), cache_root=roots["cache"],
-                              progress=False)
-    port = free_port()
-    return engine, launch(engine, server_port=port, prevent_thread_lock=True), f"http://127.0.0.1:{port}/"
+    return Engine.from_uris(args.model, source=app.benchmark_source(args), cache_root=roots["cache"], progress=False)
 
 
 @pytest.fixture(scope="module")
 def cirr_app(roots):
-    engine, server, url = serve(roots, ["--dataset", "cirr", "--data-root", str(roots["cirr"])])
-    yield engine, Client(url, verbose=False)
-    server.close()
+    engine = engine_for(roots, ["--dataset", "cirr", "--data-root", str(roots["cirr"])])
+    with serving(engine) as url:
+        yield engine, Client(url, verbose=False)
 
 
 # ---------------------------------------------------------------------- groups
@@ -96,6 +85,7 @@ def test_cirr_app_answers_search_and_marks_the_target(cirr_app, roots):
     assert loaded["ground_truth"]["rank"] == direct.ground_truth.rank
 
 
+@pytest.mark.slow  # evaluates the whole CIRR stand-in split
 def test_cirr_benchmark_endpoint_lists_view_angle_failures(cirr_app):
     engine, client = cirr_app
     answer = client.predict(VIEW_ANGLE, "", api_name="/benchmark")
@@ -120,22 +110,16 @@ def test_cirr_benchmark_endpoint_lists_view_angle_failures(cirr_app):
 
 # ---------------------------------------------------------------------- the app on FashionIQ
 def test_fashioniq_app_reports_by_category(roots):
-    engine, server, url = serve(roots, ["--dataset", "fashioniq", "--data-root", str(roots["fashioniq"])])
-    try:
+    with serving(engine_for(roots, ["--dataset", "fashioniq", "--data-root", str(roots["fashioniq"])])) as url:
         answer = Client(url, verbose=False).predict("shirt", "", api_name="/benchmark")
         assert answer["split"] == "fashioniq/val" and answer["queries"] == 180
         assert [answer["groups"][name]["queries"] for name in ("dress", "shirt", "toptee")] == [60, 60, 60]
         assert answer["failures"] and all("shirt" in f["groups"] for f in answer["failures"])
-    finally:
-        server.close()
-    engine, server, url = serve(roots, ["--dataset", "fashioniq", "--data-root", str(roots["fashioniq"]),
-                                        "--category", "dress"])
-    try:
+    with serving(engine_for(roots, ["--dataset", "fashioniq", "--data-root", str(roots["fashioniq"]),
+                                    "--category", "dress"])) as url:
         answer = Client(url, verbose=False).predict("", "", api_name="/benchmark")
         assert answer["split"] == "fashioniq-dress/val" and answer["queries"] == 60
         assert "shirt" not in answer["groups"] and answer["groups"]["dress"]["queries"] == 60
-    finally:
-        server.close()
 
 
 # ---------------------------------------------------------------------- bad flags

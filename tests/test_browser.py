@@ -1,7 +1,6 @@
 """A real browser drives the app: upload, caption, Search, then results, token chips and heatmaps;
 a result clicked as the new reference; a failure case loaded with one click."""
 import os
-import socket
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -15,29 +14,16 @@ ARTIFACTS = Path(__file__).parent / "artifacts"
 
 pytestmark = [
     pytest.mark.browser,
+    pytest.mark.slow,
     pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed (run_tests.sh installs it)"),
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory):
-    from demo import launch
-    from tiny_gallery import tiny_engine, write_image_sensitive_checkpoint, write_tiny_shapes
-
-    root = tmp_path_factory.mktemp("browser")
-    checkpoint = write_image_sensitive_checkpoint(root / "model")
-    engine = tiny_engine(checkpoint, write_tiny_shapes(root / "shapes"), root / "cache")
+def app_url(served):
+    engine, url = served
     engine.prepare_caption_bank().join(timeout=120)  # otherwise built on the first explained search
-    port = free_port()
-    app = launch(engine, server_port=port, prevent_thread_lock=True)
-    yield f"http://127.0.0.1:{port}/"
-    app.close()
+    return url
 
 
 def test_upload_caption_search_shows_results_tokens_and_heatmaps(app_url, tmp_path):
@@ -97,23 +83,20 @@ def test_upload_caption_search_shows_results_tokens_and_heatmaps(app_url, tmp_pa
 @pytest.fixture(scope="module")
 def cirr_url(tmp_path_factory):
     from standins import needs_real_annotations, write_cirr_val_standin
-    from tiny_gallery import write_image_sensitive_checkpoint
+    from tiny_gallery import serving, write_image_sensitive_checkpoint
 
     if needs_real_annotations.args[0]:
         pytest.skip(needs_real_annotations.kwargs["reason"])
     import app
     from cir_core.engine import Engine
-    from demo import launch
 
     root = tmp_path_factory.mktemp("browser-cirr")
     args = app.parse_args(["--model", f"local-dir:{write_image_sensitive_checkpoint(root / 'model')}",
                            "--dataset", "cirr", "--data-root", str(write_cirr_val_standin(root / "cirr"))])
     engine = Engine.from_uris(args.model, source=app.benchmark_source(args), cache_root=root / "cache",
                               progress=False)
-    port = free_port()
-    server = launch(engine, server_port=port, prevent_thread_lock=True)
-    yield f"http://127.0.0.1:{port}/"
-    server.close()
+    with serving(engine) as url:
+        yield url
 
 
 def test_cirr_failure_view_loads_a_view_angle_failure(cirr_url):

@@ -536,6 +536,7 @@ def test_malformed_info_is_one_line_error(built_index, tmp_path, edit, message):
     assert "\n" not in str(caught.value)
 
 
+@pytest.mark.slow  # a fresh interpreter per case (a crash must not take the test run down)
 @pytest.mark.parametrize("key, value", [("embed_dim", 4096), ("embed_dim", 8), ("num_query_tokens", 64)])
 def test_info_that_disagrees_with_the_vectors_is_refused_not_read(built_index, tmp_path, key, value):
     """Before, a wider embed_dim made a view past the vectors: score_all crashed the process."""

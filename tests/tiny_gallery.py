@@ -1,7 +1,10 @@
 """Test helpers: a tiny shapes benchmark folder, an image-sensitive tiny-test checkpoint, an engine,
-a PNG with a forged size."""
+the app served in-process, a PNG with a forged size."""
+import socket
 import struct
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -40,6 +43,21 @@ def tiny_engine(checkpoint: Path, shapes_dir: Path, cache_root: Path, **kwargs) 
     """An engine serving the tiny shapes benchmark's test split."""
     return Engine.from_uris(f"local-dir:{checkpoint}", source=open_source("shapes", shapes_dir), cache_root=cache_root,
                             progress=False, **kwargs)
+
+
+@contextmanager
+def serving(engine: Engine) -> Iterator[str]:
+    """The app over `engine`, launched in this process on a free local port: yields its URL, closed after."""
+    from demo import launch
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app = launch(engine, server_port=port, prevent_thread_lock=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        app.close()
 
 
 def png_with_forged_size(width: int, height: int) -> bytes:
