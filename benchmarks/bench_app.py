@@ -5,8 +5,9 @@
 Starts `python app.py` in a subprocess (as a user would), measures the time from
 process start to the first successful /search answer, then the p50/p90 of /search
 round trips (upload of the image file included) with explanations off and on.
-Two starts are measured: the first may build the gallery index, the second finds it
-cached. Without the embedded default model (checkpoints/shapes-mini) it measures a
+Two starts are measured side by side: a fresh machine's (CIR_CACHE pointing at a new,
+empty folder, as a Space that wakes up) and a warm one (the same folder, now holding
+the index). Without the embedded default model (checkpoints/shapes-mini) it measures a
 tiny-test model on a small shapes gallery instead, and says so.
 
 Targets with the embedded default on a 2-core CPU: cold start <= 15 s, p50 <= 150 ms
@@ -111,20 +112,17 @@ def main(argv=None) -> int:
     model, gallery = args.model, args.gallery
     if model is None and (DEFAULT_CHECKPOINT / "model.safetensors").is_file():
         model = f"local-dir:{DEFAULT_CHECKPOINT}"
-        cache = Path(os.environ.get("CIR_CACHE", "~/.cache/cir")).expanduser()
     elif model is None:
         print(f"NOTE: {DEFAULT_CHECKPOINT} does not exist yet; measuring the tiny-test model on a "
               "300-query shapes gallery instead (numbers are not those of the embedded default)")
         model, gallery = tiny_setup(work)
-        cache = work / "cache"
-    else:
-        cache = Path(os.environ.get("CIR_CACHE", "~/.cache/cir")).expanduser()
+    cache = work / "cache"  # empty: the first start is a fresh machine's
     image = query_image(work / "query.png")
 
     print(f"model {model}, gallery {gallery or 'default'}, {os.cpu_count()} CPUs")
     starts = []
     client = process = None
-    for attempt in ("first start (may build the index)", "second start (index cached)"):
+    for attempt in ("fresh machine (empty cache)", "warm start (cache from the first start)"):
         if process is not None:
             process.terminate()
             process.wait(timeout=30)

@@ -354,6 +354,8 @@ class Engine:
         self._caption_bank_lock = threading.Lock()
         self._caption_bank_thread: threading.Thread | None = None
         self._dataset_vocabulary: Vocabulary | None = None
+        self._answered = False  # whether a search has answered yet (see after_first_answer)
+        self._after_first_answer: list = []
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.query_precision = resolve_query_precision(model, query_precision)
         self._query_model = query_model(model, self.query_precision)
@@ -362,7 +364,8 @@ class Engine:
     @classmethod
     def from_uris(cls, model_uri: str, index_dir: str | Path | None = None, gallery_data: str | Path | None = None,
                   source: BenchmarkSource | None = None, cache_root: str | Path | None = None, progress: bool = True,
-                  num_threads: int = 1, gallery_precision: str = "auto", device: str = "auto", **kwargs) -> Engine:
+                  num_threads: int = 1, gallery_precision: str = "auto", device: str = "auto",
+                  index_seed: str | Path | None = None, **kwargs) -> Engine:
         """Load a model from a URI and its gallery index.
 
         With `index_dir`, that index is loaded (refused if another model built it).
@@ -371,6 +374,8 @@ class Engine:
         `cache_root` (default ~/.cache/cir, or $CIR_CACHE), keyed by the model's weights
         fingerprint, the gallery and `gallery_precision` (how its images are encoded).
         `source` also provides the benchmark queries (examples, ground truth, failures).
+        `index_seed` (`cir_core.index_seed`): shipped vectors of the gallery that stand for
+        encoding it, when they come from this model's weights (else the gallery is encoded).
         `device` is "auto" (CUDA when available), "cpu" or "cuda" (refused without CUDA); on
         CUDA the model runs in fp16 (`cir_core.device.place_model`).
         """
@@ -385,7 +390,8 @@ class Engine:
             index = GalleryIndex.load(index_dir, model=model)
         elif source is not None:
             name = f"{source.name.replace('/', '-')}-{source.cache_key()}"
-            index = default_gallery_index(model, source.gallery_items(), name, cache_root, progress, gallery_precision)
+            index = default_gallery_index(model, source.gallery_items(), name, cache_root, progress, gallery_precision,
+                                          seed=index_seed)
         else:
             folder = Path(gallery_data).expanduser().resolve()
             index = default_gallery_index(model, items_from_images(folder), folder.name, cache_root, progress,
@@ -468,9 +474,12 @@ class Engine:
                                compose_ms=tokenize_ms + 1000 * (composed - prompted),
                                search_ms=1000 * (searched - composed),
                                explain_ms=1000 * (time.perf_counter() - searched) if explain else 0.0)
-        return RetrievalResult(caption=caption, reference_id=reference_id, hits=hits, timings=timings,
-                               query_vector=query.float().cpu().numpy(), notes=caption_check.notes,
-                               ground_truth=truth, explanation=explanation)
+        result = RetrievalResult(caption=caption, reference_id=reference_id, hits=hits, timings=timings,
+                                 query_vector=query.float().cpu().numpy(), notes=caption_check.notes,
+                                 ground_truth=truth, explanation=explanation)
+        if not self._answered:
+            self._first_answer_given()
+        return result
 
     def relevance(self, query_vector: np.ndarray, result_id: str) -> RelevanceMap:
         """Gradient-weighted attention over a gallery image's patches for its score under a query."""
@@ -551,6 +560,29 @@ class Engine:
             groups[name] = self._group_recall([case for case in ranked if name in case.query.groups])
         return BenchmarkReport(split=self.source.name, queries=len(ranked), groups=groups,
                                failures=self.failure_cases(group, keyword))
+
+    def after_first_answer(self, work) -> None:
+        """Run `work()` once the first search has answered (at once if one already has).
+
+        Start-up work that no search needs (ranking the benchmark, encoding the caption
+        bank) waits for it, so that it never delays a fresh app's first answer.
+        """
+        with self._lock:
+            if not self._answered:
+                self._after_first_answer.append(work)
+                return
+        work()
+
+    def _first_answer_given(self) -> None:
+        with self._lock:
+            if self._answered:
+                return
+            self._answered, pending, self._after_first_answer = True, self._after_first_answer, []
+        for work in pending:
+            try:
+                work()
+            except Exception:  # background preparations must never fail the answer that triggered them
+                logger.exception("work waiting for the first answer failed")
 
     def caption_texts(self) -> tuple[list[str], list[str | None]]:
         """The texts of the caption bank: the benchmark's (`BenchmarkSource.caption_texts`), else the
@@ -829,7 +861,8 @@ class Engine:
 
 
 def default_gallery_index(model: SPRCModel, items: list[GalleryItem], gallery_name: str, cache_root: str | Path,
-                          progress: bool = True, precision: str = "auto") -> GalleryIndex:
+                          progress: bool = True, precision: str = "auto", seed: str | Path | None = None
+                          ) -> GalleryIndex:
     """The index of `items` for `model`, built on first use and cached under `cache_root`.
 
     The cache folder is named by the model's weights fingerprint, `gallery_name` (which
@@ -838,6 +871,19 @@ def default_gallery_index(model: SPRCModel, items: list[GalleryItem], gallery_na
     about twice fp32's speed, vectors within 2e-3), so a retrained model or another
     precision gets a new index; `GalleryIndex.load` re-checks the fingerprint anyway.
     """
+    if seed is not None and Path(seed).is_file():
+        from cir_core.index_seed import index_from_seed, usable_seed
+
+        seeded = usable_seed(seed, model, items, precision)  # logs why not when it cannot be used
+        if seeded is not None:  # the folder is named by the precision the seed was encoded in
+            folder = (Path(cache_root) / "indexes"
+                      / f"{model.config.name}-{weights_fingerprint(model)}-{gallery_name}-{seeded[2]['precision']}")
+            if folder.is_dir():
+                try:
+                    return GalleryIndex.load(folder, model=model)
+                except (GalleryIndexError, FileNotFoundError) as error:
+                    logger.warning("writing the cached gallery index again: %s", error)
+            return index_from_seed(seeded, model, items, folder, progress)
     precision = resolve_gallery_precision(model, precision)
     # A large vision encoder (ViT-g) costs seconds per query on a CPU; its stored output lets a
     # query whose reference is a gallery image skip it (0.7 MB per image). Small models recompute.

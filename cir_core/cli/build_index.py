@@ -43,6 +43,9 @@ def register(subparsers) -> None:
     parser.add_argument("--no-resume", action="store_true", help="discard the encoded batches of an interrupted build")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("--json", action="store_true", help="print the build summary as JSON")
+    parser.add_argument("--export-seed", type=Path, metavar="FILE.npz",
+                        help="also write the vectors as an index seed (fp16, with the model's fingerprint), which "
+                             "an app serving the same gallery with the same model uses instead of encoding it")
     parser.set_defaults(handler=run)
 
 
@@ -82,6 +85,10 @@ def run(args: argparse.Namespace) -> int:
                                resume=not args.no_resume, model_id=args.model, params=params, precision=args.precision,
                                store_vision_features=args.store_vision_features)
     report = index.report
+    if args.export_seed is not None:
+        from cir_core.index_seed import export_seed
+
+        export_seed(index, args.export_seed)
     summary = {"index": str(args.out), "kind": index.kind, "images": len(index), "skipped": report.skipped_count,
                "skipped_files": [{"path": s.path, "reason": s.reason} for s in report.skipped],
                "vectors_per_image": index.num_query_tokens, "dim": index.dim, "fingerprint": index.fingerprint,
