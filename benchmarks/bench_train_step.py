@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         for number in range(args.steps + 2):  # the first two warm up
             triplets = [trainer.train_split.triplets[i] for i in trainer.sampler.next_batch()]
             started = time.perf_counter()
-            rendered = trainer._rendered_negatives(triplets)
+            rendered = trainer.extras.extra_negatives(triplets, trainer.caption_rng)
             rendered_at = time.perf_counter()
             trainer.images.batch([t.target for t in triplets], rendered)
             prepared_at = time.perf_counter()

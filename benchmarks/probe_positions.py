@@ -37,8 +37,23 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+class SceneDecoder(nn.Module):
+    """One vector per image (any trailing shape, flattened) -> per-region logits of each attribute."""
+
+    def __init__(self, in_features: int, regions: int, classes: tuple[int, ...], hidden: int = 512):
+        super().__init__()
+        self.regions, self.classes = regions, tuple(classes)
+        self.mlp = nn.Sequential(nn.LayerNorm(in_features), nn.Linear(in_features, hidden), nn.GELU(),
+                                 nn.Linear(hidden, regions * sum(self.classes)))
+
+    def forward(self, features: torch.Tensor) -> list[torch.Tensor]:
+        logits = self.mlp(features.flatten(1)).view(features.shape[0], self.regions, sum(self.classes))
+        return list(logits.split(self.classes, dim=-1))
 
 
 def split_rows(count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -67,7 +82,7 @@ def patch_place_accuracy(vision: torch.Tensor, steps: int, seed: int) -> float:
 
 def scene_accuracy(targets: torch.Tensor, cells: torch.Tensor, steps: int, seed: int) -> tuple[float, float]:
     """(held-out per-cell accuracy of empty/shape from the target vectors, majority-class accuracy)."""
-    from cir_core.region_supervision import SceneDecoder, attribute_loss
+    from cir_core.region_supervision import attribute_loss
 
     features = targets.float().flatten(1)
     train, test = split_rows(len(features), seed)

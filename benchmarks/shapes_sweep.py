@@ -118,8 +118,9 @@ def train_and_evaluate(row: SweepRow, args: argparse.Namespace) -> dict:
     """Train `row` with the recipe, evaluate its saved model on the test split; the results row."""
     from cir_core.checkpoints import load_model
     from cir_core.data.shapes import read_shapes_scenes, read_shapes_split
+    from cir_core.data.triplets import subsample
     from cir_core.evaluation.shapes import evaluate_shapes
-    from cir_core.train import Trainer, subsample
+    from cir_core.train import Trainer
     from cir_core.train_config import TrainConfig
 
     run_dir = Path(args.work) / file_stem(row.name)

@@ -50,6 +50,8 @@ class VisionConfig:
     # Size of the sines and cosines that table starts from, per channel (the tokens are
     # layer-normed, about unit size per channel); training hardly changes it.
     readout_position_scale: float = 0.5
+    # Kept although no shipped recipe sets it: the weights fingerprint that ties an index to its
+    # model hashes this config, so dropping the key would disown every index built so far.
     # Shortest and longest wavelength of those waves, in patches, spaced geometrically. None
     # keeps the first band, 2*pi to 2*pi*side patches: mostly longer than the image, so the
     # codes of neighbouring grid cells are alike (cosine 0.78 on a 6x6 patch grid); a band

@@ -1,5 +1,8 @@
 """The one training loop, for every dataset (shapes, CIRR, FashionIQ).
 
+What differs between datasets (their reader, evaluator, headline metric and any training
+extras) comes from the dataset registry, `cir_core.data.sources.DATASETS`.
+
 `cir train --config FILE [--key=value ...] [--resume]`, or `main(argv)` from Python.
 A run folder holds `metrics.jsonl` (one JSON object per log line), `last/` (a model
 checkpoint plus `trainer_state.pt` for --resume) and `best/` (the checkpoint with the
@@ -24,10 +27,10 @@ from tqdm import tqdm
 
 from cir_core.checkpoints import load_model, save_model
 from cir_core.config import apply_overrides, load_preset
+from cir_core.data.sources import DATASETS
 from cir_core.data.triplets import Triplet, TripletSplit
 from cir_core.model import SPRCModel
 from cir_core.precision import resolve_train_precision
-from cir_core.region_supervision import RegionHead, SceneHeads
 from cir_core.train_config import TrainConfig
 from cir_core.transforms import ImageTransform
 
@@ -40,80 +43,9 @@ RUN_FILES = ("train_config.json", "metrics.jsonl", "last", "best")
 
 
 # ---------------------------------------------------------------------- data
-def read_split(config: TrainConfig, split: str, for_training: bool = False, descriptions: bool = False
-               ) -> TripletSplit:
-    """The dataset reader for `config.data.kind`; `descriptions` asks for the images' descriptions."""
-    data = config.data
-    if data.kind == "shapes":
-        from cir_core.data.shapes import read_shapes_split
-
-        wants_labels = config.region_weight > 0 or config.scene_weight > 0
-        return read_shapes_split(data.root, split, with_region_labels=for_training and wants_labels,
-                                 with_hard_negatives=for_training and config.hard_negatives > 0,
-                                 with_descriptions=descriptions)
-    if data.kind == "cirr":
-        from cir_core.data.cirr import read_cirr
-
-        return read_cirr(data.root, split)
-    if data.kind == "fashioniq":
-        from cir_core.data.fashioniq import read_fashioniq
-
-        parts = [read_fashioniq(data.root, category, split) for category in data.categories]
-        return merge_splits(parts, f"fashioniq/{split}")
-    raise ValueError(f"unknown data kind {data.kind!r}; use shapes, cirr or fashioniq")
-
-
-def merge_splits(parts: list[TripletSplit], name: str) -> TripletSplit:
-    """Concatenate splits for joint training (pairids are prefixed to stay unique)."""
-    triplets, paths, gallery = [], {}, []
-    for part in parts:
-        for t in part.triplets:
-            triplets.append(Triplet(f"{part.name}:{t.pairid}", t.reference, t.caption, t.target, t.edit,
-                                    t.caption_variants, t.extras))
-        paths.update(part.image_paths)
-        gallery.extend(part.gallery)
-    return TripletSplit(name, triplets, paths, gallery, parts[0].exclude_reference if parts else True)
-
-
-# The validation number that picks the best checkpoint, per dataset (higher is better).
-DEFAULT_BEST_METRIC = {"shapes": "recall/R@1", "cirr": "average", "fashioniq": "average"}
-
-
-def read_validation(config: TrainConfig):
-    """What `evaluate` takes: a split, or for FashionIQ one split per category (each has its own gallery)."""
-    data = config.data
-    limit = data.val_max_queries
-    if data.kind == "fashioniq":
-        from cir_core.data.fashioniq import read_fashioniq
-
-        return {c: subsample(read_fashioniq(data.root, c, data.val_split), limit) for c in data.categories}
-    return subsample(read_split(config, data.val_split), limit)
-
-
-def subsample(split: TripletSplit, limit: int) -> TripletSplit:
-    """At most `limit` queries (a fixed random choice), same gallery; 0 keeps all."""
-    if not limit or len(split.triplets) <= limit:
-        return split
-    chosen = sorted(random.Random(0).sample(range(len(split.triplets)), limit))
-    return TripletSplit(split.name, [split.triplets[i] for i in chosen], split.image_paths, split.gallery,
-                        split.exclude_reference)
-
-
 def evaluate(config: TrainConfig, model: SPRCModel, validation) -> dict[str, float]:
     """Run the dataset's own protocol; returns flat metrics (percent)."""
-    if config.data.kind == "shapes":
-        from cir_core.evaluation.shapes import evaluate_shapes
-
-        report = evaluate_shapes(model, validation, progress=False)
-    elif config.data.kind == "cirr":
-        from cir_core.evaluation.cirr import evaluate_cirr
-
-        report = evaluate_cirr(model, validation, progress=False)
-    else:
-        from cir_core.evaluation.fashioniq import evaluate_fashioniq
-
-        report = evaluate_fashioniq(model, validation, progress=False)
-    return flatten_metrics(report.to_dict())
+    return flatten_metrics(DATASETS[config.data.kind].evaluate(model, validation).to_dict())
 
 
 def flatten_metrics(report: dict, prefix: str = "") -> dict[str, float]:
@@ -133,8 +65,7 @@ class ImageStore:
         self.split, self.transform, self.cache = split, transform, cache
         self._images: dict[str, torch.Tensor] = {}
         if cache:
-            ids = sorted({t.reference for t in split.triplets} | {t.target for t in split.triplets if t.target}
-                         | {i for look_alikes in (split.hard_negatives or {}).values() for i in look_alikes})
+            ids = sorted({t.reference for t in split.triplets} | {t.target for t in split.triplets if t.target})
             with ThreadPoolExecutor(max_workers=4) as pool:
                 loaded = pool.map(self._load, ids)
                 for image_id, tensor in tqdm(zip(ids, loaded), total=len(ids), desc="loading images",
@@ -282,26 +213,22 @@ class Trainer:
         self.model, pretrained = build_model(config)
         self.model.to(config.device).train()
         self.transform = ImageTransform(self.model.config.preprocess)
-        self.look_alikes = self._look_alikes()
-        lone_target_repeats = self._checked_lone_target_repeats()  # before the (slow) split is read
+        self.dataset = DATASETS[config.data.kind]
         self.describe_targets = self.model.config.loss.description_weight > 0
-        self.train_split = read_split(config, config.data.train_split, for_training=True,
-                                      descriptions=self.describe_targets)
+        self.train_split = self.dataset.read_split(config, config.data.train_split, True, self.describe_targets)
         if self.describe_targets and not self.train_split.image_captions:
             raise ValueError(f"loss.description_weight needs image descriptions, which {config.data.kind} "
                              "does not provide (shapes does)")
-        self.region_head = self._region_head()
-        self.scene_heads = self._scene_heads()
+        self.extras = self.dataset.training_extras(config, self.model, self.train_split)
         self.val_split = self._validation_split()
         self.images = ImageStore(self.train_split, self.transform, config.data.cache_images, config.progress)
         self.sampler = TripletSampler(self.train_split.triplets, config.batch_size, config.edits_per_reference,
-                                      config.seed, self._triplet_repeats(lone_target_repeats))
+                                      config.seed, self.extras.triplet_repeats())
         self.caption_rng = random.Random(config.seed + 1)
         groups = parameter_groups(self.model, config, pretrained)
-        for head in (self.region_head, self.scene_heads):
-            if head is not None:
-                groups.append({"params": list(head.parameters()), "lr": config.optim.head_lr or config.optim.lr,
-                               "weight_decay": 0.0})
+        head_parameters = self.extras.parameters()
+        if head_parameters:  # training-only heads, learning as fast as the model's new parts, never decayed
+            groups.append({"params": head_parameters, "lr": config.optim.lr, "weight_decay": 0.0})
         self.optimizer = torch.optim.AdamW(groups,
                                            betas=tuple(config.optim.betas), eps=config.optim.eps)
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -322,68 +249,10 @@ class Trainer:
                              "replace it with --overwrite or choose another --out_dir")
         return bool(earlier) and overwrite
 
-    def _labelled_split(self, option: str):
-        split = self.train_split
-        if not split.region_labels:
-            raise ValueError(f"{option} is set but {split.name} provides no region labels")
-        return split
-
-    def _region_head(self) -> RegionHead | None:
-        if self.config.region_weight <= 0:
-            if self.config.locate_patches:
-                raise ValueError("locate_patches needs region_weight > 0: the region head does the locating")
-            return None
-        split = self._labelled_split("region_weight")
-        vision = self.model.config.vision
-        side = vision.image_size // vision.patch_size if self.config.locate_patches else 0
-        head = RegionHead(vision.hidden_size, split.region_grid, split.region_classes, locate_side=side)
-        return head.to(self.config.device)
-
-    def _scene_heads(self) -> SceneHeads | None:
-        if self.config.scene_weight <= 0:
-            return None
-        split = self._labelled_split("scene_weight")
-        config = self.model.config
-        heads = SceneHeads(config.embed_dim, config.qformer.num_query_tokens, split.region_grid, split.region_classes)
-        return heads.to(self.config.device)
-
-    def _checked_lone_target_repeats(self) -> int:
-        repeats = self.config.lone_target_repeats  # a whole number >= 1 (TrainConfig.validate)
-        if repeats > 1 and self.config.data.kind != "shapes":
-            raise ValueError("lone_target_repeats needs scene labels; only the shapes benchmark has them")
-        return repeats
-
-    def _triplet_repeats(self, repeats: int) -> list[int] | None:
-        """Draws per pass for each training triplet: `repeats` for a one-object target (shapes)."""
-        if repeats == 1:
-            return None
-        from cir_core.data.shapes import read_shapes_scenes
-
-        scenes = self.look_alikes.scenes if self.look_alikes is not None else read_shapes_scenes(self.config.data.root)
-        return [repeats if t.target is not None and len(scenes[t.target].objects) == 1 else 1
-                for t in self.train_split.triplets]
-
-    def _look_alikes(self):
-        asked = {name: getattr(self.config, name) for name in ("position_negatives", "edit_negatives")}
-        if not any(asked.values()):
-            return None
-        from cir_core.data.shapes_negatives import LAYOUT_SPREADS, LookAlikes
-
-        if self.config.position_negative_spread not in LAYOUT_SPREADS:
-            raise ValueError(f"position_negative_spread must be one of {', '.join(LAYOUT_SPREADS)}, "
-                             f"got {self.config.position_negative_spread!r}")
-        if self.config.data.kind != "shapes":
-            names = " and ".join(name for name, count in asked.items() if count)
-            raise ValueError(f"{names} need scene labels, which only the shapes benchmark has")
-        from cir_core.data.shapes import read_shapes_info, read_shapes_scenes
-
-        info = read_shapes_info(self.config.data.root)
-        return LookAlikes(read_shapes_scenes(self.config.data.root), int(info["image_size"]))
-
     def _validation_split(self):
         if not self.config.data.val_split or self.config.eval_every <= 0:
             return None
-        return read_validation(self.config)
+        return self.dataset.read_validation(self.config)
 
     def _autocast(self):
         if self.precision == "bf16":
@@ -394,30 +263,19 @@ class Trainer:
         indices = self.sampler.next_batch()
         triplets = [self.train_split.triplets[i] for i in indices]
         captions = [t.training_caption(self.caption_rng) for t in triplets]
-        negative_ids = self._hard_negatives(triplets)
-        rendered = self._rendered_negatives(triplets)
+        extra_negatives = self.extras.extra_negatives(triplets, self.caption_rng)
         extra = {}
-        batch = len(triplets)
-        labels = None
-        if self.region_head is not None or self.scene_heads is not None:
-            ids = [t.reference for t in triplets] + [t.target for t in triplets]
-            labels = torch.stack([self.train_split.region_labels[i] for i in ids]).to(self.config.device)
         with self._autocast():
-            reference, target, negatives = self.batch_features(triplets, negative_ids, rendered)
+            reference, target, negatives = self.batch_features(triplets, extra_negatives)
             descriptions = (self.model.tokenize_descriptions([self.train_split.image_captions[t.target]
                                                               for t in triplets]) if self.describe_targets else None)
             out = self.model(reference, captions, target, negatives=negatives, descriptions=descriptions)
             loss = out.loss
             if out.description is not None:
                 extra["description"] = float(out.description.detach())
-            if self.region_head is not None:
-                region = self.region_head.loss(torch.cat([reference, target]), labels)
-                loss = loss + self.config.region_weight * region
-                extra["region"] = float(region.detach())
-            if self.scene_heads is not None:
-                scene = self.scene_heads.loss(out.query, out.targets[:batch], labels[batch:])
-                loss = loss + self.config.scene_weight * scene
-                extra["scene"] = float(scene.detach())
+            for name, weight, term in self.extras.auxiliary_losses(reference, target, triplets):
+                loss = loss + weight * term
+                extra[name] = float(term.detach())
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.optim.clip_grad_norm > 0:
@@ -430,9 +288,9 @@ class Trainer:
                 "align": float(out.align.detach()), **extra, "temp": float(self.model.temp.detach()),
                 "lr": self.scheduler.get_last_lr()[0]}
 
-    def batch_features(self, triplets: list[Triplet], negative_ids: list[str] = (),
-                       rendered: list[Image.Image] = ()) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Vision features of the batch's references, targets and extra negatives (None without any).
+    def batch_features(self, triplets: list[Triplet], negatives: list[Image.Image] = ()
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Vision features of the batch's references, targets and extra negative images (None without any).
 
         A batch holds each reference `edits_per_reference` times; the vision encoder has no
         dropout, so each distinct image is encoded once and its features are repeated, which
@@ -441,45 +299,14 @@ class Trainer:
         references = [t.reference for t in triplets]
         distinct = list(dict.fromkeys(references))
         parts = [self.images.batch(distinct), self.images.batch([t.target for t in triplets])]
-        if negative_ids or rendered:
-            parts.append(self.images.batch(list(negative_ids), list(rendered)))
+        if negatives:
+            parts.append(self.images.batch([], list(negatives)))
         features = self.model.vision_features(torch.cat(parts).to(self.config.device))
         position = {image_id: row for row, image_id in enumerate(distinct)}
         reference = features[torch.tensor([position[i] for i in references], device=features.device)]
         end = len(distinct) + len(triplets)
         negatives = features[end:] if len(parts) == 3 else None
         return reference, features[len(distinct):end], negatives
-
-    def _hard_negatives(self, triplets: list[Triplet]) -> list[str]:
-        """Up to `config.hard_negatives` look-alikes of this batch's targets that are no batch target."""
-        look_alikes = self.train_split.hard_negatives
-        if not self.config.hard_negatives or not look_alikes:
-            return []
-        in_batch = {t.target for t in triplets}
-        chosen: list[str] = []
-        for triplet in self.caption_rng.sample(triplets, len(triplets)):
-            options = [i for i in look_alikes.get(triplet.target, ()) if i not in in_batch]
-            if options:
-                pick = self.caption_rng.choice(options)
-                chosen.append(pick)
-                in_batch.add(pick)
-            if len(chosen) == self.config.hard_negatives:
-                break
-        return chosen
-
-    def _rendered_negatives(self, triplets: list[Triplet]) -> list[Image.Image]:
-        """Rendered look-alikes of the batch: `config.position_negatives` scenes with a target's
-        objects in another layout, then `config.edit_negatives` references edited the same way
-        with another outcome; none is a batch target or another look-alike."""
-        if self.look_alikes is None:
-            return []
-        targets = [t.target for t in triplets]
-        avoid = set(targets)
-        scenes = self.look_alikes.sample(targets, self.config.position_negatives, self.caption_rng, avoid,
-                                         spread=self.config.position_negative_spread)
-        if self.config.edit_negatives:
-            scenes += self.look_alikes.sample_edits(triplets, self.config.edit_negatives, self.caption_rng, avoid)
-        return self.look_alikes.render(scenes)
 
     def run(self) -> dict[str, float]:
         config = self.config
@@ -519,7 +346,7 @@ class Trainer:
         self.model.eval()
         metrics = evaluate(self.config, self.model, self.val_split)
         self.model.train()
-        name = self.config.best_metric or DEFAULT_BEST_METRIC[self.config.data.kind]
+        name = self.config.best_metric or self.dataset.headline_metric
         value = metrics.get(name)
         if value is None:
             raise ValueError(f"best_metric {name!r} not among {sorted(metrics)}")
@@ -544,8 +371,7 @@ class Trainer:
         state = {"step": self.step, "best": self.best, "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
                  "sampler": self.sampler.state_dict(), "caption_rng": self.caption_rng.getstate(),
-                 "region_head": self.region_head.state_dict() if self.region_head is not None else None,
-                 "scene_heads": self.scene_heads.state_dict() if self.scene_heads is not None else None}
+                 **self.extras.state_dict()}
         tmp = folder / (TRAINER_STATE_FILE + ".tmp")
         torch.save(state, tmp)
         tmp.replace(folder / TRAINER_STATE_FILE)
@@ -563,9 +389,7 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         self.sampler.load_state_dict(state["sampler"])
         self.caption_rng.setstate(state["caption_rng"])
-        for name, head in (("region_head", self.region_head), ("scene_heads", self.scene_heads)):
-            if head is not None and state.get(name) is not None:
-                head.load_state_dict(state[name])
+        self.extras.load_state_dict(state)
         self.step, self.best = state["step"], state["best"]
         logger.info("resumed from %s at step %d", folder, self.step)
 

@@ -1,6 +1,7 @@
 """Typed training configuration: one file describes a whole run (JSON).
 
 `cir train --config FILE --optim.lr=1e-4 ...` overrides any field by its dotted name.
+Options that only one dataset can serve live in that dataset's section (`shapes`).
 """
 from __future__ import annotations
 
@@ -11,17 +12,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DATA_KINDS = ("shapes", "cirr", "fashioniq")
-SAVE_DTYPES = ("float32", "float16", "bfloat16")
-
 from cir_core.config import _build, _check_float, _check_int, read_json, set_dotted
+from cir_core.data.shapes_training import ShapesTrainConfig
+from cir_core.data.sources import DATASETS
+
+SAVE_DTYPES = ("float32", "float16", "bfloat16")
+# Options that moved into the `shapes` section: files and overrides written before still read.
+MOVED_KEYS = {name: f"shapes.{name}" for name in ("position_negatives", "edit_negatives", "position_negative_spread",
+                                                   "lone_target_repeats", "region_weight")}
+# Options that no longer exist, with the value that meant "off": files written before their
+# removal list them with it and still read; any other value asked for what this code no longer does.
+REMOVED_KEYS = {"hard_negatives": 0, "scene_weight": 0.0, "locate_patches": False, "optim.head_lr": 0.0}
 
 
 @dataclass
 class DataConfig:
     """Which benchmark to train and validate on."""
 
-    kind: str = "shapes"  # "shapes", "cirr" or "fashioniq"
+    kind: str = "shapes"  # a name in cir_core.data.sources.DATASETS: "shapes", "cirr" or "fashioniq"
     root: str = ""  # dataset folder (shapes: the `cir data shapes` output; cirr/fashioniq: --data-root)
     train_split: str = "train"  # split read for training
     val_split: str = "val"  # split evaluated during training
@@ -52,7 +60,6 @@ class OptimConfig:
     eps: float = 1e-7  # AdamW epsilon
     pct_start: float = 0.1  # OneCycle warm-up share
     clip_grad_norm: float = 1.0  # gradient clipping (0 = off)
-    head_lr: float = 0.0  # peak learning rate of training-only auxiliary heads (0 = lr)
     freeze_vision: bool = False  # official: the ViT is frozen (ln_vision stays trainable)
     freeze_word_embeddings: bool = True  # keep the pretrained vocabulary table fixed
 
@@ -70,14 +77,7 @@ class TrainConfig:
     max_steps: int = 4000  # optimisation steps (the OneCycle length)
     eval_every: int = 500  # steps between validations (and best-checkpoint checks)
     checkpoint_every: int = 500  # steps between resumable checkpoints
-    hard_negatives: int = 0  # extra look-alike negative targets per batch (datasets that list them)
-    position_negatives: int = 0  # rendered negatives per batch: a target's objects in another layout (shapes)
-    edit_negatives: int = 0  # rendered negatives per batch: a reference edited the same way, another outcome (shapes)
-    position_negative_spread: str = "even"  # who gets the layout ones: "even" or "inverse_objects" (1/n per n objects)
-    lone_target_repeats: int = 1  # draws per pass of each triplet whose target is one object (shapes; 1 = once)
-    region_weight: float = 0.0  # weight of the auxiliary per-region vision loss (datasets with region labels)
-    locate_patches: bool = False  # the region head also makes every patch token say where it is
-    scene_weight: float = 0.0  # weight of decoding the target scene from query and target vectors (region labels)
+    shapes: ShapesTrainConfig = field(default_factory=ShapesTrainConfig)  # options of the shapes benchmark only
     best_metric: str = ""  # flat validation metric deciding the best checkpoint ("" = the dataset's headline)
     precision: str = "auto"  # "bf16" autocast, "fp32", or "auto" (bf16 where the device computes it natively)
     num_threads: int = 0  # torch threads (0 = leave torch's default)
@@ -91,7 +91,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        return _build(cls, data, "train config")
+        return _build(cls, _current_keys(data), "train config")
 
     @classmethod
     def from_file(cls, path: str | Path) -> TrainConfig:
@@ -101,17 +101,17 @@ class TrainConfig:
         """Raise ValueError naming the first option out of its range, before any work is done
         (a bad value found only at the first checkpoint would cost the whole run)."""
         data, model, optim = self.data, self.model, self.optim
-        for name in ("out_dir", "precision", "position_negative_spread"):
+        for name in ("out_dir", "precision"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"{name} must be non-empty text, got {getattr(self, name)!r}")
-        if data.kind not in DATA_KINDS:
-            raise ValueError(f"data.kind must be one of {', '.join(DATA_KINDS)}, got {data.kind!r}")
+        if data.kind not in DATASETS:
+            raise ValueError(f"data.kind must be one of {', '.join(DATASETS)}, got {data.kind!r}")
         if not isinstance(data.train_split, str) or not data.train_split:
             raise ValueError(f"data.train_split must name a split, got {data.train_split!r}")
         _check_int(data.val_max_queries, "data.val_max_queries", 0)
         if not isinstance(model.overrides, dict) or not all(isinstance(key, str) for key in model.overrides):
             raise ValueError(f"model.overrides must be an object of dotted model config keys, got {model.overrides!r}")
-        for name in ("lr", "pretrained_lr", "vision_lr", "head_lr", "weight_decay", "clip_grad_norm"):
+        for name in ("lr", "pretrained_lr", "vision_lr", "weight_decay", "clip_grad_norm"):
             _check_float(getattr(optim, name), f"optim.{name}", 0)
         _check_float(optim.eps, "optim.eps", 0, low_open=True)
         _check_float(optim.pct_start, "optim.pct_start", 0, 1, low_open=True, high_open=True)
@@ -121,11 +121,9 @@ class TrainConfig:
         for beta in betas:
             _check_float(beta, "optim.betas", 0, 1, high_open=True)
         for name, low in (("batch_size", 1), ("edits_per_reference", 1), ("max_steps", 1), ("eval_every", 0),
-                          ("checkpoint_every", 1), ("hard_negatives", 0), ("position_negatives", 0),
-                          ("edit_negatives", 0), ("lone_target_repeats", 1), ("num_threads", 0)):
+                          ("checkpoint_every", 1), ("num_threads", 0)):
             _check_int(getattr(self, name), name, low)
-        for name in ("region_weight", "scene_weight"):
-            _check_float(getattr(self, name), name, 0)
+        self.shapes.validate(data.kind)
         if not isinstance(self.device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
         if self.save_dtype not in SAVE_DTYPES:
@@ -139,6 +137,9 @@ class TrainConfig:
                 value = json.loads(raw)
             except json.JSONDecodeError:
                 value = raw
+            if _is_removed(key, value):
+                continue
+            key = MOVED_KEYS.get(key, key)
             head, found, model_key = key.partition("model.overrides.")
             if found and not head:
                 # model config keys stay dotted: they are applied to the preset by apply_overrides
@@ -148,3 +149,35 @@ class TrainConfig:
                 continue
             set_dotted(data, key, value, "training option")
         return TrainConfig.from_dict(data)
+
+
+def _is_removed(key: str, value: Any) -> bool:
+    """Whether `key` is a removed option given its "off" value (to be skipped); ValueError for another value."""
+    if key not in REMOVED_KEYS:
+        return False
+    off = REMOVED_KEYS[key]
+    if value != off or isinstance(value, bool) != isinstance(off, bool):
+        raise ValueError(f"train config: {key} has been removed; only its default {json.dumps(off)} is still read, "
+                         f"got {value!r}")
+    return True
+
+
+def _current_keys(data: Any) -> Any:
+    """`data` with moved options in their section and removed ones (at their "off" value) dropped."""
+    if not isinstance(data, dict):
+        return data
+    data = {key: dict(value) if isinstance(value, dict) else value for key, value in data.items()}
+    for key in REMOVED_KEYS:
+        section, _, name = key.rpartition(".")
+        holder = data.get(section) if section else data
+        if isinstance(holder, dict) and name in holder and _is_removed(key, holder[name]):
+            del holder[name]
+    for old, new in MOVED_KEYS.items():
+        if old in data:
+            section, name = new.split(".")
+            if not isinstance(data.setdefault(section, {}), dict):
+                continue  # the section's own error is clearer
+            if name in data[section]:
+                raise ValueError(f"train config: {old} and {new} both given; {new} is its name now")
+            data[section][name] = data.pop(old)
+    return data

@@ -8,7 +8,7 @@ import torch
 
 import cir_core
 from cir_core.data.shapes import ShapesCounts, write_shapes_dataset
-from cir_core.region_supervision import IGNORE, RegionHead, SceneHeads, attribute_loss
+from cir_core.region_supervision import IGNORE, RegionHead
 from cir_core.train import TripletSampler, main
 from cir_core.train_config import TrainConfig
 
@@ -188,94 +188,25 @@ def test_loss_falls_when_overfitting_one_batch(tmp_path, shapes_dir):
 
 
 def test_region_supervision_learns_cells(tmp_path, shapes_dir):
-    config = write_config(tmp_path, shapes_dir, region_weight=1.0)
+    config = write_config(tmp_path, shapes_dir, shapes={"region_weight": 1.0})
     from cir_core.train import Trainer
 
-    trainer = Trainer(TrainConfig.from_file(config).with_overrides({"max_steps": "30", "optim.lr": "0.003",
-                                                                       "optim.vision_lr": "0.003"}))
-    assert trainer.region_head is not None and trainer.train_split.region_classes == (4, 8, 2)
+    overrides = {"max_steps": "30", "optim.lr": "0.003", "optim.vision_lr": "0.003"}
+    trainer = Trainer(TrainConfig.from_file(config).with_overrides(overrides))
+    assert trainer.extras.region_head is not None and trainer.train_split.region_classes == (4, 8, 2)
+    head = {id(p) for p in trainer.extras.region_head.parameters()}
+    head_groups = [g for g in trainer.optimizer.param_groups if head & {id(p) for p in g["params"]}]
+    assert len(head_groups) == 1 and head_groups[0]["max_lr"] == 0.003 and head_groups[0]["weight_decay"] == 0
     fixed = trainer.sampler.next_batch()
     trainer.sampler.next_batch = lambda: list(fixed)
     regions = [trainer.train_step()["region"] for _ in range(30)]
     assert regions[-1] < 0.6 * regions[0]
-
-
-def test_scene_heads_learn_the_target_scene_without_region_head(tmp_path, shapes_dir):
-    config = write_config(tmp_path, shapes_dir, scene_weight=1.0)
-    from cir_core.train import Trainer
-
-    trainer = Trainer(TrainConfig.from_file(config).with_overrides({"max_steps": "30", "optim.lr": "0.003",
-                                                                       "optim.head_lr": "0.01"}))
-    assert trainer.region_head is None and trainer.scene_heads is not None
-    head_params = {id(p) for p in trainer.scene_heads.parameters()}
-    head_groups = [g for g in trainer.optimizer.param_groups if id(g["params"][0]) in head_params]
-    assert len(head_groups) == 1 and head_groups[0]["max_lr"] == 0.01
-    fixed = trainer.sampler.next_batch()
-    trainer.sampler.next_batch = lambda: list(fixed)
-    scenes = [trainer.train_step()["scene"] for _ in range(30)]
-    assert scenes[-1] < 0.6 * scenes[0]
-    trainer.save_last()
-    resumed = Trainer(TrainConfig.from_file(config).with_overrides({"max_steps": "30"}), resume=True)
-    for mine, theirs in zip(trainer.scene_heads.state_dict().values(), resumed.scene_heads.state_dict().values()):
+    (tmp_path / "run").mkdir()
+    trainer.save_last()  # the head is no part of the model: --resume takes it from the trainer state
+    resumed = Trainer(TrainConfig.from_file(config).with_overrides(overrides), resume=True)
+    for mine, theirs in zip(trainer.extras.region_head.state_dict().values(),
+                            resumed.extras.region_head.state_dict().values()):
         assert torch.equal(mine, theirs)
-
-
-def test_scene_heads_read_query_and_target_vectors():
-    heads = SceneHeads(embed_dim=6, num_query_tokens=4, grid=3, classes=(4, 8, 2))
-    labels = torch.zeros((2, 9, 3), dtype=torch.long)
-    loss = heads.loss(torch.randn(2, 6), torch.randn(2, 4, 6), labels)
-    assert loss.ndim == 0 and loss > 0
-    with pytest.raises(RuntimeError):  # target vectors of the wrong width are refused, not silently reshaped
-        heads.loss(torch.randn(2, 6), torch.randn(2, 3, 6), labels)
-
-
-def test_scene_weight_needs_region_labels(tmp_path):
-    from cir_core.train import Trainer
-
-    trainer = Trainer.__new__(Trainer)
-    trainer.config = TrainConfig(scene_weight=1.0)
-    trainer.train_split = types.SimpleNamespace(region_labels=None, name="cirr/train")
-    with pytest.raises(ValueError, match="scene_weight is set but cirr/train provides no region labels"):
-        trainer._scene_heads()
-
-
-def test_region_head_locates_patches():
-    torch.manual_seed(0)
-    head = RegionHead(width=16, grid=3, classes=(4, 8, 2), locate_side=4)
-    labels = torch.zeros((2, 9, 3), dtype=torch.long)
-    informative = torch.zeros(2, 1 + 16, 16)
-    informative[:, 1:] = torch.eye(16) * 5  # each patch token says which patch it is
-    optimizer = torch.optim.Adam(head.parameters(), lr=0.05)
-    start = head.location_loss(informative).item()
-    for _ in range(100):
-        optimizer.zero_grad()
-        head.location_loss(informative).backward()
-        optimizer.step()
-    assert head.location_loss(informative).item() < 0.1 * start
-    assert head.loss(informative, labels) > attribute_loss(head(informative), labels)  # location counted
-    with pytest.raises(ValueError, match="locates a 4x4 grid"):
-        head.location_loss(torch.zeros(2, 1 + 9, 16))
-
-
-@pytest.mark.parametrize("changes, message", [
-    ({"locate_patches": True}, "locate_patches needs region_weight > 0"),
-    ({"scene_weight": 1.0, "optim": {"head_lr": -1.0}}, "optim.head_lr must be a finite number >= 0"),
-])
-def test_auxiliary_head_options_are_checked(tmp_path, shapes_dir, changes, message):
-    from cir_core.train import Trainer
-
-    with pytest.raises(ValueError, match=message):
-        Trainer(TrainConfig.from_file(write_config(tmp_path, shapes_dir, **changes)))
-
-
-def test_locate_patches_option_builds_a_locating_head(tmp_path, shapes_dir):
-    config = write_config(tmp_path, shapes_dir, region_weight=1.0, locate_patches=True)
-    from cir_core.train import Trainer
-
-    trainer = Trainer(TrainConfig.from_file(config))
-    vision = trainer.model.config.vision
-    assert trainer.region_head.locate_side == vision.image_size // vision.patch_size
-    assert math.isfinite(trainer.train_step()["region"])
 
 
 def test_region_head_ignores_missing_attributes():
@@ -299,39 +230,6 @@ def test_sampler_groups_edits_and_never_repeats_a_target():
         assert len(batch) == 8 and len(set(targets)) == 8
     with pytest.raises(ValueError, match="exceeds"):
         TripletSampler(triplets[:4], batch_size=8, per_reference=4, seed=0)
-
-
-def test_hard_negatives_join_the_candidates(tmp_path, shapes_dir):
-    from cir_core.train import Trainer
-
-    config = write_config(tmp_path, shapes_dir, hard_negatives=4, region_weight=0.5)
-    trainer = Trainer(TrainConfig.from_file(config))
-    assert trainer.train_split.hard_negatives
-    for _ in range(20):  # some batches of this small set have no look-alike outside the batch
-        triplets = [trainer.train_split.triplets[i] for i in trainer.sampler.next_batch()]
-        negatives = trainer._hard_negatives(triplets)
-        if negatives:
-            break
-    targets = {t.target for t in triplets}
-    assert negatives and len(negatives) <= 4 and not targets & set(negatives)
-    look_alikes = trainer.train_split.hard_negatives
-    assert all(any(n in look_alikes.get(t.target, ()) for t in triplets) for n in negatives)
-    stats = trainer.train_step()
-    assert math.isfinite(stats["loss"]) and "region" in stats
-
-
-def test_near_duplicates_are_one_attribute_apart():
-    from cir_core.data.shapes_negatives import near_duplicates
-    from cir_core.data.shapes_scene import SceneObject, ShapesScene
-
-    base = ShapesScene((SceneObject(0, 0, "circle", "red", "large"), SceneObject(1, 1, "square", "blue", "small")))
-    recoloured = base.replace(base.objects[0], SceneObject(0, 0, "circle", "green", "large"))
-    moved = base.replace(base.objects[1], SceneObject(2, 2, "square", "blue", "small"))
-    two_changes = base.replace(base.objects[0], SceneObject(0, 0, "triangle", "green", "large"))
-    fewer = ShapesScene((base.objects[0],))
-    scenes = {s.id: s for s in (base, recoloured, moved, two_changes, fewer)}
-    found = near_duplicates(scenes, {base.id})
-    assert found == {base.id: sorted([recoloured.id, moved.id])}
 
 
 def test_position_look_alikes_keep_the_objects_and_change_the_layout():
@@ -410,19 +308,20 @@ def test_position_negatives_are_rendered_into_the_candidates(tmp_path, shapes_di
     from cir_core.data.shapes_scene import render_scene
     from cir_core.train import Trainer
 
-    trainer = Trainer(TrainConfig.from_file(write_config(tmp_path, shapes_dir, position_negatives=3)))
+    trainer = Trainer(TrainConfig.from_file(write_config(tmp_path, shapes_dir, shapes={"position_negatives": 3})))
+    look_alikes = trainer.extras.look_alikes
     triplets = [trainer.train_split.triplets[i] for i in trainer.sampler.next_batch()]
     targets = [t.target for t in triplets]
-    scenes = trainer.look_alikes.sample(targets, 3, random.Random(0), set(targets))
+    scenes = look_alikes.sample(targets, 3, random.Random(0), set(targets))
     key = lambda scene: sorted((o.shape, o.color, o.size) for o in scene.objects)
-    target_keys = [key(trainer.look_alikes.scenes[t]) for t in targets]
+    target_keys = [key(look_alikes.scenes[t]) for t in targets]
     assert len(scenes) == 3 and len({s.id for s in scenes}) == 3
     assert all(s.id not in targets and key(s) in target_keys for s in scenes)
-    images = trainer.look_alikes.render(scenes)
+    images = look_alikes.render(scenes)
     assert [i.tobytes() for i in images] == [render_scene(s, 32).tobytes() for s in scenes]
     pixels = trainer.images.batch(targets[:1], images)
     assert pixels.shape[0] == 4 and torch.allclose(pixels[1:], trainer.images.batch([], images))
-    assert len(trainer._rendered_negatives(triplets)) == 3
+    assert len(trainer.extras.extra_negatives(triplets, random.Random(0))) == 3
     assert math.isfinite(trainer.train_step()["loss"])
 
 
@@ -454,30 +353,32 @@ def test_edit_negatives_are_rendered_after_the_layouts(tmp_path, shapes_dir):
 
     from cir_core.train import Trainer
 
-    trainer = Trainer(TrainConfig.from_file(write_config(tmp_path, shapes_dir, position_negatives=2,
-                                                         edit_negatives=3)))
+    trainer = Trainer(TrainConfig.from_file(write_config(tmp_path, shapes_dir, shapes={"position_negatives": 2,
+                                                                                       "edit_negatives": 3})))
     triplets = [trainer.train_split.triplets[i] for i in trainer.sampler.next_batch()]
     targets = {t.target for t in triplets}
-    scenes = trainer.look_alikes.sample_edits(triplets, 3, random.Random(0), set(targets))
+    scenes = trainer.extras.look_alikes.sample_edits(triplets, 3, random.Random(0), set(targets))
     assert len(scenes) == 3 and not {s.id for s in scenes} & targets
-    references = [trainer.look_alikes.scenes[t.reference] for t in triplets]
+    references = [trainer.extras.look_alikes.scenes[t.reference] for t in triplets]
     appearances = lambda scene: sorted(o.appearance for o in scene.objects)
 
     def one_edit_apart(scene, reference):  # one object added, removed or changed, or the same objects moved
         return len(set(scene.objects) ^ set(reference.objects)) <= 2 or appearances(scene) == appearances(reference)
 
     assert all(any(one_edit_apart(scene, reference) for reference in references) for scene in scenes)
-    assert len(trainer._rendered_negatives(triplets)) == 5
+    assert len(trainer.extras.extra_negatives(triplets, random.Random(0))) == 5
     assert math.isfinite(trainer.train_step()["loss"])
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"position_negatives": -1}, "position_negatives must be a whole number >= 0"),
-    ({"edit_negatives": -2}, "edit_negatives must be a whole number >= 0"),
-    ({"position_negatives": 2, "data": {"kind": "cirr", "root": "."}}, "position_negatives need scene labels"),
-    ({"edit_negatives": 2, "data": {"kind": "cirr", "root": "."}}, "edit_negatives need scene labels"),
-    ({"position_negatives": 2, "position_negative_spread": "fair"},
-     "position_negative_spread must be one of even, inverse_objects, got 'fair'"),
+    ({"shapes.position_negatives": -1}, "shapes.position_negatives must be a whole number >= 0"),
+    ({"shapes.edit_negatives": -2}, "shapes.edit_negatives must be a whole number >= 0"),
+    ({"shapes.position_negatives": 2, "data": {"kind": "cirr", "root": "."}},
+     "shapes.position_negatives need scene labels, which only the shapes benchmark has"),
+    ({"shapes.edit_negatives": 2, "shapes.region_weight": 1, "data": {"kind": "fashioniq", "root": "."}},
+     "shapes.edit_negatives and shapes.region_weight need scene labels"),
+    ({"shapes.position_negatives": 2, "shapes.position_negative_spread": "fair"},
+     "shapes.position_negative_spread must be one of even, inverse_objects, got 'fair'"),
 ])
 def test_position_negatives_option_is_checked(tmp_path, shapes_dir, changes, message):
     from cir_core.train import Trainer
@@ -499,9 +400,9 @@ def test_model_overrides_on_the_command_line(tmp_path, shapes_dir):
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("position_negatives", "lots", "train config.position_negatives: expected int, got 'lots'"),
+    ("shapes.position_negatives", "lots", "train config.shapes.position_negatives: expected int, got 'lots'"),
     ("progress", "1", "train config.progress: expected bool, got 1"),
-    ("region_weight", "true", "train config.region_weight: expected float, got True"),
+    ("shapes.region_weight", "true", "train config.shapes.region_weight: expected float, got True"),
     ("model.overrides.vision.readout_positions", "maybe", "config.vision.readout_positions: expected bool"),
 ])
 def test_option_values_of_the_wrong_type_are_refused(tmp_path, shapes_dir, key, value, message):
@@ -510,7 +411,7 @@ def test_option_values_of_the_wrong_type_are_refused(tmp_path, shapes_dir, key, 
     config = TrainConfig.from_file(write_config(tmp_path, shapes_dir))
     with pytest.raises(ValueError, match=message):
         build_model(config.with_overrides({key: value}))  # model overrides are checked when the model is built
-    assert config.with_overrides({"region_weight": "1"}).region_weight == 1.0  # a whole number is a float
+    assert config.with_overrides({"shapes.region_weight": "1"}).shapes.region_weight == 1.0  # a whole number is a float
 
 
 @pytest.mark.parametrize("native_bf16, asked, used", [
@@ -541,12 +442,12 @@ def test_unknown_training_precision_is_refused_before_anything_runs(tmp_path, sh
 def test_each_distinct_reference_is_encoded_once_with_the_same_values_and_gradients(tmp_path, shapes_dir):
     from cir_core.train import Trainer
 
-    trainer = Trainer(TrainConfig.from_file(write_config(tmp_path, shapes_dir, position_negatives=2)))
+    trainer = Trainer(TrainConfig.from_file(write_config(tmp_path, shapes_dir, shapes={"position_negatives": 2})))
     model = trainer.model.eval()  # no dropout: both ways must agree exactly
     triplets = [trainer.train_split.triplets[i] for i in trainer.sampler.next_batch()]
     references = [t.reference for t in triplets]
     assert len(set(references)) == 2 and len(references) == 8  # 4 edits per reference
-    rendered = trainer._rendered_negatives(triplets)
+    rendered = trainer.extras.extra_negatives(triplets, trainer.caption_rng)
     encoded = []
     vision_features = model.vision_features
     model.vision_features = lambda pixels: encoded.append(len(pixels)) or vision_features(pixels)
@@ -557,7 +458,7 @@ def test_each_distinct_reference_is_encoded_once_with_the_same_values_and_gradie
         model(reference, captions, target, negatives=negatives).loss.backward()
         return {name: p.grad.clone() for name, p in model.vision_model.named_parameters() if p.grad is not None}
 
-    shared = trainer.batch_features(triplets, rendered=rendered)
+    shared = trainer.batch_features(triplets, rendered)
     assert encoded == [2 + 8 + 2]
     shared_gradients = vision_gradients(*shared)
     every = (vision_features(trainer.images.batch(references)),
@@ -601,7 +502,7 @@ def test_lone_target_repeats_draw_one_object_targets_more_often(tmp_path, shapes
     for repeats in (1, 3):
         (tmp_path / str(repeats)).mkdir()
         trainer = Trainer(TrainConfig.from_file(write_config(tmp_path / str(repeats), shapes_dir,
-                                                             lone_target_repeats=repeats)))
+                                                             shapes={"lone_target_repeats": repeats})))
         triplets = trainer.train_split.triplets
         lone = [len(scenes[t.target].objects) == 1 for t in triplets]
         if repeats == 1:
@@ -616,8 +517,9 @@ def test_lone_target_repeats_draw_one_object_targets_more_often(tmp_path, shapes
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"lone_target_repeats": 0}, "lone_target_repeats must be a whole number >= 1, got 0"),
-    ({"lone_target_repeats": 2, "data": {"kind": "cirr", "root": "."}}, "lone_target_repeats needs scene labels"),
+    ({"shapes.lone_target_repeats": 0}, "shapes.lone_target_repeats must be a whole number >= 1, got 0"),
+    ({"shapes.lone_target_repeats": 2, "data": {"kind": "cirr", "root": "."}},
+     "shapes.lone_target_repeats need scene labels"),
 ])
 def test_lone_target_repeats_option_is_checked(tmp_path, shapes_dir, changes, message):
     from cir_core.train import Trainer
@@ -638,12 +540,64 @@ def test_description_term_trains_on_shapes_descriptions(tmp_path, shapes_dir):
 
 
 def test_description_term_needs_described_images(tmp_path, shapes_dir, monkeypatch):
-    from cir_core import train
+    import dataclasses
 
-    real = train.read_split
-    monkeypatch.setattr(train, "read_split", lambda config, split, for_training=False, descriptions=False:
-                        real(config, split, for_training))  # a dataset that describes nothing
+    from cir_core.data.sources import DATASETS
+
+    shapes = DATASETS["shapes"]
+    undescribed = dataclasses.replace(shapes, read_split=lambda config, split, for_training=False, descriptions=False:
+                                      shapes.read_split(config, split, for_training))  # a dataset that describes nothing
+    monkeypatch.setitem(DATASETS, "shapes", undescribed)
     config = write_config(tmp_path, shapes_dir, model={"preset": "tiny-test",
                                                         "overrides": {"loss.description_weight": 1.0}})
     with pytest.raises(ValueError, match="needs image descriptions"):
         main(["--config", str(config)])
+
+
+def test_configs_written_before_the_shapes_section_read_the_same(tmp_path, shapes_dir):
+    """Flat shapes options (configs and run folders of earlier versions) land in the `shapes` section;
+    removed options read when they hold their "off" value and are refused otherwise."""
+    current = TrainConfig.from_file(write_config(tmp_path, shapes_dir, shapes={
+        "position_negatives": 96, "edit_negatives": 64, "position_negative_spread": "inverse_objects",
+        "lone_target_repeats": 3, "region_weight": 1.0}))
+    flat = write_config(tmp_path, shapes_dir, position_negatives=96, edit_negatives=64,
+                        position_negative_spread="inverse_objects", lone_target_repeats=3, region_weight=1.0,
+                        hard_negatives=0, locate_patches=False, scene_weight=0.0, optim={"head_lr": 0.0})
+    assert TrainConfig.from_file(flat) == current
+    assert current.with_overrides({"lone_target_repeats": "1", "hard_negatives": "0"}).shapes.lone_target_repeats == 1
+    for name, removed in (("hard_negatives", {"hard_negatives": 16}), ("scene_weight", {"scene_weight": 1.0}),
+                          ("locate_patches", {"locate_patches": True}), ("optim.head_lr", {"optim": {"head_lr": 0.01}})):
+        with pytest.raises(ValueError, match=f"{name} has been removed"):
+            TrainConfig.from_file(write_config(tmp_path, shapes_dir, **removed))
+    with pytest.raises(ValueError, match="hard_negatives has been removed"):
+        current.with_overrides({"hard_negatives": "16"})
+    with pytest.raises(ValueError, match="region_weight and shapes.region_weight both given"):
+        TrainConfig.from_file(write_config(tmp_path, shapes_dir, region_weight=1.0, shapes={"region_weight": 0.5}))
+
+
+def test_the_trainer_takes_everything_dataset_specific_from_the_registry(tmp_path, shapes_dir, monkeypatch):
+    """A dataset added to the registry trains with its own reader, extras, evaluator and headline metric."""
+    import dataclasses
+
+    from PIL import Image
+
+    from cir_core.data.sources import DATASETS, TrainingExtras
+
+    seen = []
+
+    class OneGreyNegative(TrainingExtras):
+        def extra_negatives(self, triplets, rng):
+            seen.append(len(triplets))
+            return [Image.new("RGB", (32, 32), (128, 128, 128))]
+
+    def report(model, validation):
+        return types.SimpleNamespace(to_dict=lambda: {"toy": {"score": 50.0 + len(seen)}})
+
+    shapes = DATASETS["shapes"]
+    toy = dataclasses.replace(shapes, evaluate=report, headline_metric="toy/score",
+                              training_extras=lambda config, model, split: OneGreyNegative())
+    monkeypatch.setitem(DATASETS, "toy", toy)
+    config = write_config(tmp_path, shapes_dir, data={"kind": "toy", "root": str(shapes_dir), "val_max_queries": 8})
+    metrics = main(["--config", str(config)])
+    assert seen == [8] * 6 and metrics == {"toy/score": 56.0}
+    assert [r["best"] for r in read_log(tmp_path / "run") if "val" in r] == [53.0, 56.0]

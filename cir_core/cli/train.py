@@ -5,11 +5,35 @@ import argparse
 import json
 
 
+EPILOG = """\
+A run folder (out_dir) holds metrics.jsonl (one JSON object per log line), last/ (a
+checkpoint plus the trainer state for --resume) and best/ (the best validation metric so
+far). A folder that already holds a run is continued with --resume or replaced with
+--overwrite, never mixed; every option is checked before training starts.
+
+The loop: AdamW + OneCycle with per-group learning rates (optim.*), the itc/rtc/align
+losses (and loss.description_weight where the dataset describes its images) with the
+model config's weights, gradient clipping, bf16 autocast where the device computes bf16
+natively (precision auto; bf16 or fp32 force one).
+
+Options only the shapes benchmark can serve (its scene labels) are in the shapes section:
+  shapes.position_negatives  scenes rendered per batch with a target's objects in another layout
+  shapes.position_negative_spread  even, or inverse_objects (in proportion to 1/objects in the target)
+  shapes.edit_negatives      a batch reference edited the same way with another outcome, per batch
+  shapes.lone_target_repeats draws per pass of a triplet whose target is one object
+  shapes.region_weight       weight of an auxiliary per-cell loss on the vision tokens
+
+Recipes are in configs/; every option, with a line on each, in cir_core/train_config.py
+(shapes options: cir_core/data/shapes_training.py).
+"""
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "train", help="train SPRC (shapes, CIRR or FashionIQ) with the one training loop",
         description="Train SPRC. Any field of the config can be overridden as --section.key=value, "
-                    "e.g. --optim.lr=1e-4 --max_steps=200 --model.overrides.qformer.num_query_tokens=16.")
+                    "e.g. --optim.lr=1e-4 --max_steps=200 --model.overrides.qformer.num_query_tokens=16.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     from cir_core.train import add_arguments
 
     add_arguments(parser)

@@ -56,7 +56,6 @@ from cir_core.data.shapes_scene import (
     render_scene,
     sample_scene,
 )
-from cir_core.data.shapes_negatives import near_duplicates
 from cir_core.data.shapes_splits import SPLITS, ShapesCounts, ShapesQuery, ShapesSplitPlan, plan_splits
 from cir_core.data.triplets import Triplet, TripletSplit
 
@@ -321,12 +320,11 @@ def _check_unique(values: list, what: str, path: Path) -> None:
 
 
 def read_shapes_split(data_dir: str | Path, split: str, with_region_labels: bool = False,
-                      with_hard_negatives: bool = False, with_descriptions: bool = False) -> TripletSplit:
+                      with_descriptions: bool = False) -> TripletSplit:
     """One split of a shapes folder: its queries, absolute image paths and its gallery.
 
     `with_region_labels` also attaches per-cell attribute labels (shape, colour, size)
     of every query image, for auxiliary supervision of the vision encoder;
-    `with_hard_negatives` attaches, per target, the gallery scenes one attribute away;
     `with_descriptions` attaches each gallery image's description ("large red circle top left; ...").
 
     Raises FileNotFoundError naming the missing file (or counting missing images) and
@@ -367,12 +365,9 @@ def read_shapes_split(data_dir: str | Path, split: str, with_region_labels: bool
     if missing:
         raise FileNotFoundError(f"{len(missing)} of {len(gallery)} images of {result.name} are missing under "
                                 f"{images_dir} (first: {missing[0]}.png)")
-    scenes = read_shapes_scenes(data_dir) if (with_region_labels or with_hard_negatives or with_descriptions) else {}
+    scenes = read_shapes_scenes(data_dir) if (with_region_labels or with_descriptions) else {}
     if with_descriptions:
         result.image_captions = {image_id: describe_scene(scenes[image_id]) for image_id in gallery}
-    if with_hard_negatives:
-        gallery_scenes = {image_id: scenes[image_id] for image_id in gallery}
-        result.hard_negatives = near_duplicates(gallery_scenes, {t.target for t in triplets})
     if with_region_labels:
         used = {image_id for t in triplets for image_id in (t.reference, t.target)}
         result.region_labels = {image_id: region_attributes(scenes[image_id]) for image_id in used}

@@ -1,11 +1,14 @@
-"""Labelled benchmarks as data sources: one interface for shapes, CIRR and FashionIQ.
+"""The datasets (shapes, CIRR, FashionIQ): one registry of everything the code knows about each.
+
+`DATASETS` maps a dataset's name to its `DatasetKind`: how to serve a split (`open`, a
+`BenchmarkSource`), how to train on it (`read_split`, `training_extras`) and how to score a
+model on it (`read_validation`, `evaluate`, `headline_metric`). The app, `cir build-index`
+and the training loop reach a dataset through it only; adding a dataset is adding an entry.
 
 A `BenchmarkSource` is one split of one benchmark, ready for an app or a tool that
 ranks a gallery: the gallery's images with ids (`gallery_items`), the queries with
 pairid, reference, caption and target (`split.triplets`), and the groups each query
-belongs to (`groups`), for recall per group in failure inspection. Code that serves
-or inspects a benchmark depends on this interface only; `open_source` is the one
-registry that knows which reader each benchmark has.
+belongs to (`groups`), for recall per group in failure inspection.
 
     source = open_source("cirr", "/data/cirr_dataset", split="val")
     items = source.gallery_items()          # what to index
@@ -15,14 +18,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from cir_core.data.fashioniq import FASHIONIQ_CATEGORIES
 from cir_core.data.query_groups import VIEW_ANGLE, keyword_groups
-from cir_core.data.triplets import Triplet, TripletSplit
+from cir_core.data.triplets import Triplet, TripletSplit, merge_splits, subsample
 from cir_core.index_build import GalleryItem
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from cir_core.model import SPRCModel
+    from cir_core.train_config import TrainConfig
 
 @dataclass
 class BenchmarkSource:
@@ -79,7 +91,7 @@ class BenchmarkSource:
         return digest.hexdigest()[:16]
 
 
-# ---------------------------------------------------------------------- the registry
+# ---------------------------------------------------------------------- serving
 def _open_shapes(data_root: Path, split: str, category: str | None, check_images: bool) -> BenchmarkSource:
     from cir_core.data.shapes import read_shapes_scenes, read_shapes_split
     from cir_core.data.shapes_scene import describe_scene
@@ -134,19 +146,134 @@ def _open_fashioniq(data_root: Path, split: str, category: str | None, check_ima
                            first_groups=FASHIONIQ_CATEGORIES)
 
 
+# ---------------------------------------------------------------------- training and validation
+class TrainingExtras:
+    """What a dataset adds to the one training loop beyond its triplets; this base adds nothing.
+
+    A dataset whose labels allow more (shapes: rendered look-alike negatives, more draws of
+    rare triplets, a per-region auxiliary loss) returns a subclass from its
+    `DatasetKind.training_extras`; the trainer calls these methods and nothing else.
+    """
+
+    def triplet_repeats(self) -> list[int] | None:
+        """Draws per pass over the data of each training triplet (None: once each)."""
+        return None
+
+    def extra_negatives(self, triplets: list[Triplet], rng: random.Random) -> list[Image.Image]:
+        """Images ranked against this batch's queries besides its targets (none of them a match)."""
+        return []
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters of training-only heads (not saved with the model)."""
+        return []
+
+    def auxiliary_losses(self, reference: torch.Tensor, target: torch.Tensor, triplets: list[Triplet]
+                         ) -> list[tuple[str, float, torch.Tensor]]:
+        """(name, weight, loss) terms added to the model's loss, from the batch's vision features
+        (B, T, W) of its references and targets."""
+        return []
+
+    def state_dict(self) -> dict:
+        """What `--resume` needs (entries of the trainer's state file)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Take back what `state_dict` saved, from the trainer's state file."""
+
+
+def _no_extras(config: TrainConfig, model: SPRCModel, split: TripletSplit) -> TrainingExtras:
+    return TrainingExtras()
+
+
+def _one_validation_split(config: TrainConfig) -> TripletSplit:
+    data = config.data
+    return subsample(DATASETS[data.kind].read_split(config, data.val_split), data.val_max_queries)
+
+
+def _read_shapes(config: TrainConfig, split: str, for_training: bool = False, descriptions: bool = False
+                 ) -> TripletSplit:
+    from cir_core.data.shapes_training import read_training_split
+
+    return read_training_split(config, split, for_training, descriptions)
+
+
+def _shapes_extras(config: TrainConfig, model: SPRCModel, split: TripletSplit) -> TrainingExtras:
+    from cir_core.data.shapes_training import ShapesTrainingExtras
+
+    return ShapesTrainingExtras(config, model, split)
+
+
+def _evaluate_shapes(model: SPRCModel, validation: TripletSplit):
+    from cir_core.evaluation.shapes import evaluate_shapes
+
+    return evaluate_shapes(model, validation, progress=False)
+
+
+def _read_cirr(config: TrainConfig, split: str, for_training: bool = False, descriptions: bool = False
+               ) -> TripletSplit:
+    from cir_core.data.cirr import read_cirr
+
+    return read_cirr(config.data.root, split)
+
+
+def _evaluate_cirr(model: SPRCModel, validation: TripletSplit):
+    from cir_core.evaluation.cirr import evaluate_cirr
+
+    return evaluate_cirr(model, validation, progress=False)
+
+
+def _read_fashioniq(config: TrainConfig, split: str, for_training: bool = False, descriptions: bool = False
+                    ) -> TripletSplit:
+    """The categories of `config.data.categories`, trained jointly."""
+    from cir_core.data.fashioniq import read_fashioniq
+
+    parts = [read_fashioniq(config.data.root, category, split) for category in config.data.categories]
+    return merge_splits(parts, f"fashioniq/{split}")
+
+
+def _fashioniq_validation(config: TrainConfig) -> dict[str, TripletSplit]:
+    """One split per category: each is ranked against its own gallery, as the official protocol does."""
+    from cir_core.data.fashioniq import read_fashioniq
+
+    data = config.data
+    return {c: subsample(read_fashioniq(data.root, c, data.val_split), data.val_max_queries)
+            for c in data.categories}
+
+
+def _evaluate_fashioniq(model: SPRCModel, validation: dict[str, TripletSplit]):
+    from cir_core.evaluation.fashioniq import evaluate_fashioniq
+
+    return evaluate_fashioniq(model, validation, progress=False)
+
+
+# ---------------------------------------------------------------------- the registry
 @dataclass(frozen=True)
 class DatasetKind:
-    """How to open one benchmark's splits."""
+    """Everything the code knows about one dataset: serving it, training on it and scoring a model on it."""
 
     open: Callable[[Path, str, str | None, bool], BenchmarkSource]  # (data_root, split, category, check_images)
     splits: tuple[str, ...]  # splits that can be served
     default_split: str  # the split served when none is named
+    # (config, split, for_training, descriptions) -> the split `cir train` reads; `descriptions`
+    # asks for each image's description (loss.description_weight), where the dataset has them
+    read_split: Callable[[TrainConfig, str, bool, bool], TripletSplit]
+    read_validation: Callable[[TrainConfig], Any]  # config -> what `evaluate` takes (the validation queries)
+    evaluate: Callable[[SPRCModel, Any], Any]  # (model, validation) -> the dataset's report (with to_dict())
+    headline_metric: str  # the flat report entry that picks the best checkpoint (higher is better)
+    # (config, model, training split) -> extra negatives, sampling weights, auxiliary losses
+    training_extras: Callable[[TrainConfig, SPRCModel, TripletSplit], TrainingExtras] = _no_extras
 
 
 DATASETS: dict[str, DatasetKind] = {
-    "shapes": DatasetKind(_open_shapes, ("train", "val", "test"), "test"),
-    "cirr": DatasetKind(_open_cirr, ("train", "val", "test1"), "val"),
-    "fashioniq": DatasetKind(_open_fashioniq, ("train", "val", "test"), "val"),
+    "shapes": DatasetKind(open=_open_shapes, splits=("train", "val", "test"), default_split="test",
+                          read_split=_read_shapes, read_validation=_one_validation_split,
+                          evaluate=_evaluate_shapes, headline_metric="recall/R@1", training_extras=_shapes_extras),
+    "cirr": DatasetKind(open=_open_cirr, splits=("train", "val", "test1"), default_split="val",
+                        read_split=_read_cirr, read_validation=_one_validation_split,
+                        evaluate=_evaluate_cirr, headline_metric="average"),
+    "fashioniq": DatasetKind(open=_open_fashioniq, splits=("train", "val", "test"), default_split="val",
+                             read_split=_read_fashioniq, read_validation=_fashioniq_validation,
+                             evaluate=_evaluate_fashioniq, headline_metric="average"),
 }
 
 

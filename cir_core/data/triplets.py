@@ -35,7 +35,6 @@ class TripletSplit:
     region_labels: dict[str, Any] | None = None  # optional image id -> (regions, attributes) long labels
     region_grid: int = 0  # regions form a region_grid x region_grid grid over the image
     region_classes: tuple[int, ...] = ()  # number of classes of each labelled attribute
-    hard_negatives: dict[str, list[str]] | None = None  # optional target id -> look-alike image ids (not matches)
     image_captions: dict[str, str] | None = None  # optional image id -> a text describing the image
 
     def __len__(self) -> int:
@@ -50,3 +49,24 @@ class TripletSplit:
     def missing_images(self) -> list[str]:
         """Ids whose file does not exist (readers report these instead of skipping silently)."""
         return sorted(image_id for image_id, path in self.image_paths.items() if not Path(path).is_file())
+
+
+def merge_splits(parts: list[TripletSplit], name: str) -> TripletSplit:
+    """Concatenate splits for joint training (pairids are prefixed to stay unique)."""
+    triplets, paths, gallery = [], {}, []
+    for part in parts:
+        for t in part.triplets:
+            triplets.append(Triplet(f"{part.name}:{t.pairid}", t.reference, t.caption, t.target, t.edit,
+                                    t.caption_variants, t.extras))
+        paths.update(part.image_paths)
+        gallery.extend(part.gallery)
+    return TripletSplit(name, triplets, paths, gallery, parts[0].exclude_reference if parts else True)
+
+
+def subsample(split: TripletSplit, limit: int) -> TripletSplit:
+    """At most `limit` queries (a fixed random choice), same gallery; 0 keeps all."""
+    if not limit or len(split.triplets) <= limit:
+        return split
+    chosen = sorted(random.Random(0).sample(range(len(split.triplets)), limit))
+    return TripletSplit(split.name, [split.triplets[i] for i in chosen], split.image_paths, split.gallery,
+                        split.exclude_reference)
