@@ -1,6 +1,7 @@
 """A real browser drives the app: upload, caption, Search, then results, token chips and heatmaps;
 a result clicked as the new reference; a failure case loaded with one click."""
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -26,58 +27,68 @@ def app_url(served):
     return url
 
 
-def test_upload_caption_search_shows_results_tokens_and_heatmaps(app_url, tmp_path):
-    from playwright.sync_api import expect, sync_playwright
+@contextmanager
+def app_page(url: str, height: int):
+    """A page of the app in Debian's Chromium, headless (playwright's own browser download is not used)."""
+    from playwright.sync_api import sync_playwright
 
-    upload = tmp_path / "query.png"
-    rng = np.random.default_rng(0)
-    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(upload)
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=str(CHROMIUM),
             args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1600})
-            page.goto(app_url, wait_until="load")
-            # A benchmark example first puts a gallery reference in place; the upload must replace it.
-            page.locator(".gallery-item, tr.tr-body").first.click()
-            expect(page.locator("#reference img").first).to_be_visible(timeout=20_000)
-            page.locator("#reference input[type=file]").set_input_files(str(upload))
-            page.locator("#caption textarea").fill("make the red circle large")
-            page.locator("#search").click()
-            expect(page.locator("#results img").first).to_be_visible(timeout=60_000)
-            expect(page.locator("#summary")).to_contain_text("an uploaded image", timeout=30_000)
-            expect(page.locator("#prompt-chips .cir-chip").first).to_be_visible(timeout=30_000)
-            # The prompt tab leads with the captions nearest the composed query and the prompt alone.
-            expect(page.locator("#prompt-captions")).to_contain_text("Composed query: nearest captions")
-            assert page.locator("#prompt-captions li").count() == 10
-            first_caption = page.locator("#prompt-captions li").first.inner_text()
-            assert any(word in first_caption for word in ("square", "circle", "triangle"))
-            box_captions = page.locator("#prompt-captions").bounding_box()
-            box_chips = page.locator("#prompt-chips").bounding_box()
-            assert box_captions["y"] < box_chips["y"]  # captions first, tokens below
-            page.get_by_text("this benchmark's words").click()
-            expect(page.locator("#prompt-chips")).to_contain_text("benchmark's own words", timeout=30_000)
-            assert page.locator("#results img").count() == 10
-            page.get_by_role("tab", name="Attention maps").click()
-            expect(page.locator("#attention-average img").first).to_be_visible(timeout=30_000)
-            page.screenshot(path=str(ARTIFACTS / "browser_attention.png"), full_page=True)
-            page.get_by_role("tab", name="Sentence prompt").click()
-            page.screenshot(path=str(ARTIFACTS / "browser_search.png"), full_page=True)
-
-            # Iterative refinement: a clicked result becomes the reference.
-            page.locator("#results button.thumbnail-item").first.click()
-            expect(page.locator("#reference-info")).to_contain_text("from the results", timeout=30_000)
-
-            # Failure inspection: one click loads a benchmark case and shows its ground truth.
-            page.get_by_role("tab", name="Failure inspection").click()
-            page.get_by_role("button", name="Find failures").click()
-            expect(page.locator("#failure-count")).to_contain_text("failure(s)", timeout=60_000)
-            page.locator("#failures button.thumbnail-item").first.click()
-            expect(page.locator("#summary")).to_contain_text("Ground truth", timeout=60_000)
+            page = browser.new_page(viewport={"width": 1400, "height": height})
+            page.goto(url, wait_until="load")
+            yield page
         finally:
             browser.close()
+
+
+def test_upload_caption_search_shows_results_tokens_and_heatmaps(app_url, tmp_path):
+    from playwright.sync_api import expect
+
+    upload = tmp_path / "query.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(upload)
+    with app_page(app_url, 1600) as page:
+        # A benchmark example first puts a gallery reference in place; the upload must replace it.
+        page.locator(".gallery-item, tr.tr-body").first.click()
+        expect(page.locator("#reference img").first).to_be_visible(timeout=20_000)
+        page.locator("#reference input[type=file]").set_input_files(str(upload))
+        page.locator("#caption textarea").fill("make the red circle large")
+        page.locator("#search").click()
+        expect(page.locator("#results img").first).to_be_visible(timeout=60_000)
+        expect(page.locator("#summary")).to_contain_text("an uploaded image", timeout=30_000)
+        expect(page.locator("#prompt-chips .cir-chip").first).to_be_visible(timeout=30_000)
+        # The prompt tab leads with the captions nearest the composed query and the prompt alone.
+        expect(page.locator("#prompt-captions")).to_contain_text("Composed query: nearest captions")
+        assert page.locator("#prompt-captions li").count() == 10
+        first_caption = page.locator("#prompt-captions li").first.inner_text()
+        assert any(word in first_caption for word in ("square", "circle", "triangle"))
+        box_captions = page.locator("#prompt-captions").bounding_box()
+        box_chips = page.locator("#prompt-chips").bounding_box()
+        assert box_captions["y"] < box_chips["y"]  # captions first, tokens below
+        page.get_by_text("this benchmark's words").click()
+        expect(page.locator("#prompt-chips")).to_contain_text("benchmark's own words", timeout=30_000)
+        assert page.locator("#results img").count() == 10
+        page.get_by_role("tab", name="Attention maps").click()
+        expect(page.locator("#attention-average img").first).to_be_visible(timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "browser_attention.png"), full_page=True)
+        page.get_by_role("tab", name="Sentence prompt").click()
+        page.screenshot(path=str(ARTIFACTS / "browser_search.png"), full_page=True)
+
+        # Iterative refinement: a clicked result becomes the reference.
+        page.locator("#results button.thumbnail-item").first.click()
+        expect(page.locator("#reference-info")).to_contain_text("from the results", timeout=30_000)
+
+        # Failure inspection: one click loads a benchmark case and shows its ground truth.
+        page.get_by_role("tab", name="Failure inspection").click()
+        page.get_by_role("button", name="Find failures").click()
+        expect(page.locator("#failure-count")).to_contain_text("failure(s)", timeout=60_000)
+        page.locator("#failures button.thumbnail-item").first.click()
+        expect(page.locator("#summary")).to_contain_text("Ground truth", timeout=60_000)
+
 
 
 @pytest.fixture(scope="module")
@@ -100,30 +111,22 @@ def cirr_url(tmp_path_factory):
 
 
 def test_cirr_failure_view_loads_a_view_angle_failure(cirr_url):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1800})
-            page.goto(cirr_url, wait_until="load")
-            page.get_by_role("tab", name="Failure inspection").click()
-            page.locator("#group-filter input").click()
-            page.get_by_role("option", name="view angle").click()
-            page.locator("#find-failures").click()
-            expect(page.locator("#failure-count")).to_contain_text("cirr/val: 4181 queries", timeout=120_000)
-            expect(page.locator("#group-recall")).to_contain_text("view angle", timeout=30_000)
-            expect(page.locator("#failures button.thumbnail-item").first).to_be_visible(timeout=30_000)
-            page.screenshot(path=str(ARTIFACTS / "browser_cirr_failures.png"), full_page=True)
-            first_caption = page.locator("#failures button.thumbnail-item").first.inner_text()
-            assert "view angle" in first_caption and "target rank" in first_caption
-            page.locator("#failures button.thumbnail-item").first.click()
-            expect(page.locator("#reference-info")).to_contain_text("benchmark query", timeout=60_000)
-            expect(page.locator("#reference-info")).to_contain_text("view angle")
-            expect(page.locator("#summary")).to_contain_text("Ground truth", timeout=60_000)
-            expect(page.locator("#results img").first).to_be_visible(timeout=30_000)
-        finally:
-            browser.close()
+    with app_page(cirr_url, 1800) as page:
+        page.get_by_role("tab", name="Failure inspection").click()
+        page.locator("#group-filter input").click()
+        page.get_by_role("option", name="view angle").click()
+        page.locator("#find-failures").click()
+        expect(page.locator("#failure-count")).to_contain_text("cirr/val: 4181 queries", timeout=120_000)
+        expect(page.locator("#group-recall")).to_contain_text("view angle", timeout=30_000)
+        expect(page.locator("#failures button.thumbnail-item").first).to_be_visible(timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "browser_cirr_failures.png"), full_page=True)
+        first_caption = page.locator("#failures button.thumbnail-item").first.inner_text()
+        assert "view angle" in first_caption and "target rank" in first_caption
+        page.locator("#failures button.thumbnail-item").first.click()
+        expect(page.locator("#reference-info")).to_contain_text("benchmark query", timeout=60_000)
+        expect(page.locator("#reference-info")).to_contain_text("view angle")
+        expect(page.locator("#summary")).to_contain_text("Ground truth", timeout=60_000)
+        expect(page.locator("#results img").first).to_be_visible(timeout=30_000)
+

@@ -17,6 +17,7 @@ from cir_core.evaluation.cirr import (
 from cir_core.evaluation.features import RetrievalFeatures, compute_features, score_in_chunks
 from cir_core.model import SPRCModel
 from cir_core.transforms import ImageTransform
+from fuzzing import corrupt_file
 
 SHARED_DATA = Path(os.environ.get("CIR_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 CIRR_ANNOTATIONS = SHARED_DATA / "cirr"
@@ -224,13 +225,7 @@ def test_cirr_reader_fuzz_gives_one_line_errors(tmp_path, capsys):
         write_cirr_annotations(root, data_records, relpaths)
         captions = root / "cirr" / "captions" / "cap.rc2.val.json"
         if how in ("bytes", "truncate"):
-            text = bytearray(captions.read_bytes())
-            if how == "truncate":
-                text = text[:rng.randrange(len(text))]
-            else:
-                for _ in range(rng.randint(1, 6)):
-                    text[rng.randrange(len(text))] = rng.randrange(256)
-            captions.write_bytes(bytes(text))
+            corrupt_file(captions, rng, truncate=how == "truncate")
         code = main(["eval", "cirr", "--data-root", str(root), "--model", "local-dir:/nowhere", "--no-progress"])
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, (how, err)

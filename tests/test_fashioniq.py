@@ -13,6 +13,7 @@ from cir_core.data.fashioniq import FASHIONIQ_CATEGORIES, caption_variants, join
 from cir_core.data.triplets import Triplet, TripletSplit
 from cir_core.evaluation.fashioniq import evaluate_fashioniq, fashioniq_recall_from_scores, fashioniq_report
 from cir_core.transforms import ImageTransform
+from fuzzing import corrupt_file
 
 SHARED_DATA = Path(os.environ.get("CIR_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 FASHIONIQ_ROOT = SHARED_DATA / "fashioniq"
@@ -180,13 +181,7 @@ def test_fashioniq_reader_fuzz_gives_one_line_errors(tmp_path, capsys):
         touch_images(root / "images", ids)
         captions = root / "captions" / "cap.dress.val.json"
         if how in ("bytes", "truncate"):
-            text = bytearray(captions.read_bytes())
-            if how == "truncate":
-                text = text[:rng.randrange(len(text))]
-            else:
-                for _ in range(rng.randint(1, 6)):
-                    text[rng.randrange(len(text))] = rng.randrange(256)
-            captions.write_bytes(bytes(text))
+            corrupt_file(captions, rng, truncate=how == "truncate")
         code = main(["eval", "fashioniq", "--data-root", str(root), "--categories", "dress",
                      "--model", "local-dir:/nowhere", "--no-progress"])
         err = capsys.readouterr().err

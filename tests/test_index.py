@@ -15,6 +15,7 @@ from cir_core.cli.bench import load_index_harness
 from cir_core.index import GalleryIndex, GalleryIndexError, GalleryItem, IndexParams
 from cir_core.index_store import FLAT_FILE, HNSW_QUANTIZER_LISTS, INFO_FILE, METADATA_FILE, IndexContents, write_index
 from cir_core.transforms import ImageTransform
+from fuzzing import corrupt_file
 
 harness = load_index_harness()  # benchmarks/bench_index.py
 
@@ -589,14 +590,8 @@ def test_index_loader_fuzz_gives_one_line_errors(built_index, tmp_path):
             entry[rng.choice(["sha256", "bytes"])] = rng.choice(junk)
         (folder / INFO_FILE).write_text(json.dumps(data))
         if how in ("bytes", "truncate"):
-            path = folder / rng.choice([FLAT_FILE, METADATA_FILE])
-            blob = bytearray(path.read_bytes())
-            if how == "truncate":
-                blob = blob[:rng.randrange(len(blob))]
-            else:
-                for _ in range(rng.randint(1, 8)):
-                    blob[rng.randrange(len(blob))] = rng.randrange(256)
-            path.write_bytes(bytes(blob))
+            corrupt_file(folder / rng.choice([FLAT_FILE, METADATA_FILE]), rng, truncate=how == "truncate",
+                         max_flips=8)
         try:
             index = GalleryIndex.load(folder, verify=verify)
             index.ids, index.score_all(np.zeros(index.dim, dtype=np.float32))

@@ -38,6 +38,7 @@ from cir_core.data.shapes import (
     write_shapes_dataset,
 )
 from cir_core.data.shapes_scene import draw_object
+from fuzzing import corrupt_file
 
 TINY = ShapesCounts(train=24, val=6, test=8, hard_negative_fraction=1.0)
 
@@ -574,13 +575,7 @@ def test_reader_fuzz_gives_one_line_errors(dataset, tmp_path, capsys):
                 data[rng.randrange(len(data))] = rng.choice(junk + [data[0]])
             path.write_text(json.dumps(data))
         else:
-            text = bytearray(path.read_bytes())
-            if how == "truncate":
-                text = text[:rng.randrange(len(text))]
-            else:
-                for _ in range(rng.randint(1, 6)):
-                    text[rng.randrange(len(text))] = rng.randrange(256)
-            path.write_bytes(bytes(text))
+            corrupt_file(path, rng, truncate=how == "truncate")
         code = main(["eval", "shapes", "--data", str(broken), "--split", "test", "--model", "local-dir:/nowhere",
                      "--no-progress"])
         err = capsys.readouterr().err
