@@ -14,8 +14,13 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "build-index", help="encode a gallery into a searchable index folder",
         description="Encode every gallery image with a model's target encoder and write an index folder "
-                    "(vectors, metadata, info.json with checksums). An interrupted build resumes where it stopped; "
-                    "unreadable files are skipped and listed.")
+                    "(vectors, metadata, info.json with the model's weights fingerprint and checksums). An "
+                    "interrupted build resumes where it stopped, encoding again the batches whose files changed "
+                    "on disk since; one build writes an --out at a time, and replaces only an index folder of its "
+                    "own. Unreadable files, images over 40 megapixels and strips beyond 50:1 are skipped and "
+                    "listed; vectors that are not finite are refused; ivfpq settings are checked before any image "
+                    "is encoded. flat is exact; hnsw and ivfpq re-score approximate candidates exactly, for large "
+                    "galleries.")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", type=Path, metavar="DIR", help="index every image file under DIR (recursively)")
     source.add_argument("--data", type=Path, metavar="DIR",
