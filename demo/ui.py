@@ -18,7 +18,7 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
-from cir_core.engine import BenchmarkQuery, Engine, QueryError, RetrievalResult, load_query_image
+from cir_core.engine import BenchmarkQuery, BenchmarkReport, Engine, QueryError, RetrievalResult, load_query_image
 from demo import render
 
 logger = logging.getLogger(__name__)
@@ -219,6 +219,7 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
                 with gr.Accordion("/benchmark answer (JSON)", open=False):
                     benchmark_json = gr.JSON(label="/benchmark answer")
                 failure_ids = gr.State([])
+                failure_report = gr.State(None)  # the report one click computed, for its cards
 
         # -------------------------------------------------------------- handlers
         def reference_outputs(image_id: str):
@@ -333,11 +334,11 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
             """JSON: recall per group and the failures of `group` with `word` in the caption ("" = any)."""
             if group is not None and not isinstance(group, str) or word is not None and not isinstance(word, str):
                 raise QueryError("group and keyword must be text (\"\" for any)")
-            return engine.benchmark_report(group=group or None, keyword=word or None).to_json()
+            report = engine.benchmark_report(group=group or None, keyword=word or None)
+            return report.to_json(), report
 
         @user_errors
-        def show_failures(group, word):
-            report = engine.benchmark_report(group=group or None, keyword=word or None)
+        def show_failures(report: BenchmarkReport):
             shown = report.failures[:FAILURES_SHOWN]
             return (render.failure_count_line(report, len(shown)), render.group_rows(report),
                     render.failure_gallery(shown, engine.gallery_path), [case.query.pairid for case in shown])
@@ -375,8 +376,9 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
                              api_name="load_example")
         compare_button.click(run_compare, [reference, caption, top_k, state], [compare_summary, *compare_galleries],
                              api_name="compare", preprocess=False)
-        find_button.click(benchmark, [group_filter, keyword], [benchmark_json], api_name="benchmark").success(
-            show_failures, [group_filter, keyword], [failure_count, group_table, failures, failure_ids],
+        find_button.click(benchmark, [group_filter, keyword], [benchmark_json, failure_report],
+                          api_name="benchmark").success(
+            show_failures, [failure_report], [failure_count, group_table, failures, failure_ids],
             api_name="failures", api_visibility="undocumented")
         failures.select(load_failure, [failure_ids], [reference, reference_info, caption, state],
                         api_name="load_failure").success(
