@@ -877,7 +877,7 @@ def default_gallery_index(model: SPRCModel, items: list[GalleryItem], gallery_na
         seeded = usable_seed(seed, model, items, precision)  # logs why not when it cannot be used
         if seeded is not None:  # the folder is named by the precision the seed was encoded in
             folder = (Path(cache_root) / "indexes"
-                      / f"{model.config.name}-{weights_fingerprint(model)}-{gallery_name}-{seeded[2]['precision']}")
+                      / f"{model.config.name}-{weights_fingerprint(model)}-{gallery_name}-{seeded.meta['precision']}")
             if folder.is_dir():
                 try:
                     return GalleryIndex.load(folder, model=model)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,16 +43,55 @@ def export_seed(index: GalleryIndex, path: str | Path) -> Path:
     return path
 
 
-def read_seed(path: str | Path) -> tuple[np.ndarray, list[str], dict]:
-    """(vectors (N, Q, D) float16, ids, meta) of a seed file; ValueError when it is not one."""
+@dataclass(frozen=True)
+class SeedFile:
+    """A seed's ids, metadata and vector shape; the vectors themselves are read on demand
+    (`vectors()`), so that a start which finds its index already cached never reads them."""
+
+    path: Path
+    ids: list[str]
+    meta: dict
+    shape: tuple[int, ...]
+
+    def vectors(self) -> np.ndarray:
+        """(N, Q, D) float16."""
+        try:
+            with np.load(self.path, allow_pickle=False) as data:
+                vectors = data["vectors"]
+        except (OSError, ValueError, KeyError) as error:
+            raise ValueError(f"{self.path} is not an index seed ({type(error).__name__}: {error})") from None
+        if vectors.shape != self.shape:
+            raise ValueError(f"{self.path} changed while being read")
+        return vectors
+
+
+def _vector_shape(archive: np.lib.npyio.NpzFile) -> tuple[int, ...]:
+    """The shape of the archive's `vectors` member, from its .npy header alone."""
+    with archive.zip.open("vectors.npy") as member:
+        version = np.lib.format.read_magic(member)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, _ = read_header(member)
+    return tuple(shape)
+
+
+def open_seed(path: str | Path) -> SeedFile:
+    """The seed at `path` without its vectors; ValueError when it is not one."""
+    path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as data:
-            vectors, ids, meta = data["vectors"], [str(i) for i in data["ids"]], json.loads(str(data["meta"]))
+            ids, meta = [str(i) for i in data["ids"]], json.loads(str(data["meta"]))
+            shape = _vector_shape(data)
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ValueError(f"{path} is not an index seed ({type(error).__name__}: {error})") from None
-    if not isinstance(meta, dict) or meta.get("format") != SEED_FORMAT or vectors.ndim != 3 or len(ids) != len(vectors):
+    if not isinstance(meta, dict) or meta.get("format") != SEED_FORMAT or len(shape) != 3 or len(ids) != shape[0]:
         raise ValueError(f"{path} is not an index seed of format {SEED_FORMAT}")
-    return vectors, ids, meta
+    return SeedFile(path, ids, meta, shape)
+
+
+def read_seed(path: str | Path) -> tuple[np.ndarray, list[str], dict]:
+    """(vectors (N, Q, D) float16, ids, meta) of a seed file; ValueError when it is not one."""
+    seed = open_seed(path)
+    return seed.vectors(), seed.ids, seed.meta
 
 
 def seed_problem(meta: dict, ids: list[str], model, items: list[GalleryItem], precision: str) -> str | None:
@@ -68,31 +108,30 @@ def seed_problem(meta: dict, ids: list[str], model, items: list[GalleryItem], pr
     return None
 
 
-def usable_seed(seed: str | Path, model, items: list[GalleryItem], precision: str = "auto"
-                ) -> tuple[np.ndarray, list[str], dict] | None:
-    """The seed's (vectors, ids, meta) when it stands for encoding `items` with `model` at
-    `precision`; else None, with a log line saying why the gallery is encoded instead."""
+def usable_seed(seed: str | Path, model, items: list[GalleryItem], precision: str = "auto") -> SeedFile | None:
+    """The seed when it stands for encoding `items` with `model` at `precision`; else None,
+    with a log line saying why the gallery is encoded instead. Its vectors are not read yet."""
     try:
-        vectors, ids, meta = read_seed(seed)
+        opened = open_seed(seed)
     except ValueError as error:
         logger.warning("encoding the gallery: %s", error)
         return None
-    problem = seed_problem(meta, ids, model, items, precision)
+    problem = seed_problem(opened.meta, opened.ids, model, items, precision)
     q, d = model.config.qformer.num_query_tokens, model.config.embed_dim
-    if problem is None and vectors.shape[1:] != (q, d):
-        problem = f"its vectors are {vectors.shape[1:]}, the model's ({q}, {d})"
+    if problem is None and opened.shape[1:] != (q, d):
+        problem = f"its vectors are {opened.shape[1:]}, the model's ({q}, {d})"
     if problem is not None:
         logger.warning("encoding the gallery instead of using the shipped index %s: %s", seed, problem)
         return None
-    return vectors, ids, meta
+    return opened
 
 
-def index_from_seed(seeded: tuple[np.ndarray, list[str], dict], model, items: list[GalleryItem],
-                    out_dir: str | Path, progress: bool = True) -> GalleryIndex:
+def index_from_seed(seed: SeedFile, model, items: list[GalleryItem], out_dir: str | Path,
+                    progress: bool = True) -> GalleryIndex:
     """The exact (flat) index of `items` written from a usable seed's vectors (`usable_seed`)."""
     from dataclasses import asdict
 
-    vectors, _, meta = seeded
+    vectors, meta = seed.vectors(), seed.meta
     q, d = vectors.shape[1:]
     sizes = meta.get("sizes") or [None] * len(items)
     records = [{"id": item.id, "path": str(item.path), "caption": item.caption, "label": item.label, "size": size}

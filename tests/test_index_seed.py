@@ -44,6 +44,20 @@ def test_a_matching_seed_replaces_encoding(setup, monkeypatch, tmp_path):
     assert seeded.index.info["stored_as"] == "float16 seed" and seeded.index.fingerprint == built.index.fingerprint
 
 
+def test_a_start_that_finds_its_index_cached_does_not_read_the_seed_vectors(setup, monkeypatch, tmp_path):
+    root, checkpoint, shapes, built, seed = setup
+    from cir_core.index_seed import SeedFile
+
+    first = tiny_engine(checkpoint, shapes, tmp_path / "cache", index_seed=seed)  # writes the index from the seed
+
+    def must_not_read(self):
+        raise AssertionError("the cached index should have been used without reading the seed's vectors")
+
+    monkeypatch.setattr(SeedFile, "vectors", must_not_read)
+    again = tiny_engine(checkpoint, shapes, tmp_path / "cache", index_seed=seed)
+    assert again.gallery_ids == first.gallery_ids and again.index.info["stored_as"] == "float16 seed"
+
+
 def test_a_seed_of_other_weights_is_not_used(setup, tmp_path, caplog):
     root, checkpoint, shapes, built, seed = setup
     other = write_image_sensitive_checkpoint(tmp_path / "other", seed=9)
