@@ -241,6 +241,19 @@ def recall_cells(rows: list[dict]) -> list[str]:
     return [spread(rows, f"recall/{k}").text() for k in RECALLS] + [spread(rows, "novel/R@1").text()]
 
 
+def device_kind(row: dict) -> str:
+    """The sweep's --device for a row (its `device` is a GPU's name or "cpu (arch, N threads)")."""
+    return "cpu" if row["device"].startswith("cpu") else "cuda"
+
+
+def device_phrase(device: str) -> str:
+    if device.startswith("cpu"):  # "cpu (x86_64, 1 threads)"
+        arch, _, threads = device.removeprefix("cpu (").removesuffix(")").partition(", ")
+        count = threads.split()[0] if threads else "?"
+        return f"the CPU ({arch}) with {count} torch thread{'s' if count != '1' else ''} per row"
+    return f"one {device}"
+
+
 def at_once(rows: list[dict]) -> str:
     return "/".join(str(n) for n in sorted({r["concurrent_rows"] for r in rows}))
 
@@ -276,14 +289,16 @@ def main_section(main: list[dict], data: str, figures: Path, rows_files: list[st
     steps = main[0]["steps"]
     devices = sorted({r["device"] for r in main})
     precisions = sorted({r["precision"] for r in main})
-    batches: dict[int, list[str]] = {}
+    batches: dict[tuple[str, int, int], list[str]] = {}  # (device kind, rows at once, threads) -> rows
     for row in sorted(main, key=lambda r: r["name"]):
-        batches.setdefault(row["concurrent_rows"], []).append(row["name"])
+        batches.setdefault((device_kind(row), row["concurrent_rows"], row["threads"]), []).append(row["name"])
     weights = {r.get("description_weight") for r in main}
     extra = f"; `loss.description_weight` {weights.pop():g}" if len(weights) == 1 and None not in weights else ""
     commit = main[0].get("recipe_commit")
-    sweeps = "; ".join(f"`python benchmarks/shapes_sweep.py --data {data} --device cuda --steps {steps} "
-                       f"--parallel {n} --rows {','.join(names)} --out OUT`" for n, names in sorted(batches.items()))
+    sweeps = "; ".join(f"`python benchmarks/shapes_sweep.py --data {data} --device {kind} --steps {steps} "
+                       f"--parallel {n}{f' --threads {threads}' if kind == 'cpu' else ''} --rows {','.join(names)} "
+                       "--out OUT`" for (kind, n, threads), names in sorted(batches.items()))
+    machine = "a GPU machine" if any(kind == "cuda" for kind, _, _ in batches) else "a CPU machine"
     source = " ".join(f"--rows {path}" for path in rows_files) or "--rows OUT/rows.jsonl"
     lines = [
         f"## Trained at one budget: {steps} steps of one recipe",
@@ -294,14 +309,14 @@ def main_section(main: list[dict], data: str, figures: Path, rows_files: list[st
         f"{', '.join(str(r['seed']) for r in grouped.get('sprc', []))}: their cells are mean ± sample standard "
         "deviation over the seeds, with the R@1 range beside them; every other row is one seed (0).",
         "",
-        f"Each row trained on one {' or '.join(devices)} in {', '.join(precisions)}, several rows at a time "
-        "sharing the device ("
-        + "; ".join(f"{n} at a time: {', '.join(names)}" for n, names in sorted(batches.items()))
+        f"Each row trained on {' or '.join(device_phrase(d) for d in devices)} in {', '.join(precisions)}, "
+        "several rows at a time sharing the device ("
+        + "; ".join(f"{n} at a time: {', '.join(names)}" for (_, n, _), names in sorted(batches.items()))
         + "). Seconds per step depend on how many rows shared the device (column \"at once\"), so they compare "
         "only rows with the same number there. FLOPs per step count the matrix products of one training step, "
         "forward and backward (torch's FlopCounterMode), and do not depend on the sharing.",
         "",
-        "Regenerate: on a GPU machine"
+        f"Regenerate: on {machine}"
         + (f", at commit {commit} (the recipe as it was then)" if commit else "")
         + f", `python -m cir_core data shapes --out {data} --seed 0`, then {sweeps} (rows append to "
         f"OUT/rows.jsonl); then here `python benchmarks/shapes_results.py {source} --data {data}`.",

@@ -185,6 +185,16 @@ def test_seconds_per_step_say_how_many_rows_shared_the_device(tmp_path):
     assert "| 8 | 30.0 | 50.0 | 30.0 | 0.180 | 2 | 4 |" in text  # prompt-length curve
 
 
+def test_cpu_rows_say_so_and_regenerate_on_the_cpu(tmp_path):
+    rows = [fake_row("sprc/seed0", 30.0, device="cpu (x86_64, 1 threads)", concurrent_rows=2, threads=1),
+            fake_row("static_prompt/seed0", 20.0, device="cpu (x86_64, 1 threads)", concurrent_rows=2, threads=1)]
+    text = render_rows(tmp_path, rows)
+    assert "trained on the CPU (x86_64) with 1 torch thread per row in bf16" in text
+    assert "Regenerate: on a CPU machine" in text
+    assert "--device cpu --steps 500 --parallel 2 --threads 1 --rows sprc/seed0,static_prompt/seed0 " in text
+    assert "--device cuda" not in text
+
+
 def test_default_section_names_its_own_recipe(tmp_path):
     main = [fake_row("sprc/seed0", 30.0, description_weight=0.0)]
     default = fake_row("sprc/seed0", 90.0, steps=1250, table="default", group="default",
