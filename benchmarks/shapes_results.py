@@ -7,8 +7,9 @@ budget; docs/results_rows.jsonl keeps the rows of the published table, with the 
 their recipe, and docs/results_training_logs.jsonl their training logs), evaluates the
 embedded default model and its inference-time baselines on the shapes test split here,
 writes all of them to docs/results.json, then renders docs/results.md and the figures from
-docs/results.json. Without `--rows` it only renders again from docs/results.json. Rows at another budget or recipe than the main table's are
-shown in their own labelled table, never in the main one. The text after READING_MARKER in
+docs/results.json. Without `--rows` it only renders again from docs/results.json. Rows at
+another budget or recipe than the main table's are shown in their own labelled table, never
+in the main one. The text after READING_MARKER in
 docs/results.md is written by hand and kept across regenerations.
 """
 from __future__ import annotations
@@ -94,6 +95,15 @@ def recipe_text(row: dict) -> str:
     if row.get("recipe_sha256"):
         return f"`{row['recipe']}` (contents sha256 {row['recipe_sha256']})"
     return f"`{row['recipe']}`"
+
+
+def is_current_recipe(row: dict) -> bool:
+    """Whether the row's recipe file has the same contents in this checkout."""
+    import hashlib
+
+    path = ROOT / row["recipe"]
+    return bool(row.get("recipe_sha256")) and path.is_file() and (
+        hashlib.sha256(path.read_bytes()).hexdigest()[:16] == row["recipe_sha256"])
 
 
 def checkpoint_digest(folder: Path) -> str:
@@ -298,6 +308,7 @@ def main_section(main: list[dict], data: str, figures: Path, rows_files: list[st
     sweeps = "; ".join(f"`python benchmarks/shapes_sweep.py --data {data} --device {kind} --steps {steps} "
                        f"--parallel {n}{f' --threads {threads}' if kind == 'cpu' else ''} --rows {','.join(names)} "
                        "--out OUT`" for (kind, n, threads), names in sorted(batches.items()))
+    since = "the recipe file is unchanged since" if is_current_recipe(main[0]) else "the recipe as it was then"
     machine = "a GPU machine" if any(kind == "cuda" for kind, _, _ in batches) else "a CPU machine"
     source = " ".join(f"--rows {path}" for path in rows_files) or "--rows OUT/rows.jsonl"
     lines = [
@@ -310,14 +321,14 @@ def main_section(main: list[dict], data: str, figures: Path, rows_files: list[st
         "deviation over the seeds, with the R@1 range beside them; every other row is one seed (0).",
         "",
         f"Each row trained on {' or '.join(device_phrase(d) for d in devices)} in {', '.join(precisions)}, "
-        "several rows at a time sharing the device ("
+        f"several rows at a time sharing the {'device' if machine == 'a GPU machine' else 'machine'} ("
         + "; ".join(f"{n} at a time: {', '.join(names)}" for (_, n, _), names in sorted(batches.items()))
         + "). Seconds per step depend on how many rows shared the device (column \"at once\"), so they compare "
         "only rows with the same number there. FLOPs per step count the matrix products of one training step, "
         "forward and backward (torch's FlopCounterMode), and do not depend on the sharing.",
         "",
         f"Regenerate: on {machine}"
-        + (f", at commit {commit} (the recipe as it was then)" if commit else "")
+        + (f", at commit {commit} ({since})" if commit else "")
         + f", `python -m cir_core data shapes --out {data} --seed 0`, then {sweeps} (rows append to "
         f"OUT/rows.jsonl); then here `python benchmarks/shapes_results.py {source} --data {data}`.",
         "",
@@ -378,7 +389,9 @@ def default_section(rows: list[dict], main: list[dict]) -> list[str]:
             recipe += f", `loss.description_weight` {default['description_weight']:g}"
             main_weights = {r.get("description_weight") for r in main}
             if main and len(main_weights) == 1 and None not in main_weights:
-                recipe += f" against {main_weights.pop():g} for the table's rows"
+                table_weight = main_weights.pop()
+                recipe += (", as for the table's rows" if table_weight == default["description_weight"]
+                           else f" against {table_weight:g} for the table's rows")
         recipe += (f"; trained on {default['device']} in {default['precision']}, as its `training.json` and "
                    "`train_config.json` say; train s is its wall time, validations included)")
     lines = [f"## The embedded default ({steps} steps) and inference-time baselines on its weights", "",
