@@ -448,7 +448,7 @@ def plot(rows: list[dict], figures: Path) -> None:
         seeds_beside(left, grouped.get("sprc", []), "prompt_length")
         left.set_xscale("log", base=2)
         left.set_xticks(lengths, [str(q) for q in lengths])
-        left.set_ylim(bottom=0)
+        left.set_ylim(0, 100)  # R@1 near the top must not clip the other seeds
         left.set_xlabel("prompt length Q")
         left.set_ylabel(f"test R@1 (%) after {steps} steps, seed 0")
         right.plot(lengths, [r["seconds_per_step"] for r in points], "o-", color="#dd8452", label="s/step")
@@ -474,7 +474,7 @@ def plot(rows: list[dict], figures: Path) -> None:
         fig, ax = plt.subplots(figsize=(5, 3.6))
         ax.plot([r["align_weight"] for r in points], [metric(r, "recall/R@1") for r in points], "o-", color="#4c72b0")
         seeds_beside(ax, grouped.get("sprc", []), "align_weight")
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, 100)
         ax.set_xlabel("alignment loss weight")
         ax.set_ylabel(f"test R@1 (%) after {steps} steps, seed 0")
         fig.tight_layout()
