@@ -883,7 +883,10 @@ def default_gallery_index(model: SPRCModel, items: list[GalleryItem], gallery_na
                     return GalleryIndex.load(folder, model=model)
                 except (GalleryIndexError, FileNotFoundError) as error:
                     logger.warning("writing the cached gallery index again: %s", error)
-            return index_from_seed(seeded, model, items, folder, progress)
+            try:
+                return index_from_seed(seeded, model, items, folder, progress)
+            except ValueError as error:  # vectors unreadable past a sound header: encode instead
+                logger.warning("encoding the gallery instead of using the shipped index: %s", error)
     precision = resolve_gallery_precision(model, precision)
     # A large vision encoder (ViT-g) costs seconds per query on a CPU; its stored output lets a
     # query whose reference is a gallery image skip it (0.7 MB per image). Small models recompute.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,7 +59,7 @@ class SeedFile:
         try:
             with np.load(self.path, allow_pickle=False) as data:
                 vectors = data["vectors"]
-        except (OSError, ValueError, KeyError) as error:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
             raise ValueError(f"{self.path} is not an index seed ({type(error).__name__}: {error})") from None
         if vectors.shape != self.shape:
             raise ValueError(f"{self.path} changed while being read")
@@ -81,7 +82,7 @@ def open_seed(path: str | Path) -> SeedFile:
         with np.load(path, allow_pickle=False) as data:
             ids, meta = [str(i) for i in data["ids"]], json.loads(str(data["meta"]))
             shape = _vector_shape(data)
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as error:
         raise ValueError(f"{path} is not an index seed ({type(error).__name__}: {error})") from None
     if not isinstance(meta, dict) or meta.get("format") != SEED_FORMAT or len(shape) != 3 or len(ids) != shape[0]:
         raise ValueError(f"{path} is not an index seed of format {SEED_FORMAT}")

@@ -83,6 +83,22 @@ def test_a_seed_of_another_gallery_or_a_broken_file_is_not_used(setup, tmp_path,
         assert reason in caplog.text and "stored_as" not in engine.index.info
 
 
+def test_a_seed_whose_vectors_are_damaged_past_a_sound_header_is_not_used(setup, tmp_path, caplog):
+    root, checkpoint, shapes, built, seed = setup
+    data = bytearray(seed.read_bytes())
+    start = data.index(b"vectors.npy") + 200  # inside the stored vector data, after the .npy header
+    data[start:start + 64] = bytes(64)
+    damaged = tmp_path / "damaged.npz"
+    damaged.write_bytes(bytes(data))
+    from cir_core.index_seed import open_seed
+
+    assert open_seed(damaged).shape == read_seed(seed)[0].shape  # the header still reads
+    with caplog.at_level(logging.WARNING, logger="cir_core"):
+        engine = tiny_engine(checkpoint, shapes, tmp_path / "cache", index_seed=damaged)
+    assert "encoding the gallery" in caplog.text and "stored_as" not in engine.index.info
+    assert np.allclose(engine.index.vectors([0]), built.index.vectors([0]), atol=1e-3)
+
+
 def test_cli_exports_a_seed(setup, tmp_path, capsys):
     from cir_core.cli import main
 
