@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    settings = {"fp32": model, "int8, one scale per matrix": int8_copy(model, per_row=False),
+    settings = {"fp32": model, "int8, one scale per matrix": int8_copy(model, layers={torch.nn.Linear}),
                 "int8, one scale per row (used)": int8_copy(model)}
     generator = torch.Generator().manual_seed(0)
     size = model.config.preprocess.image_size

@@ -160,17 +160,8 @@ def weights_fingerprint(model: SPRCModel) -> str:
     recorded = getattr(model, "source_fingerprint", None)
     if recorded is not None:
         return recorded
-    digest = hashlib.sha256(model.config.to_json().encode())
+    digest = hashlib.sha256(json.dumps(model.config.fingerprint_dict(), indent=2).encode())
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().to(torch.float32).cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
-
-
-def describe_folder(folder: str | Path) -> dict:
-    """Small summary of a checkpoint folder (for `cir` output and the app)."""
-    folder = Path(folder)
-    config = load_config(folder)
-    return {"name": config.name, "path": str(folder),
-            "files": sorted(p.name for p in folder.iterdir()),
-            "config": json.loads(config.to_json())}

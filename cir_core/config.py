@@ -50,13 +50,6 @@ class VisionConfig:
     # Size of the sines and cosines that table starts from, per channel (the tokens are
     # layer-normed, about unit size per channel); training hardly changes it.
     readout_position_scale: float = 0.5
-    # Kept although no shipped recipe sets it: the weights fingerprint that ties an index to its
-    # model hashes this config, so dropping the key would disown every index built so far.
-    # Shortest and longest wavelength of those waves, in patches, spaced geometrically. None
-    # keeps the first band, 2*pi to 2*pi*side patches: mostly longer than the image, so the
-    # codes of neighbouring grid cells are alike (cosine 0.78 on a 6x6 patch grid); a band
-    # such as (3, 12) makes every pair of cells differ (cosine at most 0.39 there).
-    readout_position_wavelengths: tuple[float, float] | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -122,6 +115,16 @@ class SPRCConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def fingerprint_dict(self) -> dict[str, Any]:
+        """`to_dict()` with the retired options at their no-op values, in the order they were
+        written: what the weights fingerprint hashes, unchanged when an unused option goes."""
+        data = self.to_dict()
+        for section, value in data.items():
+            if isinstance(value, dict):
+                cls = type(getattr(self, section))
+                value.update(RETIRED_OPTIONS.get(cls.__name__, {}))
+        return data
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
@@ -164,8 +167,6 @@ class SPRCConfig:
                 raise ValueError(f"invalid model config {self.name!r}: {message}")
         try:  # checked even while the table is off, so a config never carries a value it cannot build
             checked_position_scale(v.readout_position_scale)
-            if v.readout_position_wavelengths is not None:
-                checked_wavelength_band(v.readout_position_wavelengths)
         except ValueError as error:
             raise ValueError(f"invalid model config {self.name!r}: {error}") from None
 
@@ -280,21 +281,6 @@ def checked_position_scale(scale: Any) -> float:
     return float(scale)
 
 
-def checked_wavelength_band(wavelengths: Any) -> tuple[float, float]:
-    """(shortest, longest) as floats; ValueError unless 2 <= shortest <= longest, both finite.
-    A wave shorter than 2 patches is aliased: it repeats a longer one at patch centres."""
-    message = (f"vision.readout_position_wavelengths must be [shortest, longest] in patches with "
-               f"2 <= shortest <= longest, got {wavelengths!r}")
-    if isinstance(wavelengths, (str, bytes)) or not hasattr(wavelengths, "__len__") or len(wavelengths) != 2:
-        raise ValueError(message)
-    if not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in wavelengths):
-        raise ValueError(message)
-    shortest, longest = (float(w) for w in wavelengths)
-    if not (math.isfinite(shortest) and math.isfinite(longest) and 2 <= shortest <= longest):
-        raise ValueError(message)
-    return shortest, longest
-
-
 def read_json(path: str | Path, what: str) -> Any:
     """Parsed JSON of a file; ValueError naming `what` and the file when it is missing or malformed."""
     path = Path(path)
@@ -319,10 +305,27 @@ def set_dotted(data: dict[str, Any], key: str, value: Any, what: str) -> None:
     node[leaf] = value
 
 
+# Options that no longer exist, at the value that made them do nothing. Files written while they
+# existed still read (the key is dropped when it holds that value, refused otherwise), and the
+# weights fingerprint hashes them back in (`SPRCConfig.fingerprint_dict`), so indexes and seeds
+# built before an option went stay tied to their model.
+RETIRED_OPTIONS: dict[str, dict[str, Any]] = {"VisionConfig": {"readout_position_wavelengths": None}}
+
+
+def _without_retired(cls, data: dict[str, Any], where: str) -> dict[str, Any]:
+    retired = RETIRED_OPTIONS.get(cls.__name__, {})
+    for name, inert in retired.items():
+        if name in data and data[name] != inert:
+            raise ValueError(f"{where}.{name}: this option no longer exists; only {inert!r} (its no-op value) "
+                             f"still reads, got {data[name]!r}")
+    return {name: value for name, value in data.items() if name not in retired}
+
+
 def _build(cls, data: Any, where: str):
     """Build dataclass `cls` from a dict, refusing unknown keys (a wrong file is loud)."""
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected an object, got {type(data).__name__}")
+    data = _without_retired(cls, data, where)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:

@@ -24,7 +24,7 @@ from torch import nn
 from transformers import Blip2QFormerConfig, Blip2VisionConfig
 from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerModel, Blip2TextEmbeddings, Blip2VisionModel
 
-from cir_core.config import SPRCConfig, checked_position_scale, checked_wavelength_band
+from cir_core.config import SPRCConfig, checked_position_scale
 from cir_core.scoring import max_over_queries
 from cir_core.text import TextBatch, load_tokenizer, tokenize
 
@@ -96,23 +96,16 @@ def _qformer_hf_config(config: SPRCConfig) -> Blip2QFormerConfig:
     )
 
 
-def readout_position_table(vision, scale: float = 0.5,
-                           wavelengths: tuple[float, float] | None = None) -> torch.Tensor:
+def readout_position_table(vision, scale: float = 0.5) -> torch.Tensor:
     """(1, 1 + P, W): zeros for the class token, then per patch sines and cosines of its row
     (first half of the width) and column (second half) at geometric frequencies, times `scale`
-    (the tokens they join are layer-normed, so about unit size per channel). `wavelengths`
-    (shortest, longest, in patches) sets the band; None is 2*pi to 2*pi*side patches."""
+    (the tokens they join are layer-normed, so about unit size per channel). The wavelengths
+    run from 2*pi to 2*pi*side patches."""
     scale = checked_position_scale(scale)
     side, width = vision.image_size // vision.patch_size, vision.hidden_size
     quarter = width // 4
     steps = torch.arange(quarter, dtype=torch.float32) / max(quarter, 1)
-    if wavelengths is None:
-        frequencies = 1.0 / (side ** steps)
-    else:
-        shortest, longest = checked_wavelength_band(wavelengths)
-        # From the shortest wave to the longest, the last one reached exactly (quarter > 1).
-        spread = steps * quarter / max(quarter - 1, 1)
-        frequencies = 2 * math.pi / (shortest * (longest / shortest) ** spread)
+    frequencies = 1.0 / (side ** steps)
     coordinate = torch.arange(side, dtype=torch.float32)
     angles = coordinate[:, None] * frequencies[None]  # (side, quarter)
     waves = torch.cat([angles.sin(), angles.cos()], dim=1)  # (side, 2 * quarter)
@@ -153,7 +146,7 @@ class SPRCModel(nn.Module):
         self.temp = nn.Parameter(torch.tensor(float(config.temp_init)))
         # (1, T, W) or None; starts as a 2D sine-cosine table so positions are told apart from step one.
         self.readout_positions = (nn.Parameter(readout_position_table(
-            config.vision, config.vision.readout_position_scale, config.vision.readout_position_wavelengths))
+            config.vision, config.vision.readout_position_scale))
                                   if config.vision.readout_positions else None)
         if config.query_mode == "pseudo_word":
             self.pseudo_word_projection = nn.Sequential(

@@ -134,9 +134,9 @@ def gallery_encoder(model: SPRCModel, precision: str):
         yield model
 
 
-def int8_copy(model: SPRCModel, per_row: bool = True) -> SPRCModel:
+def int8_copy(model: SPRCModel, layers=None) -> SPRCModel:
     """An eval-mode copy whose linear layers hold int8 weights (torch's dynamic quantization),
-    with one scale per output row (`per_row`, what the project uses) or one per matrix.
+    with one scale per output row, unless `layers` (quantize_dynamic's qconfig spec) says otherwise.
 
     The copy reads the original's fp32 layer norms, embeddings and other non-linear weights
     (shared, not duplicated), so it costs only its int8 weights in memory."""
@@ -157,7 +157,7 @@ def int8_copy(model: SPRCModel, per_row: bool = True) -> SPRCModel:
         # present and supported in the torch this project pins.
         warnings.simplefilter("ignore", category=UserWarning)
         warnings.simplefilter("ignore", category=DeprecationWarning)
-        # One scale per output row: int8 queries of a shapes checkpoint with fp32 test R@1 87.25
-        # gave 86.3 this way and 84.45 with one scale per matrix (`cir eval shapes --query-precision int8`).
-        layers = {torch.nn.Linear: per_channel_dynamic_qconfig} if per_row else {torch.nn.Linear}
+        # One scale per output row keeps int8 rankings nearer fp32's than one per matrix
+        # (docs/performance.md gives the measured figures).
+        layers = {torch.nn.Linear: per_channel_dynamic_qconfig} if layers is None else layers
         return quantize_dynamic(fp32, layers, dtype=torch.qint8, inplace=True)

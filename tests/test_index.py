@@ -9,15 +9,13 @@ import torch
 from PIL import Image
 
 import cir_core
+from cir_core import index_benchmark as harness
 from cir_core import index_build, index_store
-from cir_core.cli import CommandError, main
-from cir_core.cli.bench import load_index_harness
+from cir_core.cli import main
 from cir_core.index import GalleryIndex, GalleryIndexError, GalleryItem, IndexParams
 from cir_core.index_store import FLAT_FILE, HNSW_QUANTIZER_LISTS, INFO_FILE, METADATA_FILE, IndexContents, write_index
 from cir_core.transforms import ImageTransform
 from fuzzing import corrupt_file
-
-harness = load_index_harness()  # benchmarks/bench_index.py
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -694,11 +692,6 @@ def test_cli_bench_index(capsys):
     assert "comma-separated integers" in capsys.readouterr().err
     assert main(["bench", "index", "--sizes", "300", "--kinds", "annoy"]) == 2
     assert "unknown index kind 'annoy'" in capsys.readouterr().err
-
-
-def test_bench_index_without_a_source_checkout_says_so(tmp_path):
-    with pytest.raises(CommandError, match="source checkout"):
-        load_index_harness(tmp_path)
 
 
 def test_bench_streams_the_naive_way_when_the_matrix_does_not_fit(tmp_path):

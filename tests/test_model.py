@@ -204,36 +204,34 @@ def _grid_cell_codes(table: torch.Tensor, side: int, cells: int) -> torch.Tensor
     return F.normalize(torch.stack(codes), dim=-1)
 
 
-def test_readout_position_wavelengths_set_the_band_and_tell_grid_cells_apart():
+def test_the_position_table_sets_neighbouring_cells_apart_less_than_far_ones():
     vision = load_preset("shapes-mini").vision  # 6x6 patches under a 3x3 grid
-    side, quarter = vision.image_size // vision.patch_size, vision.hidden_size // 4
-    default = readout_position_table(vision, 1.0)
-    assert torch.equal(default, readout_position_table(vision, 1.0, None))
-    band = readout_position_table(vision, 1.0, (3, 12))
-    rows = band[0, 1:].view(side, side, -1)[:, 0]  # one column of patches, rows 0..5
-    # The first wave has a 3-patch period: rows 0 and 3 share its sine and cosine.
-    assert torch.allclose(rows[3, [0, quarter]], rows[0, [0, quarter]], atol=1e-5)
-    # The last wave has a 12-patch period: row 6 would be half a turn, so row 3 is a quarter.
-    assert torch.allclose(rows[3, [quarter - 1, 2 * quarter - 1]], torch.tensor([1.0, 0.0]), atol=1e-5)
-    assert torch.allclose(band.norm(dim=-1)[0, 1:], default.norm(dim=-1)[0, 1:])  # same size, other band
-
-    off_diagonal = ~torch.eye(9, dtype=torch.bool)
-    similarity = {name: (lambda c: (c @ c.T)[off_diagonal])(_grid_cell_codes(t, side, 3))
-                  for name, t in (("default", default), ("band", band))}
-    assert similarity["default"].max() > 0.75  # neighbouring cells nearly share a code
-    assert similarity["band"].max() < 0.45
+    side = vision.image_size // vision.patch_size
+    codes = _grid_cell_codes(readout_position_table(vision, 1.0), side, 3)
+    similarity = codes @ codes.T
+    assert similarity[0, 1] > similarity[0, 8]  # the next cell is nearer than the far corner
 
 
-@pytest.mark.parametrize("bad", [(1.5, 12), (12, 3), (3,), (3, float("inf")), "3,12", (True, 4)])
-def test_readout_position_wavelengths_refuse_bands_that_cannot_be_drawn(bad):
-    with pytest.raises(ValueError, match="readout_position_wavelengths must be"):
-        cir_core.create_model("tiny-test", **{"vision.readout_positions": True,
-                                              "vision.readout_position_wavelengths": bad})
+def test_a_retired_option_reads_at_its_no_op_value_and_is_refused_otherwise(tmp_path):
+    data = load_preset("tiny-test").to_dict()
+    data["vision"]["readout_position_wavelengths"] = None  # as configs written before it went hold it
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(data))
+    assert SPRCConfig.from_json_file(path) == load_preset("tiny-test")
+    data["vision"]["readout_position_wavelengths"] = [3, 12]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="readout_position_wavelengths: this option no longer exists"):
+        SPRCConfig.from_json_file(path)
 
 
-@pytest.mark.parametrize("key, bad", [("readout_position_scale", 0.0), ("readout_position_scale", float("inf")),
-                                      ("readout_position_wavelengths", [1, 12]),
-                                      ("readout_position_wavelengths", [12, 3])])
+def test_the_fingerprint_hashes_retired_options_back_in_so_old_indexes_stay_tied():
+    config = load_preset("tiny-test")
+    written_before = json.loads(config.to_json())
+    written_before["vision"]["readout_position_wavelengths"] = None
+    assert json.dumps(config.fingerprint_dict(), indent=2) == json.dumps(written_before, indent=2)
+
+
+@pytest.mark.parametrize("key, bad", [("readout_position_scale", 0.0), ("readout_position_scale", float("inf"))])
 def test_a_config_with_a_bad_position_table_is_refused_when_read_not_when_built(tmp_path, key, bad):
     data = load_preset("tiny-test").to_dict()
     assert data["vision"]["readout_positions"] is False  # refused even while the table is off

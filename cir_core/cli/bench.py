@@ -3,12 +3,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
-from types import ModuleType
 
 from cir_core.cli import CommandError
 
@@ -49,35 +46,11 @@ def _int_list(text: str, option: str) -> tuple[int, ...]:
     return values
 
 
-def load_index_harness(repository: Path | None = None) -> ModuleType:
-    """benchmarks/bench_index.py of the source checkout, loaded as a module.
-
-    The harness measures the library rather than being part of it, so it lives in the
-    repository's benchmarks/ folder and is not installed with the package; `cir bench index`
-    (kept because the benchmark's results are documented by that command) finds it beside the
-    package in a checkout or an editable install, and otherwise says what is missing instead of
-    failing on an import.
-    """
-    repository = repository or Path(__file__).resolve().parents[2]
-    path = repository / "benchmarks" / "bench_index.py"
-    if not path.is_file():
-        raise CommandError(f"cir bench index runs benchmarks/bench_index.py from a source checkout of the "
-                           f"repository, and there is none at {path}; run it from a clone (pip install -e .)")
-    spec = importlib.util.spec_from_file_location("bench_index", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[spec.name]
-        raise
-    return module
-
-
 def run_index(args: argparse.Namespace) -> int:
     from cir_core.index_store import IndexParams
 
-    harness = load_index_harness()
+    from cir_core import index_benchmark as harness
+
     overrides = {name: getattr(args, name) for name in ("candidates", "nprobe", "nlist") if getattr(args, name) is not None}
     config = harness.IndexBenchConfig(
         sizes=_int_list(args.sizes, "--sizes"), kinds=tuple(kind.strip() for kind in args.kinds.split(",") if kind.strip()),

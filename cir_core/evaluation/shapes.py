@@ -52,18 +52,9 @@ class ShapesReport:
     per_object_count: dict[str, dict[str, float]] = field(default_factory=dict)
     object_counts: dict[str, int] = field(default_factory=dict)
 
-    def to_dict(self, include_ranks: bool = False) -> dict[str, Any]:
-        """JSON-ready summary; `include_ranks` adds {"ranks": {pairid: rank}} for failure listings."""
-        summary = {key: value for key, value in asdict(self).items()
-                   if key not in ("pairids", "ranks", "first_results")}
-        if include_ranks:
-            summary["ranks"] = {str(pairid): rank for pairid, rank in zip(self.pairids, self.ranks)}
-        return summary
-
-    def failures(self, min_rank: int = 1) -> list[tuple[int | str, int]]:
-        """(pairid, rank) of queries whose target ranked at `min_rank` or worse, worst first."""
-        misses = [(pairid, rank) for pairid, rank in zip(self.pairids, self.ranks) if rank >= min_rank]
-        return sorted(misses, key=lambda item: -item[1])
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (without the per-query lists)."""
+        return {key: value for key, value in asdict(self).items() if key not in ("pairids", "ranks", "first_results")}
 
 
 def _subset_recall(ranks: torch.Tensor, mask: list[bool]) -> dict[str, float]:
