@@ -5,9 +5,9 @@ queries" is one glance. A caption belongs to a group when it contains one of the
 group's keywords as whole words, case-insensitively ("side" matches "left side", not
 "outside"). A caption can be in several groups, or in none.
 
-`VIEW_ANGLE` follows the paper's stated limitation (changes of viewpoint); on the CIRR
-val captions it matches 843 of 4,181 (many through "facing", "front" and "behind",
-which also describe positions). docs/failure-inspection.md lists these groups.
+`VIEW_ANGLE` follows the paper's stated limitation (changes of viewpoint); many of its CIRR
+matches come through "facing", "front" and "behind", which also describe positions
+(docs/failure-inspection.md gives the counts on CIRR val).
 """
 from __future__ import annotations
 
