@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,6 +143,10 @@ class SPRCConfig:
         Every field is checked before any is used, so a hostile or mistyped config file is one
         clear error instead of a division by zero, a NaN model or an allocation of terabytes.
         """
+        if not isinstance(self.name, str) or not MODEL_NAME.fullmatch(self.name):
+            # the name becomes part of cache file names, and a config file can come from anywhere
+            raise ValueError(f"invalid model config: the name must be 1 to 64 letters, digits, '.', '_' or '-', "
+                             f"starting with a letter or digit, got {str(self.name)[:80]!r}")
         try:
             _check_field_ranges(self)
         except ValueError as error:
@@ -170,6 +175,9 @@ class SPRCConfig:
         except ValueError as error:
             raise ValueError(f"invalid model config {self.name!r}: {error}") from None
 
+
+# A model's name: what cache file names may take from a config file.
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 # Upper bounds that no real model reaches (BLIP-2's EVA ViT-g has 39 blocks and about 1.2
 # billion parameters in all): a config past them is a mistake, refused before anything is allocated.

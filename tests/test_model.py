@@ -241,3 +241,11 @@ def test_a_config_with_a_bad_position_table_is_refused_when_read_not_when_built(
     config = SPRCConfig.from_json_file(path)
     with pytest.raises(ValueError, match=f"invalid model config 'tiny-test': vision.{key} must be"):
         config.validate()
+
+
+@pytest.mark.parametrize("name", ["../../outside", "a/b", ".hidden", "", "x" * 65, "name with spaces"])
+def test_a_model_name_that_could_leave_a_cache_folder_is_refused(name):
+    config = load_preset("tiny-test")
+    config.name = name
+    with pytest.raises(ValueError, match="the name must be"):
+        config.validate()
