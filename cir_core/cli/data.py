@@ -1,4 +1,4 @@
-"""`cir data shapes --out DIR`: generate the synthetic shapes benchmark."""
+"""`cir data shapes --out DIR` and `cir data scenes3d --out DIR`: generate the synthetic benchmarks."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,7 @@ from cir_core.cli import CommandError
 
 
 def register(subparsers) -> None:
-    parser = subparsers.add_parser("data", help="generate datasets (the synthetic shapes benchmark)",
+    parser = subparsers.add_parser("data", help="generate datasets (the synthetic shapes and scenes3d benchmarks)",
                                    description="Generate datasets.")
     kinds = parser.add_subparsers(dest="dataset", metavar="DATASET", required=True)
     shapes = kinds.add_parser(
@@ -30,6 +30,7 @@ def register(subparsers) -> None:
     shapes.add_argument("--overwrite", action="store_true", help="replace an existing shapes dataset at --out")
     shapes.add_argument("--no-progress", action="store_true", help="hide progress bars")
     shapes.set_defaults(handler=_shapes)
+    _register_scenes3d(kinds)
     export = kinds.add_parser(
         "export-split", help="copy one split of a shapes folder (queries, gallery images, labels) to a new folder",
         description="Copy one split of a shapes benchmark folder into a new, smaller folder (e.g. the test split "
@@ -53,6 +54,49 @@ def _shapes(args: argparse.Namespace) -> int:
     splits = ", ".join(f"{name} {summary.triplets[name]} queries / {summary.gallery[name]} gallery"
                        for name in summary.triplets)
     print(f"wrote {summary.path}: {summary.images} images ({summary.images_per_second:.0f} images/s), {splits}; "
+          f"{summary.total_seconds:.1f} s in all")
+    return 0
+
+
+def _register_scenes3d(kinds) -> None:
+    scenes3d = kinds.add_parser(
+        "scenes3d", help="render the scenes3d benchmark: 3D tables, object and camera edits, hard negatives",
+        description="Sample, path trace (Mitsuba 3) and write the scenes3d benchmark (info.json, images/, "
+                    "scenes.json, <split>.json, gallery_<split>.json). Splits with 0 queries are left out. "
+                    "The folder appears only when complete.")
+    scenes3d.add_argument("--out", type=Path, required=True, metavar="DIR", help="dataset folder to create")
+    scenes3d.add_argument("--seed", type=int, default=0, help="changes which scenes are sampled (default 0)")
+    scenes3d.add_argument("--image-size", type=int, default=128, help="image side in pixels (default 128)")
+    # Size defaults live in Scenes3DCounts; None keeps them.
+    scenes3d.add_argument("--train", type=int, help="train triplets (default 1200: 600 references x 2 edits)")
+    scenes3d.add_argument("--val", type=int, help="val triplets (default 300)")
+    scenes3d.add_argument("--test", type=int, help="test triplets (default 800)")
+    scenes3d.add_argument("--samples-per-pixel", type=int, help="path-tracing samples per pixel (default 8)")
+    scenes3d.add_argument("--workers", type=int, default=2, help="rendering processes, one thread each (default 2)")
+    scenes3d.add_argument("--overwrite", action="store_true", help="replace an existing scenes3d dataset at --out")
+    scenes3d.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    scenes3d.set_defaults(handler=_scenes3d)
+
+
+def _scenes3d(args: argparse.Namespace) -> int:
+    from cir_core.data.scenes3d.plan import Scenes3DCounts
+    from cir_core.data.scenes3d.write import write_scenes3d_dataset
+
+    given = {"train": args.train, "val": args.val, "test": args.test}
+    for name, value in given.items():
+        if value is not None and value < 0:
+            raise CommandError(f"--{name} must be 0 or more, got {value}")
+    counts = Scenes3DCounts(**{name: value for name, value in given.items() if value is not None})
+    options = {} if args.samples_per_pixel is None else {"samples_per_pixel": args.samples_per_pixel}
+    try:
+        summary = write_scenes3d_dataset(args.out, seed=args.seed, image_size=args.image_size, counts=counts,
+                                         progress=not args.no_progress, workers=args.workers,
+                                         overwrite=args.overwrite, **options)
+    except ImportError as error:
+        raise CommandError(str(error)) from None
+    splits = ", ".join(f"{name} {summary.triplets[name]} queries / {summary.gallery[name]} gallery"
+                       for name in summary.triplets)
+    print(f"wrote {summary.path}: {summary.images} images ({summary.images_per_second:.1f} images/s), {splits}; "
           f"{summary.total_seconds:.1f} s in all")
     return 0
 
