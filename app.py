@@ -7,7 +7,8 @@ A benchmark (`--dataset` with its `--data-root`: a shapes folder, the official C
 `cirr_dataset` folder or the FashionIQ folder) gives the app its gallery, example
 queries, ground truth and failure inspection; `--gallery` serves a plain folder of images
 without ground truth; `--index` serves a prebuilt index (`cir build-index`). Indexes
-are built once per model, dataset and split and cached under ~/.cache/cir ($CIR_CACHE).
+are built once per model and gallery (its folder and files) and cached under ~/.cache/cir
+($CIR_CACHE; a temporary folder for this run when that cannot be written).
 
 Environment (flags win): CIR_MODEL, CIR_DATASET, CIR_DATA_ROOT, CIR_SPLIT, CIR_CATEGORY,
 CIR_GALLERY, CIR_INDEX, GRADIO_SERVER_NAME (default 127.0.0.1), GRADIO_SERVER_PORT
@@ -24,14 +25,16 @@ with the shapes benchmark's test split (assets/shapes when shipped, else data/sh
 written by `cir data shapes --out data/shapes`, else generated once with seed 0).
 """
 import argparse
+import errno
 import logging
 import os
 import sys
 from pathlib import Path
 
 from cir_core.checkpoints import CheckpointError
-from cir_core.data.sources import DATASETS, open_source
-from cir_core.engine import DEFAULT_CACHE_ROOT, Engine
+from cir_core.data.registry import DATASETS, open_source
+from cir_core.engine import Engine
+from cir_core.index_cache import usable_cache_root
 from cir_core.precision import GALLERY_PRECISIONS, QUERY_PRECISIONS
 
 DEFAULT_MODEL = "local-dir:checkpoints/shapes-mini"
@@ -83,22 +86,23 @@ def server_port() -> int:
     return port
 
 
-def default_shapes_folder() -> Path:
+def default_shapes_folder(cache_root: Path | None = None) -> Path:
     """The shapes benchmark shipped or generated here, else generated once (seed 0) into the cache."""
     folder = next((folder for folder in SHAPES_FOLDERS if (folder / "info.json").is_file()), None)
     if folder is not None:
         return folder
     from cir_core.data.shapes import write_shapes_dataset
 
-    folder = DEFAULT_CACHE_ROOT / "shapes-seed0"
+    folder = (cache_root or usable_cache_root()) / "shapes-seed0"
     if not (folder / "info.json").is_file():
         logging.getLogger(__name__).info("generating the shapes benchmark (seed 0) into %s (once)", folder)
         write_shapes_dataset(folder, seed=0, overwrite=True)
     return folder
 
 
-def benchmark_source(args: argparse.Namespace):
-    """The labelled benchmark the flags name, None for a plain gallery or a prebuilt index alone."""
+def benchmark_source(args: argparse.Namespace, cache_root: Path | None = None):
+    """The labelled benchmark the flags name, None for a plain gallery or a prebuilt index alone
+    (the default shapes benchmark is generated into `cache_root` when not shipped)."""
     dataset, data_root = args.dataset, args.data_root
     if args.gallery and (dataset or data_root):
         raise StartError("give either --gallery (a plain folder of images) or --dataset/--data-root, not both")
@@ -115,28 +119,33 @@ def benchmark_source(args: argparse.Namespace):
     if data_root is None:
         if dataset != "shapes":
             raise StartError(f"--dataset {dataset} needs --data-root (the benchmark's folder)")
-        data_root = default_shapes_folder()
+        data_root = default_shapes_folder(cache_root)
     return open_source(dataset, data_root, split=args.split, category=args.category)
 
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
+    cache_root = None
     try:
         prepare_failures = _setting("CIR_PREPARE_FAILURES", "1", ("0", "1"))
         query_precision = _setting("CIR_QUERY_PRECISION", "auto", QUERY_PRECISIONS)
         gallery_precision = _setting("CIR_GALLERY_PRECISION", "auto", GALLERY_PRECISIONS)
         port = server_port()
-        source = benchmark_source(args)
+        cache_root = usable_cache_root()  # else a temporary one, said in the log
+        source = benchmark_source(args, cache_root)
         gallery = args.gallery if source is None else None
         seed = DEFAULT_INDEX_SEED if source is not None and source.dataset == "shapes" else None
         engine = Engine.from_uris(args.model, index_dir=args.index, gallery_data=gallery, source=source,
                                   index_seed=seed, query_precision=query_precision, gallery_precision=gallery_precision,
-                                  device=args.device)
-    except (StartError, CheckpointError, FileNotFoundError, ValueError) as error:
-        hint = ("\nThe default model is missing: train it into checkpoints/shapes-mini (see README), "
-                "or point CIR_MODEL / --model at another checkpoint."
-                if isinstance(error, CheckpointError) and args.model == DEFAULT_MODEL else "")
+                                  device=args.device, cache_root=cache_root)
+    except (StartError, CheckpointError, OSError, ValueError) as error:
+        hint = ""
+        if isinstance(error, CheckpointError) and args.model == DEFAULT_MODEL:
+            hint = ("\nThe default model is missing: train it into checkpoints/shapes-mini (see README), "
+                    "or point CIR_MODEL / --model at another checkpoint.")
+        elif isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT) and cache_root is not None:
+            hint = f" (the cache is {cache_root}: free some space there or set CIR_CACHE to another folder)"
         print(f"cannot start the app: {error}{hint}", file=sys.stderr)
         return 2
     if prepare_failures == "1":  # background, once the app has answered: ranks every benchmark query (cached)

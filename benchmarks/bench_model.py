@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from cir_core.checkpoints import load_model
     from cir_core.data.shapes import read_shapes_split
-    from cir_core.data.sources import open_source
+    from cir_core.data.registry import open_source
     from cir_core.engine import Engine, limit_threads
     from cir_core.transforms import ImageTransform
 

@@ -131,7 +131,7 @@ class SPRCConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SPRCConfig:
-        return _build(cls, data, "config")
+        return build_dataclass(cls, data, "config")
 
     @classmethod
     def from_json_file(cls, path: str | Path) -> SPRCConfig:
@@ -329,7 +329,7 @@ def _without_retired(cls, data: dict[str, Any], where: str) -> dict[str, Any]:
     return {name: value for name, value in data.items() if name not in retired}
 
 
-def _build(cls, data: Any, where: str):
+def build_dataclass(cls, data: Any, where: str):
     """Build dataclass `cls` from a dict, refusing unknown keys (a wrong file is loud)."""
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected an object, got {type(data).__name__}")
@@ -343,7 +343,7 @@ def _build(cls, data: Any, where: str):
         f = fields[name]
         sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
         if sub is not None and dataclasses.is_dataclass(sub):
-            kwargs[name] = _build(sub, value, f"{where}.{name}")
+            kwargs[name] = build_dataclass(sub, value, f"{where}.{name}")
         elif isinstance(value, list):
             kwargs[name] = tuple(value)
         else:

@@ -7,7 +7,9 @@ it stays fp32; faster CPU encodings are `cir_core.precision`'s business.
 """
 from __future__ import annotations
 
+import faiss
 import torch
+from threadpoolctl import threadpool_limits
 from torch import nn
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -67,3 +69,17 @@ def describe_placement(model) -> str:
         return f"on CUDA ({torch.cuda.get_device_name(device)}), {precision}"
     threads = torch.get_num_threads()
     return f"on {device.type.upper()}, {threads} thread{'s' if threads != 1 else ''}"
+
+
+def limit_threads(count: int = 1) -> None:
+    """Cap torch, faiss and BLAS/OpenMP threads of this process (a process-wide setting).
+
+    A server gets its parallelism from concurrent requests; threads inside each request
+    oversubscribe a small CPU, worst when it is shared (docs/performance.md, "Threads per
+    request", has the measurements). torch and faiss share one OpenMP runtime here, so
+    they cannot be set apart.
+    """
+    count = max(1, int(count))
+    torch.set_num_threads(count)
+    faiss.omp_set_num_threads(count)
+    threadpool_limits(limits=count)

@@ -17,13 +17,15 @@ see `index_store` for the folder layout) and answers:
   the index was built without them (`store_vision_features`).
 
 `GalleryIndex.build` encodes images with a model (resumably, see `index_build`) and
-`GalleryIndex.load` refuses folders built by another model or damaged since.
+`GalleryIndex.load` refuses folders built by another model, damaged since, or naming image
+files outside the gallery folder the build recorded.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import mmap
+import os
 import threading
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -51,6 +53,7 @@ from cir_core.index_store import (
     StoreReader,
     sha256_file,
 )
+from cir_core.safe_paths import outside_root
 from cir_core.scoring import max_over_queries_numpy
 
 # Scores of one query computed two ways (faiss, numpy) may differ by float rounding; the
@@ -189,7 +192,9 @@ class GalleryIndex:
         _check_files(folder, info["files"], verify)
         if model is not None:
             _check_vision_shape(folder, info, model)
-        return cls(folder, info)
+        index = cls(folder, info)
+        _check_paths(index)
+        return index
 
     # ------------------------------------------------------------------ metadata
     def __len__(self) -> int:
@@ -498,6 +503,35 @@ def _check_vision_shape(folder: Path, info: dict[str, Any], model) -> None:
         raise GalleryIndexError(f"index {folder} stores vision features of shape (T, W) = "
                                 f"{tuple(stored.get('shape', [])[1:])}, but model {model.config.name!r} reads "
                                 f"{tuple(expected)}; rebuild the index with this model")
+
+
+def _check_paths(index: GalleryIndex) -> None:
+    """Every image path must lie inside the gallery folder the build recorded (indexes written
+    without one: the folder their paths share, which must be more than the file system's root),
+    so that an index edited to name other files cannot make an app open them."""
+    folder, paths = index.folder, index.paths
+    unusable = next((row for row, path in enumerate(paths) if not isinstance(path, str) or not path), None)
+    if unusable is not None:
+        raise GalleryIndexError(f"index {folder} is damaged: image {index.ids[unusable]!r} has path "
+                                f"{paths[unusable]!r:.100}; expected a file path")
+    # A relative path is opened from the working folder, so it is checked there.
+    absolute = [path if os.path.isabs(path) else os.path.join(os.getcwd(), path) for path in paths]
+    root = index.info.get("gallery_root")
+    if root is None:
+        root = os.path.commonpath([os.path.dirname(path) for path in absolute])
+        if os.path.dirname(root) == root:
+            raise GalleryIndexError(f"index {folder} records no gallery folder and its images share none: image "
+                                    f"{index.ids[0]!r} is at {paths[0]!r:.200}, image {index.ids[-1]!r} at "
+                                    f"{paths[-1]!r:.200}; rebuild it with cir build-index")
+    elif not isinstance(root, str) or not os.path.isabs(root):
+        raise GalleryIndexError(f"index {folder} is damaged: {INFO_FILE} has gallery_root {root!r:.100}; "
+                                "expected an absolute folder")
+    real_root = os.path.realpath(root)
+    for row, path in enumerate(absolute):
+        reason = outside_root(real_root, path, allow_absolute=True)
+        if reason:
+            raise GalleryIndexError(f"index {folder} names image {index.ids[row]!r} at {paths[row]!r:.200}, which "
+                                    f"{reason}; an index serves only files inside its gallery folder {root}")
 
 
 def _check_files(folder: Path, files: dict[str, dict[str, Any]], verify: bool) -> None:

@@ -4,9 +4,11 @@ The build encodes images in batches with the model's own preprocessing and
 `model.encode_target`, and persists every finished batch in a work folder beside the
 destination (`.<name>.work/`). A rerun of an interrupted build with the same model and
 items continues after the last finished batch, re-encoding any batch whose files changed
-on disk since (size or modification time). When every batch is encoded, the index is
-written atomically (`index_store.write_index`) and the work folder removed. One build at
-a time writes a destination: it holds a lock (`.<name>.lock`) from start to finish.
+on disk since (size or modification time) or whose stored results do not read back (an
+empty file left by a crash). When every batch is encoded, the index is written atomically
+(`index_store.write_index`) and the work folder removed. One build at a time writes a
+destination: it holds a lock (`.<name>.lock`) from start to finish; a second one is refused
+(`BuildInProgressError`) or waits for it (`wait_for_build`).
 
 Files that cannot be read as images, or are too large or too narrow to be pictures the
 model reads, are skipped, logged and listed in the build report (stored in info.json); a
@@ -19,6 +21,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -35,6 +38,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from cir_core.data.spec import GalleryItem
 from cir_core.index_store import (
     IndexContents,
     IndexParams,
@@ -43,6 +47,7 @@ from cir_core.index_store import (
     checked_params,
     write_index,
 )
+from cir_core.safe_paths import outside_root
 from cir_core.transforms import ImageTransform, check_image_size, to_rgb
 
 logger = logging.getLogger(__name__)
@@ -54,15 +59,6 @@ _UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 _SKIPS_LOGGED = 20
 _VISION_SUFFIX = ".vision.npy"
 
-
-@dataclass
-class GalleryItem:
-    """One image to index."""
-
-    id: str  # unique gallery id
-    path: str | Path  # image file
-    caption: str | None = None  # free-text caption shown with the image
-    label: str | None = None  # free text or JSON text (e.g. a shapes scene)
 
 
 @dataclass
@@ -100,16 +96,33 @@ class BuildReport:
 def items_from_images(folder: str | Path) -> list[GalleryItem]:
     """Every non-hidden file under `folder` (recursively, sorted); id = path relative to the folder.
 
+    Entries that lead outside the folder through a link are left out (one log line): an app
+    serving the gallery would otherwise show files of the folder a link points into.
     Files that turn out not to be images are skipped (and reported) by the build.
     """
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
-    files = sorted(path for path in folder.rglob("*")
-                   if path.is_file() and not any(part.startswith(".") for part in path.relative_to(folder).parts))
+    real_root = folder.resolve()
+    files, outside = [], []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+            continue
+        (outside if outside_root(real_root, relative) else files).append(path)
+    if outside:
+        logger.warning("left out %d entries of %s that lead outside it through links (e.g. %s)", len(outside),
+                       folder, outside[0].relative_to(folder).as_posix())
     if not files:
-        raise ValueError(f"image folder {folder} is empty: no files to index")
+        raise ValueError(f"image folder {folder} is empty: no files to index"
+                         + (f" inside it ({len(outside)} lead outside it through links)" if outside else ""))
     return [GalleryItem(id=path.relative_to(folder).as_posix(), path=str(path.resolve())) for path in files]
+
+
+def gallery_root(paths: list[str | Path]) -> str:
+    """The deepest folder holding every file of `paths`, links resolved: an index records it, and
+    `GalleryIndex.load` refuses metadata naming a file outside it."""
+    return os.path.commonpath([os.path.dirname(os.path.realpath(path)) for path in paths])
 
 
 # ------------------------------------------------------------------------------------------- build
@@ -144,11 +157,11 @@ def build_gallery_index(model, items: list[GalleryItem], out_dir: Path, params: 
     manifest = {"version": WORK_VERSION, "fingerprint": fingerprint, "items": _items_digest(items),
                 "batch_size": batch_size, "dtype": np.dtype(dtype).name, "shape": [q, d], "precision": precision,
                 "vision_features": store_vision_features}
-    with _destination_lock(out_dir):
+    with destination_lock(out_dir):
         work = out_dir.parent / f".{out_dir.name}.work"
         resumed = _prepare_work_folder(work, manifest, resume)
         batches = [items[start:start + batch_size] for start in range(0, len(items), batch_size)]
-        resumed -= _forget_changed_batches(work, batches)
+        resumed -= _forget_unusable_batches(work, batches, manifest)
         with gallery_encoder(model, precision) as encoder:
             _encode_missing(encoder, batches, work, dtype, progress, store_vision_features)
 
@@ -168,7 +181,8 @@ def build_gallery_index(model, items: list[GalleryItem], out_dir: Path, params: 
         report = BuildReport(indexed=len(records), skipped=skipped, resumed_batches=resumed)
         info = {"model": model_id or getattr(model, "source", None) or config.name, "model_config": config.name,
                 "fingerprint": fingerprint, "precision": precision, "preprocess": dataclasses.asdict(config.preprocess),
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "gallery_root": gallery_root([record["path"] for record in records])}
         contents = IndexContents(records=records, num_query_tokens=q, dim=d, info=info)
         report.seconds = round(time.perf_counter() - started, 3)
         contents.info["build"] = report.to_dict()
@@ -181,23 +195,31 @@ def build_gallery_index(model, items: list[GalleryItem], out_dir: Path, params: 
         return fingerprint
 
 
+class BuildInProgressError(ValueError):
+    """Another build holds the destination (`wait_for_build` waits for it to end)."""
+
+
+def _lock_path(out_dir: Path) -> Path:
+    return out_dir.parent / f".{out_dir.name}.lock"
+
+
 @contextmanager
-def _destination_lock(out_dir: Path):
+def destination_lock(out_dir: Path):
     """Held while one build writes `out_dir`: a second build would share its work folder (and delete it).
 
     The lock is an flock on `.<name>.lock` beside the destination, so it dies with its process and a
     crashed build never blocks the next; the file is removed when the build ends.
     """
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    path = out_dir.parent / f".{out_dir.name}.lock"
+    path = _lock_path(out_dir)
     while True:
         handle = open(path, "a")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.close()
-            raise ValueError(f"another build is writing {out_dir} (it holds {path}); wait for it to finish or "
-                             "choose another destination") from None
+            raise BuildInProgressError(f"another build is writing {out_dir} (it holds {path}); wait for it to "
+                                       "finish or choose another destination") from None
         try:
             if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
                 break
@@ -209,6 +231,25 @@ def _destination_lock(out_dir: Path):
     finally:
         path.unlink(missing_ok=True)  # still locked: a build that opened it meanwhile sees it gone and retries
         handle.close()
+
+
+def wait_for_build(out_dir: Path, timeout: float, poll_seconds: float = 0.5) -> bool:
+    """Wait until no build holds `out_dir`; False when one still does after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            handle = open(_lock_path(out_dir), "rb")
+        except FileNotFoundError:
+            return True
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True  # released when the handle closes
+            except BlockingIOError:
+                pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(poll_seconds)
 
 
 def _check_unique_ids(items: list[GalleryItem]) -> None:
@@ -236,13 +277,15 @@ def _prepare_work_folder(work: Path, manifest: dict[str, Any], resume: bool) -> 
     if resume and manifest_path.is_file():
         try:
             previous = json.loads(manifest_path.read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
             previous = None
         if previous == manifest:
             finished = len(list(work.glob("batch_*.json")))
             logger.info("resuming the build in %s: %d batches already encoded", work, finished)
             return finished
         logger.info("discarding %s: it was made for another model, item list or batch size", work)
+    if work.is_symlink() or work.is_file():
+        work.unlink()
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     _write_atomic(manifest_path, json.dumps(manifest).encode())
@@ -259,23 +302,84 @@ def _file_signature(path: str | Path) -> list[int] | None:
     return [stat.st_size, stat.st_mtime_ns]
 
 
-def _forget_changed_batches(work: Path, batches: list[list[GalleryItem]]) -> int:
-    """Unmark finished batches whose files changed since they were encoded; returns how many."""
-    forgotten = 0
+def _forget_unusable_batches(work: Path, batches: list[list[GalleryItem]], manifest: dict[str, Any]) -> int:
+    """Unmark the finished batches that cannot be reused: their files changed since they were encoded,
+    or their stored record or vectors do not read back (a crash can leave an empty file behind a
+    finished mark); returns how many were unmarked."""
+    changed, damaged = 0, []
     for number, batch in enumerate(batches):
         marker = work / f"{_batch_name(number)}.json"
         if not marker.is_file():
             continue
         try:
-            recorded = json.loads(marker.read_text()).get("files")
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-            recorded = None
-        if recorded != [_file_signature(item.path) for item in batch]:
-            marker.unlink()
-            forgotten += 1
-    if forgotten:
-        logger.info("%d encoded batches are encoded again: their files changed since", forgotten)
-    return forgotten
+            record = json.loads(marker.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            record = None
+        problem = _record_problem(record, len(batch))
+        if problem is not None:
+            damaged.append(f"{marker.name} {problem}")
+        elif record["files"] != [_file_signature(item.path) for item in batch]:
+            changed += 1
+        elif (problem := _stored_batch_problem(work, number, len(record["kept"]), manifest)) is not None:
+            damaged.append(problem)
+        else:
+            continue
+        marker.unlink()
+    if changed:
+        logger.info("%d encoded batches are encoded again: their files changed since", changed)
+    if damaged:
+        logger.warning("%d encoded batches are encoded again: their stored results are damaged (%s)", len(damaged),
+                       damaged[0])
+    return changed + len(damaged)
+
+
+def _record_problem(record: Any, size: int) -> str | None:
+    """What is wrong with a finished batch's record (kept rows, their sizes, skipped files, file
+    signatures) for a batch of `size` items, or None."""
+    if not isinstance(record, dict) or not all(isinstance(record.get(key), list)
+                                               for key in ("kept", "sizes", "skipped", "files")):
+        return "is not a batch record"
+    kept, sizes = record["kept"], record["sizes"]
+    if (any(not isinstance(row, int) or isinstance(row, bool) or not 0 <= row < size for row in kept)
+            or kept != sorted(set(kept)) or len(sizes) != len(kept) or len(record["files"]) != size):
+        return "does not describe this batch"
+    if any(not (isinstance(s, list) and len(s) == 2 and all(isinstance(n, int) for n in s)) for s in sizes):
+        return "has malformed image sizes"
+    fields = {field.name for field in dataclasses.fields(SkippedImage)}
+    if any(not (isinstance(entry, dict) and set(entry) == fields and all(isinstance(v, str) for v in entry.values()))
+           for entry in record["skipped"]) or len(kept) + len(record["skipped"]) != size:
+        return "has malformed skipped entries"
+    return None
+
+
+def _stored_batch_problem(work: Path, number: int, kept: int, manifest: dict[str, Any]) -> str | None:
+    """What is wrong with a finished batch's stored arrays (from their .npy headers and sizes), or None."""
+    name = _batch_name(number)
+    problem = _npy_problem(work / f"{name}.npy", (kept, *manifest["shape"]), np.dtype(manifest["dtype"]))
+    if problem is None and manifest["vision_features"] and kept:
+        problem = _npy_problem(work / f"{name}{_VISION_SUFFIX}", None, np.dtype(np.float16), rows=kept)
+    return problem
+
+
+def _npy_problem(path: Path, shape: tuple[int, ...] | None, dtype: np.dtype, rows: int | None = None) -> str | None:
+    """Why `path` is not a complete .npy file of `shape` (or any (rows, T, W)) and `dtype`, or None."""
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            stored_shape, fortran_order, stored_dtype = read_header(handle)
+            header_bytes = handle.tell()
+        size = path.stat().st_size
+    except (OSError, ValueError, SyntaxError, TypeError, EOFError) as error:
+        return f"{path.name} does not read ({type(error).__name__}: {error})"
+    wanted = shape if shape is not None else (rows, *stored_shape[1:]) if len(stored_shape) == 3 else None
+    if fortran_order or stored_dtype != dtype or tuple(stored_shape) != wanted:
+        return f"{path.name} holds {stored_dtype} {tuple(stored_shape)}, not {dtype} {wanted}"
+    declared = header_bytes + math.prod(stored_shape) * dtype.itemsize
+    if size != declared:
+        return f"{path.name} has {size} bytes, not the {declared} its header declares"
+    return None
 
 
 def _encode_missing(model, batches: list[list[GalleryItem]], work: Path, dtype, progress: bool,
@@ -358,7 +462,13 @@ def _stored_chunks(work: Path, count: int, suffix: str = ".npy") -> Iterator[np.
         path = work / f"{_batch_name(number)}{suffix}"
         if not path.is_file():  # a batch without a readable image stores no vision features
             continue
-        vectors = np.load(path)
+        try:
+            vectors = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as error:
+            # Checked when the build started: damaged since. Unmarked, so the next build encodes it again.
+            (work / f"{_batch_name(number)}.json").unlink(missing_ok=True)
+            raise ValueError(f"the encoded batch {path} is damaged ({type(error).__name__}: {error}); "
+                             "run the build again to encode it again") from None
         if len(vectors):
             yield vectors
 

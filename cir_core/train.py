@@ -1,7 +1,7 @@
 """The one training loop, for every dataset (shapes, CIRR, FashionIQ).
 
 What differs between datasets (their reader, evaluator, headline metric and any training
-extras) comes from the dataset registry, `cir_core.data.sources.DATASETS`.
+extras) comes from the dataset registry, `cir_core.data.registry.DATASETS`.
 
 `cir train --config FILE [--key=value ...] [--resume]`, or `main(argv)` from Python.
 A run folder holds `metrics.jsonl` (one JSON object per log line), `last/` (a model
@@ -27,8 +27,9 @@ from tqdm import tqdm
 
 from cir_core.checkpoints import load_model, save_model
 from cir_core.config import apply_overrides, load_preset
-from cir_core.data.sources import DATASETS
+from cir_core.data.registry import dataset_spec
 from cir_core.data.triplets import Triplet, TripletSplit
+from cir_core.evaluation.protocols import evaluate_protocol
 from cir_core.model import SPRCModel
 from cir_core.precision import resolve_train_precision
 from cir_core.train_config import TrainConfig
@@ -45,7 +46,7 @@ RUN_FILES = ("train_config.json", "metrics.jsonl", "last", "best")
 # ---------------------------------------------------------------------- data
 def evaluate(config: TrainConfig, model: SPRCModel, validation) -> dict[str, float]:
     """Run the dataset's own protocol; returns flat metrics (percent)."""
-    return flatten_metrics(DATASETS[config.data.kind].evaluate(model, validation).to_dict())
+    return flatten_metrics(evaluate_protocol(dataset_spec(config.data.kind).protocol, model, validation).to_dict())
 
 
 def flatten_metrics(report: dict, prefix: str = "") -> dict[str, float]:
@@ -201,6 +202,8 @@ class Trainer:
         """`resume` continues the run in `config.out_dir`; without it, a folder that already holds
         a run is refused unless `overwrite` (its checkpoints and log are then replaced when `run` starts)."""
         config.validate()
+        self.dataset = dataset_spec(config.data.kind)  # refuses an unknown dataset or options before any work
+        self.dataset_options = self.dataset.parse_options(config.data.options)
         if config.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"device {config.device!r} was asked for, but this torch sees no CUDA device")
         self.config = config
@@ -213,13 +216,15 @@ class Trainer:
         self.model, pretrained = build_model(config)
         self.model.to(config.device).train()
         self.transform = ImageTransform(self.model.config.preprocess)
-        self.dataset = DATASETS[config.data.kind]
         self.describe_targets = self.model.config.loss.description_weight > 0
-        self.train_split = self.dataset.read_split(config, config.data.train_split, True, self.describe_targets)
+        root = Path(config.data.root)
+        self.train_split = self.dataset.read_split(root, config.data.train_split, self.dataset_options, True,
+                                                   self.describe_targets)
         if self.describe_targets and not self.train_split.image_captions:
             raise ValueError(f"loss.description_weight needs image descriptions, which {config.data.kind} "
                              "does not provide (shapes does)")
-        self.extras = self.dataset.training_extras(config, self.model, self.train_split)
+        self.extras = self.dataset.training_extras(self.dataset_options, root, self.model, self.train_split,
+                                                   config.device)
         self.val_split = self._validation_split()
         self.images = ImageStore(self.train_split, self.transform, config.data.cache_images, config.progress)
         self.sampler = TripletSampler(self.train_split.triplets, config.batch_size, config.edits_per_reference,
@@ -252,7 +257,9 @@ class Trainer:
     def _validation_split(self):
         if not self.config.data.val_split or self.config.eval_every <= 0:
             return None
-        return self.dataset.read_validation(self.config)
+        data = self.config.data
+        return self.dataset.read_validation(self.dataset, Path(data.root), data.val_split, self.dataset_options,
+                                            data.val_max_queries)
 
     def _autocast(self):
         if self.precision == "bf16":
@@ -434,6 +441,7 @@ def config_from_args(args: argparse.Namespace, extra: list[str]) -> TrainConfig:
         overrides[key] = value
     config = TrainConfig.from_file(args.config).with_overrides(overrides)
     config.validate()
+    dataset_spec(config.data.kind).parse_options(config.data.options)  # before the model is built
     return config
 
 

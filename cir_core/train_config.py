@@ -1,7 +1,8 @@
 """Typed training configuration: one file describes a whole run (JSON).
 
 `cir train --config FILE --optim.lr=1e-4 ...` overrides any field by its dotted name.
-Options that only one dataset can serve live in that dataset's section (`shapes`).
+Options that only one dataset can serve live in `data.options`, which that dataset's own
+option type reads and checks (`DatasetSpec.parse_options`, when the trainer starts).
 """
 from __future__ import annotations
 
@@ -12,14 +13,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cir_core.config import _build, _check_float, _check_int, read_json, set_dotted
-from cir_core.data.shapes_training import ShapesTrainConfig
-from cir_core.data.sources import DATASETS
+from cir_core.config import _check_float, _check_int, build_dataclass, read_json, set_dotted
 
 SAVE_DTYPES = ("float32", "float16", "bfloat16")
-# Options that moved into the `shapes` section: files and overrides written before still read.
-MOVED_KEYS = {name: f"shapes.{name}" for name in ("position_negatives", "edit_negatives", "position_negative_spread",
-                                                   "lone_target_repeats", "region_weight")}
+DATASET_OPTIONS = "data.options."
+# Options that moved into the dataset's own options (first a top-level `shapes` section, now
+# `data.options`): files and overrides written before still read.
+_SHAPES_OPTIONS = ("position_negatives", "edit_negatives", "position_negative_spread", "lone_target_repeats",
+                   "region_weight")
+MOVED_KEYS = {**{name: f"{DATASET_OPTIONS}{name}" for name in _SHAPES_OPTIONS},
+              **{f"shapes.{name}": f"{DATASET_OPTIONS}{name}" for name in _SHAPES_OPTIONS},
+              "data.categories": f"{DATASET_OPTIONS}categories"}
+# Their values when they were config fields of every run: a file written then lists them at these
+# values whatever the dataset, which says nothing, so they are dropped rather than handed to a
+# dataset that takes no such option.
+MOVED_DEFAULTS = {"position_negatives": 0, "edit_negatives": 0, "position_negative_spread": "even",
+                  "lone_target_repeats": 1, "region_weight": 0.0, "categories": ["dress", "shirt", "toptee"]}
 # Options that no longer exist, with the value that meant "off": files written before their
 # removal list them with it and still read; any other value asked for what this code no longer does.
 REMOVED_KEYS = {"hard_negatives": 0, "scene_weight": 0.0, "locate_patches": False, "optim.head_lr": 0.0}
@@ -29,11 +38,11 @@ REMOVED_KEYS = {"hard_negatives": 0, "scene_weight": 0.0, "locate_patches": Fals
 class DataConfig:
     """Which benchmark to train and validate on."""
 
-    kind: str = "shapes"  # a name in cir_core.data.sources.DATASETS: "shapes", "cirr" or "fashioniq"
+    kind: str = "shapes"  # a name in cir_core.data.registry.DATASETS: "shapes", "cirr", "fashioniq", "scenes3d"
     root: str = ""  # dataset folder (shapes: the `cir data shapes` output; cirr/fashioniq: --data-root)
     train_split: str = "train"  # split read for training
     val_split: str = "val"  # split evaluated during training
-    categories: tuple[str, ...] = ("dress", "shirt", "toptee")  # FashionIQ categories trained jointly
+    options: dict[str, Any] = field(default_factory=dict)  # the dataset's own options (e.g. FashionIQ's categories)
     val_max_queries: int = 0  # evaluate on at most this many validation queries (0 = all)
     cache_images: bool = True  # keep preprocessed training images in memory (uint8)
 
@@ -77,7 +86,6 @@ class TrainConfig:
     max_steps: int = 4000  # optimisation steps (the OneCycle length)
     eval_every: int = 500  # steps between validations (and best-checkpoint checks)
     checkpoint_every: int = 500  # steps between resumable checkpoints
-    shapes: ShapesTrainConfig = field(default_factory=ShapesTrainConfig)  # options of the shapes benchmark only
     best_metric: str = ""  # flat validation metric deciding the best checkpoint ("" = the dataset's headline)
     precision: str = "auto"  # "bf16" autocast, "fp32", or "auto" (bf16 where the device computes it natively)
     num_threads: int = 0  # torch threads (0 = leave torch's default)
@@ -91,7 +99,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        return _build(cls, _current_keys(data), "train config")
+        return build_dataclass(cls, _current_keys(data), "train config")
 
     @classmethod
     def from_file(cls, path: str | Path) -> TrainConfig:
@@ -104,8 +112,10 @@ class TrainConfig:
         for name in ("out_dir", "precision"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ValueError(f"{name} must be non-empty text, got {getattr(self, name)!r}")
-        if data.kind not in DATASETS:
-            raise ValueError(f"data.kind must be one of {', '.join(DATASETS)}, got {data.kind!r}")
+        if not isinstance(data.kind, str) or not data.kind:
+            raise ValueError(f"data.kind must name a dataset, got {data.kind!r}")
+        if not isinstance(data.options, dict):
+            raise ValueError(f"data.options must be an object of the dataset's options, got {data.options!r}")
         if not isinstance(data.train_split, str) or not data.train_split:
             raise ValueError(f"data.train_split must name a split, got {data.train_split!r}")
         _check_int(data.val_max_queries, "data.val_max_queries", 0)
@@ -123,7 +133,6 @@ class TrainConfig:
         for name, low in (("batch_size", 1), ("edits_per_reference", 1), ("max_steps", 1), ("eval_every", 0),
                           ("checkpoint_every", 1), ("num_threads", 0)):
             _check_int(getattr(self, name), name, low)
-        self.shapes.validate(data.kind)
         if not isinstance(self.device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"device must be cpu, cuda or cuda:N, got {self.device!r}")
         if self.save_dtype not in SAVE_DTYPES:
@@ -146,6 +155,11 @@ class TrainConfig:
                 if not isinstance(data["model"]["overrides"], dict):
                     raise ValueError(f"model.overrides must be an object to take {key!r}")
                 data["model"]["overrides"][model_key] = value
+                continue
+            if key.startswith(DATASET_OPTIONS):  # checked by the dataset's own option type
+                if not isinstance(data["data"].setdefault("options", {}), dict):
+                    raise ValueError(f"data.options must be an object to take {key!r}")
+                data["data"]["options"][key[len(DATASET_OPTIONS):]] = value
                 continue
             set_dotted(data, key, value, "training option")
         return TrainConfig.from_dict(data)
@@ -172,12 +186,28 @@ def _current_keys(data: Any) -> Any:
         holder = data.get(section) if section else data
         if isinstance(holder, dict) and name in holder and _is_removed(key, holder[name]):
             del holder[name]
-    for old, new in MOVED_KEYS.items():
-        if old in data:
-            section, name = new.split(".")
-            if not isinstance(data.setdefault(section, {}), dict):
-                continue  # the section's own error is clearer
-            if name in data[section]:
-                raise ValueError(f"train config: {old} and {new} both given; {new} is its name now")
-            data[section][name] = data.pop(old)
+    moved = {f"shapes.{name}": value for name, value in data.pop("shapes").items()} if isinstance(
+        data.get("shapes"), dict) else {}  # the section the shapes options had before `data.options`
+    for old in MOVED_KEYS:
+        section, _, name = old.rpartition(".")
+        holder = data.get(section) if section else data
+        if section != "shapes" and isinstance(holder, dict) and name in holder:
+            moved[old] = holder.pop(name)
+    if not moved:
+        return data
+    data_section = data.setdefault("data", {})
+    if not isinstance(data_section, dict) or not isinstance(data_section.get("options", {}), dict):
+        return data  # the section's own error is clearer
+    options = data_section["options"] = dict(data_section.get("options", {}))
+    given_as = {name: f"{DATASET_OPTIONS}{name}" for name in options}
+    for old, value in moved.items():
+        new = MOVED_KEYS.get(old, DATASET_OPTIONS + old.partition(".")[2])
+        target = new[len(DATASET_OPTIONS):]
+        default = MOVED_DEFAULTS.get(target)
+        if default is not None and (list(value) if isinstance(value, (list, tuple)) else value) == default \
+                and type(value) is not bool:
+            continue
+        if target in options:
+            raise ValueError(f"train config: {given_as[target]} and {old} both given; {new} is its name now")
+        options[target], given_as[target] = value, old
     return data

@@ -24,9 +24,10 @@ def hit_caption(hit: Hit, ground_truth_id: str | None = None) -> str:
     return f"{mark}#{hit.rank} · {hit.score:.3f} · {hit.id}"
 
 
-def gallery_items(hits: list[Hit], ground_truth_id: str | None = None) -> list[tuple[str, str]]:
-    """(thumbnail path, caption) pairs for gr.Gallery, best first."""
-    return [(hit.path, hit_caption(hit, ground_truth_id)) for hit in hits]
+def gallery_items(hits: list[Hit], image_of: Callable[[str], Image.Image], ground_truth_id: str | None = None
+                  ) -> list[tuple[Image.Image, str]]:
+    """(thumbnail, caption) pairs for gr.Gallery, best first; `image_of` gives a gallery id's thumbnail."""
+    return [(image_of(hit.id), hit_caption(hit, ground_truth_id)) for hit in hits]
 
 
 def ground_truth_line(truth: GroundTruth | None) -> str:
@@ -128,9 +129,10 @@ def relevance_overlay(image: Image.Image, grid, transform: ImageTransform, resul
     return heatmap_overlay(image, grid, transform, f"relevance for {result_id} (score {score:.3f})", colormap="jet")
 
 
-def comparison_galleries(comparison: Comparison) -> list[list[tuple[str, str]]]:
+def comparison_galleries(comparison: Comparison, image_of: Callable[[str], Image.Image]
+                         ) -> list[list[tuple[Image.Image, str]]]:
     """One gallery list per method, in the comparison's order."""
-    return [gallery_items(ranking.hits, ranking.ground_truth.id if ranking.ground_truth else None)
+    return [gallery_items(ranking.hits, image_of, ranking.ground_truth.id if ranking.ground_truth else None)
             for ranking in comparison.rankings]
 
 
@@ -164,13 +166,17 @@ def failure_count_line(report: BenchmarkReport, shown: int) -> str:
     return line + (f"; the first {shown} are shown." if shown < len(report.failures) else ".")
 
 
-def _thumbnail(path: str, label: str, framed: bool) -> Image.Image:
+def missing_picture(side: int) -> Image.Image:
+    """What stands for a gallery image that cannot be read: a grey square."""
+    return Image.new("RGB", (side, side), (200, 200, 200))
+
+
+def _thumbnail(image_of: Callable[[str], Image.Image], image_id: str, label: str, framed: bool) -> Image.Image:
     tile = Image.new("RGB", (THUMB, THUMB + LABEL_HEIGHT), "white")
     try:
-        with Image.open(path) as image:
-            picture = ImageOps.contain(image.convert("RGB"), (THUMB - 6, THUMB - 6))
-    except (OSError, ValueError):
-        picture = Image.new("RGB", (THUMB - 6, THUMB - 6), (200, 200, 200))  # unreadable: a grey square
+        picture = ImageOps.contain(image_of(image_id).convert("RGB"), (THUMB - 6, THUMB - 6))
+    except (OSError, ValueError):  # the engine's QueryError is a ValueError
+        picture = missing_picture(THUMB - 6)
     tile.paste(picture, ((THUMB - picture.width) // 2, (THUMB - picture.height) // 2))
     draw = ImageDraw.Draw(tile)
     if framed:
@@ -179,13 +185,14 @@ def _thumbnail(path: str, label: str, framed: bool) -> Image.Image:
     return tile
 
 
-def failure_row_image(case: FailureCase, path_of: Callable[[str], str]) -> Image.Image:
+def failure_row_image(case: FailureCase, image_of: Callable[[str], Image.Image]) -> Image.Image:
     """One failure as a near-square card for a gallery cell: the caption, then reference and
-    target (framed, with its rank) on one line and the first three results below."""
+    target (framed, with its rank) on one line and the first three results below.
+    `image_of` gives a gallery id's picture (a grey square stands for one it cannot read)."""
     gap = 8
-    first_line = [_thumbnail(path_of(case.query.reference_id), "reference", False),
-                  _thumbnail(path_of(case.query.target_id), f"target: rank {case.rank}", True)]
-    second_line = [_thumbnail(path_of(image_id), f"#{position + 1}  {score:.3f}", False)
+    first_line = [_thumbnail(image_of, case.query.reference_id, "reference", False),
+                  _thumbnail(image_of, case.query.target_id, f"target: rank {case.rank}", True)]
+    second_line = [_thumbnail(image_of, image_id, f"#{position + 1}  {score:.3f}", False)
                    for position, (image_id, score) in enumerate(zip(case.top_ids, case.top_scores))]
     width = FAILURE_COLUMNS * THUMB + (FAILURE_COLUMNS - 1) * gap
     tile_height = THUMB + LABEL_HEIGHT + gap
@@ -200,8 +207,9 @@ def failure_row_image(case: FailureCase, path_of: Callable[[str], str]) -> Image
     return card
 
 
-def failure_gallery(cases: list[FailureCase], path_of: Callable[[str], str]) -> list[tuple[Image.Image, str]]:
+def failure_gallery(cases: list[FailureCase], image_of: Callable[[str], Image.Image]
+                    ) -> list[tuple[Image.Image, str]]:
     """(row picture, caption) pairs for gr.Gallery."""
-    return [(failure_row_image(case, path_of),
+    return [(failure_row_image(case, image_of),
              f"{case.query.pairid} · target rank {case.rank} · {', '.join(case.query.groups) or 'no group'}")
             for case in cases]

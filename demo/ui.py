@@ -4,6 +4,10 @@ Every event calls the one `Engine` and hands its dataclasses to `demo.render`. P
 data (the reference's gallery id, the benchmark ground truth, the last result) lives
 in a `gr.State`, so concurrent users never see each other's queries. Every event has
 an `api_name`; `/search` takes an image file, a caption and k and answers JSON.
+
+Gallery images reach the page as pixels the engine decoded (`Engine.gallery_image`), which
+gradio writes into its own cache: the server serves no folder of the gallery, the data
+root or an index, whatever their files or links name.
 """
 # No `from __future__ import annotations`: gradio reads the handlers' annotations (gr.SelectData).
 import base64
@@ -12,18 +16,27 @@ import functools
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 from PIL import Image
+from starlette.middleware import Middleware
 
-from cir_core.engine import BenchmarkQuery, BenchmarkReport, Engine, QueryError, RetrievalResult, load_query_image
+from cir_core.engine import BenchmarkQuery, BenchmarkReport, Engine, QueryError, RetrievalResult
 from demo import render
 
 logger = logging.getLogger(__name__)
 
 MAX_K = 50
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # one uploaded image, however it arrives (file, data URL)
+# A data URL's base64 text is 4/3 of its bytes; the request around it (JSON, other fields) stays well under a MB.
+MAX_REQUEST_BYTES = MAX_UPLOAD_BYTES * 4 // 3 + (1 << 20)
+CACHE_CLEANUP = (600, 3600)  # every 10 minutes, delete uploads and shown images older than an hour
+RESULT_SIDE = 256  # longest side of a result thumbnail, pixels
+REFERENCE_SIDE = 512  # longest side of a gallery image shown as the reference
+EXAMPLE_SIDE = 128  # longest side of an example's thumbnail
 NO_REFERENCE = "Reference: upload an image or pick one below."
 EXAMPLES_PER_GROUP = 2  # benchmark examples shown per query group when no curated list matches the gallery
 FAILURES_SHOWN = 60  # failure rows drawn at once (the JSON answer lists them all)
@@ -49,37 +62,57 @@ class ViewState:
 
 
 def uploaded_reference(payload) -> str | bytes | None:
-    """The reference as uploaded: the file of an unprocessed gr.Image payload, or a data URL's bytes.
+    """The reference as uploaded: the file of an unprocessed gr.Image payload, or a base64 data URL's bytes,
+    each at most MAX_UPLOAD_BYTES (QueryError otherwise, before anything is decoded).
 
     Events reading the reference skip gradio's preprocessing (preprocess=False), which
     would open the file itself and fail with a bare "Error" on corrupt files or
     decompression bombs; the engine's checks give messages that name the problem. Paths
-    are still confined to gradio's upload folder, which gradio checks before any handler.
+    are still confined to gradio's upload folder, which gradio checks before any handler;
+    gradio's max_file_size bounds uploaded files, not data URLs in a request's body.
     """
     if not payload:
         return None
     if not isinstance(payload, dict):
         raise QueryError(f"the image must be an uploaded file (a gradio file payload), got {type(payload).__name__}")
+    too_large = f"the image is larger than the {MAX_UPLOAD_BYTES // (1 << 20)} MB upload limit"
     if payload.get("path"):
-        return payload["path"]
+        path = payload["path"]
+        if isinstance(path, str) and os.path.isfile(path) and os.path.getsize(path) > MAX_UPLOAD_BYTES:
+            raise QueryError(too_large)
+        return path
     url = payload.get("url") or ""
-    if url.startswith("data:") and "," in url:
-        return base64.b64decode(url.split(",", 1)[1])
-    return None
+    if not isinstance(url, str) or not url.startswith("data:"):
+        return None
+    header, _, encoded = url.partition(",")
+    if not header.endswith(";base64"):
+        raise QueryError("an image given as a data: URL must be base64 encoded (data:image/png;base64,...)")
+    if len(encoded) > 4 * math.ceil(MAX_UPLOAD_BYTES / 3):  # base64 length is known before decoding
+        raise QueryError(too_large)
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except ValueError:
+        raise QueryError("the data: URL's image is not valid base64") from None
 
 
 def whole_number(value, what: str, low: int, high: int) -> int:
     """`value` as an int in [low, high]; QueryError (a message, not a traceback) for anything else."""
-    finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not finite or int(value) != value:
-        raise QueryError(f"{what} must be a whole number, got {value!r}")
-    if not low <= int(value) <= high:
-        raise QueryError(f"{what} must be between {low} and {high}, got {int(value)}")
+    shown = f"{value!r:.50}"  # an int of 10**400 has 401 digits
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise QueryError(f"{what} must be a whole number, got {shown}")
+    if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
+        raise QueryError(f"{what} must be a whole number, got {shown}")
+    if not low <= value <= high:  # compared as given: float() of a huge int overflows
+        raise QueryError(f"{what} must be between {low} and {high}, got {shown}")
     return int(value)
 
 
 def user_errors(handler):
-    """Show bad input as a visible error message; the app keeps serving."""
+    """Show bad input as a visible error message; the app keeps serving.
+
+    Bad input is the user's to fix: the server logs one line for it, no traceback. An
+    unexpected failure logs its traceback once (here, not again by gradio).
+    """
 
     @functools.wraps(handler)
     def wrapped(*args, **kwargs):
@@ -88,10 +121,11 @@ def user_errors(handler):
         except gr.Error:
             raise
         except (QueryError, ValueError, FileNotFoundError) as error:
-            raise gr.Error(str(error), title="Cannot run this query") from error
+            logger.info("%s refused: %s", handler.__name__, f"{error}"[:300])
+            raise gr.Error(str(error), title="Cannot run this query", print_exception=False) from None
         except Exception as error:
             logger.exception("unexpected failure in %s", handler.__name__)
-            raise gr.Error(f"internal error ({type(error).__name__}): {error}") from error
+            raise gr.Error(f"internal error ({type(error).__name__}): {error}", print_exception=False) from None
 
     return wrapped
 
@@ -138,14 +172,15 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
     examples = choose_examples(engine.benchmark_queries(), load_curated_examples(examples_file), groups)
     num_prompt_tokens = engine.model.num_query_tokens
 
-    with gr.Blocks(title=title) as app:
+    with gr.Blocks(title=title, delete_cache=CACHE_CLEANUP) as app:
         state = gr.State(ViewState())
         gr.Markdown(f"# {title}\n{engine.summary()}. "
                     "Give a reference image and a relative caption (\"make the circle red\").")
         with gr.Row():
             with gr.Column(scale=1):
                 reference = gr.Image(label="Reference image", sources=["upload", "clipboard", "webcam"],
-                                           type="filepath", image_mode=None, height=260, elem_id="reference")
+                                           type="filepath", image_mode=None, height=260, elem_id="reference",
+                                           format="png")  # gallery pictures as they are, not lossy webp
                 reference_info = gr.Markdown(NO_REFERENCE, elem_id="reference-info")
                 caption = gr.Textbox(label="Relative caption", placeholder="e.g. make the red circle large",
                                      max_lines=4, elem_id="caption")
@@ -164,13 +199,13 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
                     label="Benchmark examples (click to load; the target is marked in the results)",
                     components=["image", "textbox", "textbox"],
                     headers=["reference", "caption", "groups"], type="index",
-                    samples=[[engine.gallery_path(q.reference_id), q.caption, ", ".join(q.groups)]
+                    samples=[[engine.gallery_image(q.reference_id, EXAMPLE_SIDE), q.caption, ", ".join(q.groups)]
                              for q in examples],
                     samples_per_page=8, visible=bool(examples))
             with gr.Column(scale=2):
                 summary = gr.Markdown(elem_id="summary")
                 results = gr.Gallery(label="Results (click one to make it the new reference)", columns=5,
-                                     height=420, allow_preview=False, elem_id="results")
+                                     height=420, allow_preview=False, elem_id="results", format="png")
                 with gr.Accordion("Latency per stage and raw JSON", open=False):
                     latency = gr.Markdown()
                     raw_json = gr.JSON(label="/search answer")
@@ -199,8 +234,8 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
                 compare_button = gr.Button("Compare text-only, image-only and SPRC")
                 compare_summary = gr.Markdown()
                 with gr.Row():
-                    compare_galleries = [gr.Gallery(label=name, columns=2, height=360, allow_preview=False)
-                                         for name in ("text-only", "image-only", "SPRC")]
+                    compare_galleries = [gr.Gallery(label=name, columns=2, height=360, allow_preview=False,
+                                                    format="png") for name in ("text-only", "image-only", "SPRC")]
             with gr.Tab("Failure inspection"):
                 gr.Markdown("Recall per query group and the benchmark queries whose target is not ranked first "
                             "(every query is ranked once, then cached). View-angle queries come first. Each row: "
@@ -222,17 +257,27 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
                 failure_report = gr.State(None)  # the report one click computed, for its cards
 
         # -------------------------------------------------------------- handlers
+        def thumbnail(image_id: str) -> Image.Image:
+            try:
+                return engine.gallery_image(image_id, RESULT_SIDE)
+            except QueryError as error:  # a file gone or changed since indexing: the other results still show
+                logger.warning("cannot show gallery image %s: %s", image_id, error)
+                return render.missing_picture(RESULT_SIDE)
+
+        def failure_thumbnail(image_id: str) -> Image.Image:
+            return engine.gallery_image(image_id, render.THUMB)
+
         def reference_outputs(image_id: str):
             label = engine.gallery_label(image_id)
             info = f"Reference: gallery image `{image_id}`" + (f" ({label})" if label else "")
-            return engine.gallery_path(image_id), info
+            return engine.gallery_image(image_id, REFERENCE_SIDE), info
 
         @user_errors
         def run_search(image, text, k, with_explanations, view: ViewState):
             source = view.reference_id or uploaded_reference(image)
             if source is None:
                 raise QueryError("no reference image: upload one, paste one or pick one from the gallery")
-            result = engine.search(source, text, k, explain=bool(with_explanations),
+            result = engine.search(source, text, whole_number(k, "k", 1, MAX_K), explain=bool(with_explanations),
                                    ground_truth_id=view.ground_truth_id)
             for note in result.notes:
                 gr.Warning(note)
@@ -252,11 +297,11 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
                 token_image = render.attention_overlay(explanation, engine.transform, int(token) - 1)
                 if explanation.relevance is not None:
                     relevance = render.relevance_overlay(
-                        Image.open(engine.gallery_path(explanation.relevance_id)), explanation.relevance.grid,
+                        engine.gallery_image(explanation.relevance_id), explanation.relevance.grid,
                         engine.transform, explanation.relevance_id, explanation.relevance.score)
             hit_ids = [hit.id for hit in result.hits]
             choice = gr.update(choices=hit_ids, value=explanation.relevance_id if explanation else None)
-            return (render.result_summary(result), render.gallery_items(result.hits, truth_id),
+            return (render.result_summary(result), render.gallery_items(result.hits, thumbnail, truth_id),
                     render.latency_markdown(result.timings), captions, chips, auxiliary, average, token_image, choice,
                     relevance)
 
@@ -283,16 +328,15 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
             else:
                 relevance = engine.relevance(view.result.query_vector, result_id)
                 grid, score = relevance.grid, relevance.score
-            image = load_query_image(engine.gallery_path(result_id))
-            return render.relevance_overlay(image, grid, engine.transform, result_id, score)
+            return render.relevance_overlay(engine.gallery_image(result_id), grid, engine.transform, result_id, score)
 
         @user_errors
         def use_result_as_reference(view: ViewState, event: gr.SelectData):
             if view.result is None or event.index is None or event.index >= len(view.result.hits):
                 return gr.skip(), gr.skip(), view
             image_id = view.result.hits[event.index].id
-            path, info = reference_outputs(image_id)
-            return (path, info + " (from the results: type a new caption to refine)",
+            image, info = reference_outputs(image_id)
+            return (image, info + " (from the results: type a new caption to refine)",
                     dataclasses.replace(view, reference_id=image_id, ground_truth_id=None))
 
         @user_errors
@@ -301,8 +345,8 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
                 return gr.skip(), gr.skip(), view
             if not isinstance(image_id, str) or image_id not in engine.gallery_ids:
                 raise QueryError(f"{str(image_id)[:80]!r} is not an image of the gallery")
-            path, info = reference_outputs(image_id)
-            return path, info, dataclasses.replace(view, reference_id=image_id, ground_truth_id=None)
+            image, info = reference_outputs(image_id)
+            return image, info, dataclasses.replace(view, reference_id=image_id, ground_truth_id=None)
 
         def forget_gallery_reference(view: ViewState):
             return "Reference: your image", dataclasses.replace(view, reference_id=None, ground_truth_id=None)
@@ -311,11 +355,11 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
             return NO_REFERENCE, dataclasses.replace(view, reference_id=None, ground_truth_id=None)
 
         def load_query(query: BenchmarkQuery):
-            path, info = reference_outputs(query.reference_id)
+            image, info = reference_outputs(query.reference_id)
             groups = f" ({', '.join(query.groups)})" if query.groups else ""
             info += f"; benchmark query {query.pairid}{groups}, target `{query.target_id}`"
-            return path, info, query.caption, ViewState(reference_id=query.reference_id,
-                                                        ground_truth_id=query.target_id)
+            return image, info, query.caption, ViewState(reference_id=query.reference_id,
+                                                         ground_truth_id=query.target_id)
 
         @user_errors
         def load_example(index):
@@ -326,8 +370,9 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
             source = view.reference_id or uploaded_reference(image)
             if source is None:
                 raise QueryError("no reference image: upload one, paste one or pick one from the gallery")
-            comparison = engine.compare(source, text, k, ground_truth_id=view.ground_truth_id)
-            return (render.comparison_summary(comparison), *render.comparison_galleries(comparison))
+            comparison = engine.compare(source, text, whole_number(k, "k", 1, MAX_K),
+                                        ground_truth_id=view.ground_truth_id)
+            return (render.comparison_summary(comparison), *render.comparison_galleries(comparison, thumbnail))
 
         @user_errors
         def benchmark(group, word):
@@ -341,7 +386,7 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
         def show_failures(report: BenchmarkReport):
             shown = report.failures[:FAILURES_SHOWN]
             return (render.failure_count_line(report, len(shown)), render.group_rows(report),
-                    render.failure_gallery(shown, engine.gallery_path), [case.query.pairid for case in shown])
+                    render.failure_gallery(shown, failure_thumbnail), [case.query.pairid for case in shown])
 
         @user_errors
         def load_failure(pairids, event: gr.SelectData):
@@ -388,13 +433,67 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
     return app
 
 
+class RequestTooLarge(Exception):
+    """A request body grew past RequestSizeLimit's bound while it was being read."""
+
+
+class RequestSizeLimit:
+    """ASGI middleware: a request whose body exceeds `max_bytes` is answered 413 before more of it is read.
+
+    gradio bounds uploaded files (max_file_size), not other bodies: an image sent as a data
+    URL inside a /search request would otherwise be read whole, however large.
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
+            await self._refuse(send)
+            return
+        received, started = 0, False
+
+        async def bounded_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:  # a body sent without a length (chunked)
+                raise RequestTooLarge
+            return message
+
+        async def tracked_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, bounded_receive, tracked_send)
+        except RequestTooLarge:
+            if not started:
+                await self._refuse(send)
+
+    async def _refuse(self, send):
+        body = f"request body too large: at most {self.max_bytes} bytes".encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
 def launch(engine: Engine, examples_file: str | Path | None = None, server_name: str = "127.0.0.1",
-           server_port: int | None = None, concurrency: int = 4, max_file_size: str = "10mb",
+           server_port: int | None = None, concurrency: int = 4, max_file_size: int = MAX_UPLOAD_BYTES,
            prevent_thread_lock: bool = False) -> gr.Blocks:
     """Build the app, set its queue and serve it; the one launch path for app.py and the tests."""
     app = build_ui(engine, examples_file=examples_file)
     app.queue(default_concurrency_limit=concurrency, max_size=64)
+    # No allowed_paths: every image the page shows is one gradio wrote into its own cache.
     app.launch(server_name=server_name, server_port=server_port, max_file_size=max_file_size,
-               allowed_paths=engine.file_roots(), prevent_thread_lock=prevent_thread_lock, css=CSS, quiet=True,
-               show_error=True)  # errors gradio raises before a handler (e.g. a malformed file payload) say what they are
+               prevent_thread_lock=prevent_thread_lock, css=CSS, quiet=True,
+               app_kwargs={"middleware": [Middleware(RequestSizeLimit, max_bytes=MAX_REQUEST_BYTES)]},
+               # errors gradio raises before a handler (e.g. a malformed file payload) say what they are
+               show_error=True)
     return app

@@ -130,14 +130,17 @@ def load_app_module():
 
 
 def test_app_reports_a_missing_default_model_clearly(tmp_path, monkeypatch, capsys):
+    from tiny_gallery import write_tiny_shapes
+
     app = load_app_module()
     monkeypatch.chdir(tmp_path)  # no checkpoints/shapes-mini here
+    write_tiny_shapes(tmp_path / "assets" / "shapes")  # the shipped gallery, small
     monkeypatch.delenv("CIR_MODEL", raising=False)
-    monkeypatch.setattr("cir_core.engine.DEFAULT_CACHE_ROOT", tmp_path / "cache")
+    monkeypatch.setenv("CIR_CACHE", str(tmp_path / "cache"))
     assert app.main([]) == 2
     message = capsys.readouterr().err
     assert "checkpoints/shapes-mini does not exist" in message and "default model is missing" in message
-    assert not (tmp_path / "cache").exists()  # failed before generating or indexing a gallery
+    assert not (tmp_path / "cache" / "indexes").exists()  # failed before indexing a gallery
 
 
 @pytest.mark.parametrize("name, value, message", [
@@ -235,8 +238,10 @@ def test_rendering_marks_the_target_and_escapes_tokens():
 
     hits = [Hit(rank=1, id="a", score=0.9, path="a.png", label=""), Hit(rank=2, id="b", score=0.8, path="b.png",
                                                                        label="")]
-    captions = [caption for _, caption in render.gallery_items(hits, ground_truth_id="b")]
-    assert captions == ["#1 · 0.900 · a", f"{render.TARGET_MARK} #2 · 0.800 · b"]
+    pictures = {"a": Image.new("RGB", (2, 2)), "b": Image.new("RGB", (3, 3))}
+    items = render.gallery_items(hits, pictures.get, ground_truth_id="b")
+    assert [caption for _, caption in items] == ["#1 · 0.900 · a", f"{render.TARGET_MARK} #2 · 0.800 · b"]
+    assert [picture for picture, _ in items] == [pictures["a"], pictures["b"]]  # pixels from the engine, no paths
     line = render.ground_truth_line(GroundTruth(id="z", rank=40, score=0.5, in_top_k=False))
     assert "rank **40**" in line and "outside the results shown" in line
     chips = render.token_chips([[TokenMatch("<b>", 0.2), TokenMatch("red", 0.1)]], "prompt", "cir-prompt")

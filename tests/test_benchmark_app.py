@@ -10,7 +10,7 @@ from gradio_client import Client, handle_file
 
 import app
 from cir_core.data.query_groups import CAPTION_KEYWORD_GROUPS, VIEW_ANGLE, keyword_groups
-from cir_core.data.sources import open_source
+from cir_core.data.registry import open_source
 from cir_core.engine import Engine
 from standins import SHARED_DATA, needs_real_annotations, write_cirr_val_standin, write_fashioniq_val_standin
 from tiny_gallery import serving, write_image_sensitive_checkpoint

@@ -1,7 +1,6 @@
 """Engine: rankings against brute force, ground truth, caches, comparisons, failures, bad input."""
 import dataclasses
 import io
-import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,7 +13,7 @@ import cir_core
 from cir_core.checkpoints import CheckpointError, load_model
 from cir_core.data.shapes import read_shapes_split
 from cir_core.data.query_groups import VIEW_ANGLE
-from cir_core.data.sources import open_source
+from cir_core.data.registry import open_source
 from cir_core.engine import Engine, QueryError, load_query_image
 from cir_core.transforms import ImageTransform
 from tiny_gallery import png_with_forged_size, tiny_engine, write_image_sensitive_checkpoint, write_tiny_shapes
@@ -223,24 +222,27 @@ def test_benchmark_queries_and_failure_cases(engine, shapes_dir):
 
 def test_failure_list_is_cached_on_disk_and_survives_a_restart(checkpoint, shapes_dir, cache_root, engine,
                                                                   monkeypatch):
+    from cir_core.evaluation.failures import load_ranks
+
     expected = engine.failure_cases()
-    files = list((cache_root / "failures").glob("*.json"))
+    files = list((cache_root / "failures").glob("*.ranks"))
     assert len(files) == 1
     restarted = tiny_engine(checkpoint, shapes_dir, cache_root)
 
     def must_not_rank(*args):
         raise AssertionError("the cached failure list should have been used")
 
-    monkeypatch.setattr(restarted, "_compute_ranks", must_not_rank)
+    monkeypatch.setattr(restarted._ranking, "compute", must_not_rank)
     restarted.prepare_failures().join(timeout=60)
-    assert restarted._ranks is not None
+    assert restarted._ranking.ready
     assert restarted.failure_cases() == expected
     # A damaged cache file is recomputed (and rewritten), never an error.
     files[0].write_text("{not json")
     monkeypatch.undo()
     again = tiny_engine(checkpoint, shapes_dir, cache_root)
     assert again.failure_cases() == expected
-    assert json.loads(files[0].read_text())["cases"]
+    cached = load_ranks(files[0], engine.source.name, engine.benchmark_queries(), engine.gallery_ids)
+    assert cached == again._ranking.cases()  # written again, and usable
 
 
 # ---------------------------------------------------------------------- construction
@@ -452,8 +454,8 @@ def test_explanation_lists_the_captions_nearest_the_query_and_the_prompt(engine,
     engine.prepare_caption_bank().join(timeout=120)
     assert first.explanation.query_captions is not None or "being encoded" in first.explanation.captions_note
     result = engine.search(query.reference_id, query.caption, k=3, explain=True)
-    bank = engine.caption_bank()
-    texts, ids = engine.caption_texts()
+    bank = engine.prompt_views.caption_bank()
+    texts, ids = engine.prompt_views.caption_texts()
     assert bank.texts == texts and ids == engine.source.split.gallery  # shapes: every scene's description
     assert engine.gallery_label(ids[0]) == texts[0]
     direct = CaptionBank.build(model, texts, ids, progress=False).nearest(result.query_vector[None])[0]
@@ -475,24 +477,24 @@ def test_caption_bank_is_cached_and_rebuilt_for_another_model(checkpoint, shapes
                                                               monkeypatch):
     from cir_core.caption_bank import CaptionBank
 
-    expected = engine.caption_bank()
+    expected = engine.prompt_views.caption_bank()
     restarted = tiny_engine(checkpoint, shapes_dir, cache_root)
 
     def must_not_encode(*args, **kwargs):
         raise AssertionError("the cached caption bank should have been used")
 
     monkeypatch.setattr(CaptionBank, "build", must_not_encode)
-    assert np.array_equal(restarted.caption_bank().vectors, expected.vectors)
+    assert np.array_equal(restarted.prompt_views.caption_bank().vectors, expected.vectors)
     monkeypatch.undo()
     other = tiny_engine(write_image_sensitive_checkpoint(tmp_path / "other", seed=5), shapes_dir, cache_root)
-    rebuilt = other.caption_bank()  # same name and texts, other weights: the cached bank is refused
+    rebuilt = other.prompt_views.caption_bank()  # same name and texts, other weights: the cached bank is refused
     assert rebuilt.fingerprint != expected.fingerprint and not np.allclose(rebuilt.vectors, expected.vectors)
 
 
 def test_a_large_vision_encoders_cached_index_stores_its_features(checkpoint, shapes_dir, tmp_path, monkeypatch):
-    import cir_core.engine as engine_module
+    import cir_core.index_cache as index_cache
 
-    monkeypatch.setattr(engine_module, "has_large_vision_encoder", lambda model: True)  # the tiny model as ViT-g
+    monkeypatch.setattr(index_cache, "has_large_vision_encoder", lambda model: True)  # the tiny model as ViT-g
     large = tiny_engine(checkpoint, shapes_dir, tmp_path / "cache")
     assert large.index.has_vision_features and "vision features stored" in large.summary()
     folder = next((tmp_path / "cache" / "indexes").iterdir())

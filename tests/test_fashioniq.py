@@ -256,7 +256,10 @@ def test_official_fashioniq_recipe_config():
     from cir_core.train_config import TrainConfig
 
     config = TrainConfig.from_file(Path(__file__).resolve().parents[1] / "configs" / "sprc_fiq.json")
-    assert (config.data.kind, tuple(config.data.categories)) == ("fashioniq", FASHIONIQ_CATEGORIES)
+    from cir_core.data.registry import dataset_spec
+
+    options = dataset_spec(config.data.kind).parse_options(config.data.options)
+    assert (config.data.kind, options.categories) == ("fashioniq", FASHIONIQ_CATEGORIES)
     assert (config.batch_size, config.optim.lr, tuple(config.optim.betas), config.optim.eps) == (128, 2e-5, (0.9, 0.98), 1e-7)
     steps_per_epoch = sum(len(real_fashioniq("captions", c, "train")) for c in FASHIONIQ_CATEGORIES) // 128
     assert config.max_steps == 30 * steps_per_epoch and config.eval_every == steps_per_epoch

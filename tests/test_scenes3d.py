@@ -593,3 +593,79 @@ def test_render_view_is_deterministic_and_sized(mitsuba):
     assert np.array_equal(np.asarray(first), np.asarray(render.render_view(scene, pose, 32, 4, seed=7)))
     pixels = np.asarray(first).reshape(-1, 3).astype(int)
     assert pixels.std() > 5  # not a blank frame
+
+
+# ------------------------------------------------------------------ reading it back, as the app and trainer do
+def test_the_registry_serves_a_scenes3d_split_with_its_groups_and_descriptions(dataset):
+    from cir_core.data.registry import open_source
+
+    out, _ = dataset
+    source = open_source("scenes3d", out)  # the test split by default
+    entries = json.loads((out / "test.json").read_text())
+    labels = json.loads((out / "scenes.json").read_text())
+    assert source.name == "scenes3d/test" and len(source.queries) == len(entries)
+    assert [source.groups(t) for t in source.queries] == [tuple(entry["groups"]) for entry in entries]
+    assert source.group_names()[0] == VIEW_ANGLE or VIEW_ANGLE not in source.group_names()
+    texts, ids = source.caption_texts()
+    assert texts == [labels[image_id]["description"] for image_id in ids] and set(ids) == set(source.split.gallery)
+    first = source.queries[0]
+    assert (first.extras["target_scene"], first.extras["target_camera"]) == (
+        labels[first.target]["scene"], labels[first.target]["camera"])
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda out: (out / "info.json").write_text(json.dumps({"benchmark": "shapes"})), "not a scenes3d benchmark"),
+    (lambda out: (out / "gallery_test.json").write_text(json.dumps(["../../etc/passwd"])),
+     "reference/target ids are not in"),
+    (lambda out: (out / "test.json").write_text("[" * 100000), "nested too deeply"),
+    (lambda out: (out / "test.json").write_text(json.dumps([{"pairid": 0, "reference": "a"}])), "must be non-empty"),
+])
+def test_a_damaged_scenes3d_folder_is_one_clear_error(dataset, tmp_path, damage, message):
+    import shutil
+
+    from cir_core.data.scenes3d.read import read_scenes3d_split
+
+    out = tmp_path / "copy"
+    shutil.copytree(dataset[0], out)
+    damage(out)
+    with pytest.raises(ValueError, match=message):
+        read_scenes3d_split(out, "test")
+
+
+def test_an_image_id_leaving_the_folder_is_refused(dataset, tmp_path):
+    import shutil
+
+    from cir_core.data.scenes3d.read import read_scenes3d_split
+    from cir_core.safe_paths import PathOutsideRootError
+
+    out = tmp_path / "copy"
+    shutil.copytree(dataset[0], out)
+    entries = json.loads((out / "test.json").read_text())
+    gallery = json.loads((out / "gallery_test.json").read_text())
+    entries[0]["reference"] = "../../secret"
+    (out / "test.json").write_text(json.dumps(entries))
+    (out / "gallery_test.json").write_text(json.dumps(gallery + ["../../secret"]))
+    with pytest.raises(PathOutsideRootError, match="has a '..' part"):
+        read_scenes3d_split(out, "test")
+
+
+def test_grouped_recall_counts_ranks_per_group_with_ties_against_the_target(dataset):
+    import torch
+
+    from cir_core.data.scenes3d.read import read_scenes3d_split
+    from cir_core.evaluation.grouped_recall import grouped_recall_from_scores
+
+    split = read_scenes3d_split(dataset[0], "test")
+    column = {image_id: index for index, image_id in enumerate(split.gallery)}
+    scores = torch.zeros(len(split.triplets), len(split.gallery))
+    for row, triplet in enumerate(split.triplets):
+        scores[row, column[triplet.reference]] = 9.0  # excluded: never counts
+        scores[row, column[triplet.target]] = 1.0 if row % 2 == 0 else 0.0  # odd rows tie with every other image
+    report = grouped_recall_from_scores(scores, split)
+    assert report.ranks == [0 if row % 2 == 0 else len(split.gallery) - 2 for row in range(len(split.triplets))]
+    expected = 100.0 * sum(row % 2 == 0 for row in range(len(split.triplets))) / len(split.triplets)
+    assert report.recall["R@1"] == pytest.approx(expected)
+    for name, figures in report.per_group.items():
+        rows = [row for row, t in enumerate(split.triplets) if name in t.extras["groups"]]
+        assert figures["queries"] == len(rows)
+        assert figures["R@1"] == pytest.approx(100.0 * sum(row % 2 == 0 for row in rows) / len(rows))

@@ -371,14 +371,14 @@ def test_edit_negatives_are_rendered_after_the_layouts(tmp_path, shapes_dir):
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"shapes.position_negatives": -1}, "shapes.position_negatives must be a whole number >= 0"),
-    ({"shapes.edit_negatives": -2}, "shapes.edit_negatives must be a whole number >= 0"),
-    ({"shapes.position_negatives": 2, "data": {"kind": "cirr", "root": "."}},
-     "shapes.position_negatives need scene labels, which only the shapes benchmark has"),
-    ({"shapes.edit_negatives": 2, "shapes.region_weight": 1, "data": {"kind": "fashioniq", "root": "."}},
-     "shapes.edit_negatives and shapes.region_weight need scene labels"),
+    ({"shapes.position_negatives": -1}, "data.options.position_negatives must be a whole number >= 0"),
+    ({"shapes.edit_negatives": -2}, "data.options.edit_negatives must be a whole number >= 0"),
+    ({"data": {"kind": "cirr", "root": "."}, "shapes.position_negatives": 2},
+     "data.options: cirr takes no option position_negatives"),
+    ({"data": {"kind": "fashioniq", "root": "."}, "shapes.edit_negatives": 2, "shapes.region_weight": 1},
+     r"data.options: fashioniq takes no option edit_negatives, region_weight \(its options: categories\)"),
     ({"shapes.position_negatives": 2, "shapes.position_negative_spread": "fair"},
-     "shapes.position_negative_spread must be one of even, inverse_objects, got 'fair'"),
+     "data.options.position_negative_spread must be one of even, inverse_objects, got 'fair'"),
 ])
 def test_position_negatives_option_is_checked(tmp_path, shapes_dir, changes, message):
     from cir_core.train import Trainer
@@ -400,18 +400,24 @@ def test_model_overrides_on_the_command_line(tmp_path, shapes_dir):
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("shapes.position_negatives", "lots", "train config.shapes.position_negatives: expected int, got 'lots'"),
+    ("shapes.position_negatives", "lots", "data.options.position_negatives: expected int, got 'lots'"),
     ("progress", "1", "train config.progress: expected bool, got 1"),
-    ("shapes.region_weight", "true", "train config.shapes.region_weight: expected float, got True"),
+    ("shapes.region_weight", "true", "data.options.region_weight: expected float, got True"),
+    ("data.options.colour", "1", "data.options: shapes takes no option colour"),
     ("model.overrides.vision.readout_positions", "maybe", "config.vision.readout_positions: expected bool"),
 ])
 def test_option_values_of_the_wrong_type_are_refused(tmp_path, shapes_dir, key, value, message):
     from cir_core.train import build_model
 
+    from cir_core.data.registry import dataset_spec
+
     config = TrainConfig.from_file(write_config(tmp_path, shapes_dir))
     with pytest.raises(ValueError, match=message):
-        build_model(config.with_overrides({key: value}))  # model overrides are checked when the model is built
-    assert config.with_overrides({"shapes.region_weight": "1"}).shapes.region_weight == 1.0  # a whole number is a float
+        changed = config.with_overrides({key: value})
+        dataset_spec(changed.data.kind).parse_options(changed.data.options)  # as the trainer does first
+        build_model(changed)  # model overrides are checked when the model is built
+    region = config.with_overrides({"shapes.region_weight": "1"}).data.options
+    assert dataset_spec("shapes").parse_options(region).region_weight == 1.0  # a whole number is a float
 
 
 @pytest.mark.parametrize("native_bf16, asked, used", [
@@ -517,9 +523,9 @@ def test_lone_target_repeats_draw_one_object_targets_more_often(tmp_path, shapes
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"shapes.lone_target_repeats": 0}, "shapes.lone_target_repeats must be a whole number >= 1, got 0"),
-    ({"shapes.lone_target_repeats": 2, "data": {"kind": "cirr", "root": "."}},
-     "shapes.lone_target_repeats need scene labels"),
+    ({"shapes.lone_target_repeats": 0}, "data.options.lone_target_repeats must be a whole number >= 1, got 0"),
+    ({"data": {"kind": "cirr", "root": "."}, "shapes.lone_target_repeats": 2},
+     "data.options: cirr takes no option lone_target_repeats"),
 ])
 def test_lone_target_repeats_option_is_checked(tmp_path, shapes_dir, changes, message):
     from cir_core.train import Trainer
@@ -542,11 +548,11 @@ def test_description_term_trains_on_shapes_descriptions(tmp_path, shapes_dir):
 def test_description_term_needs_described_images(tmp_path, shapes_dir, monkeypatch):
     import dataclasses
 
-    from cir_core.data.sources import DATASETS
+    from cir_core.data.registry import DATASETS
 
     shapes = DATASETS["shapes"]
-    undescribed = dataclasses.replace(shapes, read_split=lambda config, split, for_training=False, descriptions=False:
-                                      shapes.read_split(config, split, for_training))  # a dataset that describes nothing
+    undescribed = dataclasses.replace(shapes, read_split=lambda root, split, options, for_training=False,
+                                      descriptions=False: shapes.read_split(root, split, options, for_training))
     monkeypatch.setitem(DATASETS, "shapes", undescribed)
     config = write_config(tmp_path, shapes_dir, model={"preset": "tiny-test",
                                                         "overrides": {"loss.description_weight": 1.0}})
@@ -555,8 +561,8 @@ def test_description_term_needs_described_images(tmp_path, shapes_dir, monkeypat
 
 
 def test_configs_written_before_the_shapes_section_read_the_same(tmp_path, shapes_dir):
-    """Flat shapes options (configs and run folders of earlier versions) land in the `shapes` section;
-    removed options read when they hold their "off" value and are refused otherwise."""
+    """Flat shapes options and the `shapes` section (configs and run folders of earlier versions) land
+    in `data.options`; removed options read when they hold their "off" value and are refused otherwise."""
     current = TrainConfig.from_file(write_config(tmp_path, shapes_dir, shapes={
         "position_negatives": 96, "edit_negatives": 64, "position_negative_spread": "inverse_objects",
         "lone_target_repeats": 3, "region_weight": 1.0}))
@@ -564,14 +570,20 @@ def test_configs_written_before_the_shapes_section_read_the_same(tmp_path, shape
                         position_negative_spread="inverse_objects", lone_target_repeats=3, region_weight=1.0,
                         hard_negatives=0, locate_patches=False, scene_weight=0.0, optim={"head_lr": 0.0})
     assert TrainConfig.from_file(flat) == current
-    assert current.with_overrides({"lone_target_repeats": "1", "hard_negatives": "0"}).shapes.lone_target_repeats == 1
+    assert current.data.options["lone_target_repeats"] == 3
+    assert current.with_overrides({"lone_target_repeats": "1", "hard_negatives": "0"}).data.options[
+        "lone_target_repeats"] == 1
+    # the old defaults every run file listed say nothing: FashionIQ's categories are not handed to shapes
+    listed = TrainConfig.from_file(write_config(tmp_path, shapes_dir, data={
+        "kind": "shapes", "root": str(shapes_dir), "categories": ["dress", "shirt", "toptee"]}, region_weight=0.0))
+    assert listed.data.options == {}
     for name, removed in (("hard_negatives", {"hard_negatives": 16}), ("scene_weight", {"scene_weight": 1.0}),
                           ("locate_patches", {"locate_patches": True}), ("optim.head_lr", {"optim": {"head_lr": 0.01}})):
         with pytest.raises(ValueError, match=f"{name} has been removed"):
             TrainConfig.from_file(write_config(tmp_path, shapes_dir, **removed))
     with pytest.raises(ValueError, match="hard_negatives has been removed"):
         current.with_overrides({"hard_negatives": "16"})
-    with pytest.raises(ValueError, match="region_weight and shapes.region_weight both given"):
+    with pytest.raises(ValueError, match="shapes.region_weight and region_weight both given"):
         TrainConfig.from_file(write_config(tmp_path, shapes_dir, region_weight=1.0, shapes={"region_weight": 0.5}))
 
 
@@ -581,7 +593,9 @@ def test_the_trainer_takes_everything_dataset_specific_from_the_registry(tmp_pat
 
     from PIL import Image
 
-    from cir_core.data.sources import DATASETS, TrainingExtras
+    from cir_core.data.registry import DATASETS
+    from cir_core.data.spec import TrainingExtras
+    from cir_core.evaluation import protocols
 
     seen = []
 
@@ -594,9 +608,10 @@ def test_the_trainer_takes_everything_dataset_specific_from_the_registry(tmp_pat
         return types.SimpleNamespace(to_dict=lambda: {"toy": {"score": 50.0 + len(seen)}})
 
     shapes = DATASETS["shapes"]
-    toy = dataclasses.replace(shapes, evaluate=report, headline_metric="toy/score",
-                              training_extras=lambda config, model, split: OneGreyNegative())
+    toy = dataclasses.replace(shapes, name="toy", protocol="toy", headline_metric="toy/score",
+                              training_extras=lambda options, root, model, split, device: OneGreyNegative())
     monkeypatch.setitem(DATASETS, "toy", toy)
+    monkeypatch.setitem(protocols.EVALUATORS, "toy", report)
     config = write_config(tmp_path, shapes_dir, data={"kind": "toy", "root": str(shapes_dir), "val_max_queries": 8})
     metrics = main(["--config", str(config)])
     assert seen == [8] * 6 and metrics == {"toy/score": 56.0}

@@ -11,7 +11,7 @@ import torch
 
 import cir_core
 from cir_core.data.shapes import ShapesCounts, write_shapes_dataset
-from cir_core.data.sources import open_source
+from cir_core.data.registry import open_source
 from cir_core.engine import Engine
 
 TINY_COUNTS = ShapesCounts(train=4, val=2, test=16)

@@ -50,7 +50,10 @@ def register(subparsers) -> None:
     parser.add_argument("--json", action="store_true", help="print the build summary as JSON")
     parser.add_argument("--export-seed", type=Path, metavar="FILE.npz",
                         help="also write the vectors as an index seed (fp16, with the model's fingerprint), which "
-                             "an app serving the same gallery with the same model uses instead of encoding it")
+                             "an app serving the same gallery with the same model uses instead of encoding it; "
+                             "replaces an earlier seed only, never a folder, device or FIFO, nor a path inside --out")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="let --export-seed replace an existing file that is not a seed (or a symbolic link)")
     parser.set_defaults(handler=run)
 
 
@@ -64,11 +67,21 @@ def _check_destination(out: Path) -> None:
         raise CommandError(f"--out {error}") from None
 
 
+def _check_seed_destination(args: argparse.Namespace) -> None:
+    """Refuse, before any image is read, a seed path that the export would have to refuse after the build."""
+    from cir_core.index_seed import SeedError, check_seed_destination
+
+    try:
+        check_seed_destination(args.export_seed, args.out, args.overwrite)
+    except SeedError as error:
+        raise CommandError(f"--export-seed {error}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from cir_core.checkpoints import load_model
     from cir_core.device import DeviceError, place_model, resolve_device
     from cir_core.index import GalleryIndex, IndexParams
-    from cir_core.data.sources import open_source
+    from cir_core.data.registry import open_source
     from cir_core.index_build import items_from_images
 
     if args.batch_size < 1:
@@ -78,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
     except DeviceError as error:
         raise CommandError(str(error)) from None
     _check_destination(args.out)
+    if args.export_seed is not None:
+        _check_seed_destination(args)
     if args.images:
         items = items_from_images(args.images)
     else:
@@ -93,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     if args.export_seed is not None:
         from cir_core.index_seed import export_seed
 
-        export_seed(index, args.export_seed)
+        export_seed(index, args.export_seed, overwrite=args.overwrite)
     summary = {"index": str(args.out), "kind": index.kind, "images": len(index), "skipped": report.skipped_count,
                "skipped_files": [{"path": s.path, "reason": s.reason} for s in report.skipped],
                "vectors_per_image": index.num_query_tokens, "dim": index.dim, "fingerprint": index.fingerprint,

@@ -1,4 +1,4 @@
-"""CIRR rc2 (Liu et al., ICCV 2021) reader.
+"""CIRR rc2 (Liu et al., ICCV 2021): the reader and the dataset's `SPEC`.
 
 Layout of DATA_ROOT (the official `cirr_dataset` folder):
 
@@ -8,7 +8,8 @@ Layout of DATA_ROOT (the official `cirr_dataset` folder):
     train/<n>/*.png, dev/*.png, test1/*.png   the images, at the relative paths above
 
 The annotation folder may also sit directly in DATA_ROOT (captions/ and image_splits/
-next to the image folders). Image paths resolve against `image_root` (default DATA_ROOT).
+next to the image folders). Image paths resolve against `image_root` (default DATA_ROOT) and
+must stay inside it: absolute paths, `..` parts and links leading out are refused.
 test1 has no target fields; its targets are None.
 """
 from __future__ import annotations
@@ -18,7 +19,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from cir_core.data.fashioniq import read_json
+from cir_core.data.query_groups import VIEW_ANGLE, keyword_groups
+from cir_core.data.spec import BenchmarkSource, DatasetSpec, NoOptions
 from cir_core.data.triplets import Triplet, TripletSplit
+from cir_core.safe_paths import PathOutsideRootError, outside_root
 
 CIRR_SPLITS = ("train", "val", "test1")
 CIRR_VERSION = "rc2"
@@ -104,6 +108,12 @@ def read_cirr(data_root: str | Path, split: str, image_root: str | Path | None =
         raise ValueError(f"{len(unknown)} images used in {captions_file} are not listed in {split_file} "
                          f"(first: {unknown[0]})")
 
+    real_root = image_root.resolve()
+    for name, relpath in name_to_relpath.items():
+        reason = outside_root(real_root, PurePosixPath(relpath))
+        if reason:
+            raise PathOutsideRootError(f"{split_file}: image {name!r} has path {relpath!r:.200}, which {reason}; "
+                                       f"image paths must stay inside {image_root}")
     image_paths = {name: image_root / PurePosixPath(relpath) for name, relpath in name_to_relpath.items()}
     if check_images:
         missing = [name for name, path in image_paths.items() if not path.is_file()]
@@ -117,3 +127,19 @@ def read_cirr(data_root: str | Path, split: str, image_root: str | Path | None =
             )
     return TripletSplit(name=f"cirr/{split}", triplets=triplets, image_paths=image_paths,
                         gallery=list(name_to_relpath), exclude_reference=True)
+
+
+def open_cirr(data_root: Path, split: str, category: str | None, check_images: bool) -> BenchmarkSource:
+    if category:
+        raise ValueError("--category applies to FashionIQ only")
+    return BenchmarkSource("cirr", read_cirr(data_root, split, check_images=check_images),
+                           lambda triplet: keyword_groups(triplet.caption), first_groups=(VIEW_ANGLE,))
+
+
+def _read_for_training(root: Path, split: str, options: NoOptions, for_training: bool = False,
+                       descriptions: bool = False) -> TripletSplit:
+    return read_cirr(root, split)
+
+
+SPEC = DatasetSpec(name="cirr", open=open_cirr, splits=CIRR_SPLITS, default_split="val",
+                   read_split=_read_for_training, protocol="cirr", headline_metric="average")

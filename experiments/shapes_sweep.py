@@ -1,6 +1,6 @@
 """Train and evaluate the rows of the shapes results table at one budget, several at a time.
 
-    python benchmarks/shapes_sweep.py --data data/shapes --device cuda --steps 500 --parallel 7 \\
+    python experiments/shapes_sweep.py --data data/shapes --device cuda --steps 500 --parallel 7 \\
         --deadline-seconds 420 --out OUT
 
 Every row is today's recipe (`--config`, default configs/shapes_mini.json, look-alikes
@@ -12,7 +12,7 @@ training log in OUT/metrics.jsonl, so the rows finished before a stop survive. A
 `--deadline-seconds` no row starts, and running rows are stopped (they leave no row).
 Rows already in OUT/rows.jsonl are not trained again.
 
-`python benchmarks/shapes_results.py --rows OUT/rows.jsonl` turns the rows into
+`python experiments/shapes_results.py --rows OUT/rows.jsonl` turns the rows into
 docs/results.json, docs/results.md and the figures.
 """
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Where a shapes model keeps (or loses) object positions: two held-out probes and a placement test.
 
-    python benchmarks/probe_positions.py [--model local-dir:checkpoints/shapes-mini] [--data data/shapes]
+    python experiments/probe_positions.py [--model local-dir:checkpoints/shapes-mini] [--data data/shapes]
 
 Encodes a split's gallery (default: val) once, then trains small probes on 80% of the
 images and scores them on the other 20%:

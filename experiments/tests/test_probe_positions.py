@@ -6,7 +6,7 @@ import pytest
 import torch
 
 spec = importlib.util.spec_from_file_location("probe_positions",
-                                              Path(__file__).parents[1] / "benchmarks" / "probe_positions.py")
+                                              Path(__file__).parents[1] / "probe_positions.py")
 probe = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(probe)
 

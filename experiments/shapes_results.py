@@ -1,8 +1,8 @@
 """Regenerate the shapes results: docs/results.json, docs/results.md, docs/figures/results_*.png.
 
-    python benchmarks/shapes_results.py --rows docs/results_rows.jsonl --data data/shapes
+    python experiments/shapes_results.py --rows docs/results_rows.jsonl --data data/shapes
 
-takes the trained rows written by `benchmarks/shapes_sweep.py` (every row one recipe at one
+takes the trained rows written by `experiments/shapes_sweep.py` (every row one recipe at one
 budget; docs/results_rows.jsonl keeps the rows of the published table, with the commit of
 their recipe, and docs/results_training_logs.jsonl their training logs), evaluates the
 embedded default model and its inference-time baselines on the shapes test split here,
@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import html
 import json
+import math
+import re
 import statistics
 import sys
 from collections import Counter
@@ -41,30 +44,115 @@ ROW_FIELDS = ("name", "group", "description", "table", "steps", "seed", "query_m
 TRAINED_FIELDS = ("recipe", "overrides", "train_flops_per_step", "concurrent_rows", "threads")
 REPORT_FIELDS = ("recall", "novel", "per_edit", "per_object_count", "num_queries", "gallery_size")
 RECALLS = ("R@1", "R@5", "R@10", "R@50")
+ROW_NAME = re.compile(r"[\w.+-]+(/[\w.+-]+)*")  # as the sweep names rows: group/seedN, default/mode
+TABLES = ("main", "default", "inference")
+
+
+class RowsError(ValueError):
+    """Rows that cannot be rendered; the message names the file and the row."""
 
 
 # ---------------------------------------------------------------------- rows
 def read_rows(paths: list[Path]) -> list[dict]:
-    """Rows of the sweep's rows.jsonl files, in file order; a name twice or a missing field is refused."""
+    """Rows of the sweep's rows.jsonl files, in file order; a name twice or a missing or malformed
+    field is refused (RowsError)."""
     rows, seen = [], set()
     for path in paths:
         for number, line in enumerate(path.read_text().splitlines(), 1):
             if not line.strip():
                 continue
-            row = json.loads(line)
+            row = parse_json(line, f"{path}:{number}")
             check_row(row, f"{path}:{number}", trained=True)
             if row["name"] in seen:
-                raise ValueError(f"{path}:{number}: row {row['name']!r} appears twice; keep one")
+                raise RowsError(f"{path}:{number}: row {row['name']!r} appears twice; keep one")
             seen.add(row["name"])
             rows.append(row)
     return rows
 
 
-def check_row(row: dict, where: str, trained: bool) -> None:
+def parse_json(text: str, where: str):
+    """JSON as written by the sweep (NaN parses, and `check_row` refuses it where it matters)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise RowsError(f"{where}: nested too deeply to be a row") from None
+    except ValueError as error:
+        raise RowsError(f"{where}: not JSON ({error})") from None
+
+
+def check_row(row, where: str, trained: bool) -> None:
+    """Refuse (RowsError, naming `where` and the row) a row lacking a field, or with a field of the
+    wrong type, a recall that is not a finite percentage, or a name the sweep would not give."""
+    if not isinstance(row, dict):
+        raise RowsError(f"{where}: a row is a JSON object, not {type(row).__name__}")
+    name = row.get("name")
+    label = f"{where}: row {name!r:.80}"
     missing = [f for f in ROW_FIELDS + (TRAINED_FIELDS if trained else ()) if f not in row]
-    missing += [f"report.{f}" for f in REPORT_FIELDS if f not in row.get("report", {})]
+    report = row.get("report")
+    missing += [f"report.{f}" for f in REPORT_FIELDS if not isinstance(report, dict) or f not in report]
     if missing:
-        raise ValueError(f"{where}: row {row.get('name')!r} lacks {', '.join(missing)}")
+        raise RowsError(f"{label} lacks {', '.join(missing)}")
+    problems = []
+    if not isinstance(name, str) or not ROW_NAME.fullmatch(name):
+        problems.append("its name is not letters, digits and . _ + - / as the sweep writes it")
+    if row["table"] not in TABLES:
+        problems.append(f"table {row['table']!r:.40} is not one of {', '.join(TABLES)}")
+    main = row["table"] == "main"
+    for field, kinds in (("group", (str,)), ("description", (str,)), ("query_mode", (str,)),
+                         ("prompt_length", (int,)), ("align_weight", (int, float)),
+                         ("steps", (int,) if main else (int, type(None))),
+                         ("seed", (int,) if main else (int, type(None))),
+                         ("train_seconds", (int, float) if main else (int, float, type(None))),
+                         ("seconds_per_step", (int, float) if main else (int, float, type(None))),
+                         ("device", (str,) if main else (str, type(None))),
+                         ("precision", (str,) if main else (str, type(None))),
+                         ("description_weight", (int, float, type(None))),
+                         ("recipe_sha256", (str,)), ("recipe_commit", (str,))):
+        if field in row and not _is(row[field], kinds):
+            problems.append(f"{field} is {row[field]!r:.40}")
+    if trained:
+        for field, kinds in (("recipe", (str,)), ("overrides", (dict,)),
+                             ("train_flops_per_step", (int, float, type(None))),
+                             ("concurrent_rows", (int,)), ("threads", (int,))):
+            if not _is(row[field], kinds):
+                problems.append(f"{field} is {row[field]!r:.40}")
+    for field in ("recipe", "recipe_sha256", "recipe_commit"):  # shown in code spans
+        if isinstance(row.get(field), str) and ("`" in row[field] or "\n" in row[field]):
+            problems.append(f"{field} holds a backtick or a line break")
+    for field in ("num_queries", "gallery_size"):
+        if not _is(report[field], (int,)) or report[field] < 0:
+            problems.append(f"report.{field} is {report[field]!r:.40}")
+    problems += _recall_problems(report["recall"], "report.recall", RECALLS)
+    problems += _recall_problems(report["novel"], "report.novel", ("R@1",))
+    for field in ("per_edit", "per_object_count"):
+        if not isinstance(report[field], dict):
+            problems.append(f"report.{field} is not an object")
+            continue
+        for key, recall in report[field].items():
+            if "/" in key:  # metric paths are split at slashes
+                problems.append(f"report.{field} has a key with a slash: {key!r:.40}")
+            problems += _recall_problems(recall, f"report.{field}.{key}", ("R@1",))
+    if isinstance(report["per_object_count"], dict) and not all(
+            key.isdigit() for key in report["per_object_count"]):
+        problems.append("report.per_object_count has a key that is not a count of objects")
+    if problems:
+        raise RowsError(f"{label}: {'; '.join(problems)}")
+
+
+def _is(value, kinds: tuple[type, ...]) -> bool:
+    return not isinstance(value, bool) and isinstance(value, kinds) and (
+        not isinstance(value, float) or math.isfinite(value))
+
+
+def _recall_problems(recall, where: str, keys: tuple[str, ...]) -> list[str]:
+    if not isinstance(recall, dict):
+        return [f"{where} is not an object"]
+    problems = []
+    for key in keys:
+        value = recall.get(key)
+        if not _is(value, (int, float)) or not 0 <= value <= 100:
+            problems.append(f"{where}.{key} is {value!r:.40}, not a percentage")
+    return problems
 
 
 def budget_of(row: dict) -> tuple[int, str, str]:
@@ -91,9 +179,9 @@ def split_by_budget(rows: list[dict]) -> tuple[list[dict], list[dict]]:
 def recipe_text(row: dict) -> str:
     """The recipe as the tables name it: the file, and the commit or contents it had."""
     if row.get("recipe_commit"):
-        return f"`{row['recipe']}` as of commit {row['recipe_commit']}"
+        return f"`{row['recipe']}` as of commit {md_text(row['recipe_commit'])}"
     if row.get("recipe_sha256"):
-        return f"`{row['recipe']}` (contents sha256 {row['recipe_sha256']})"
+        return f"`{row['recipe']}` (contents sha256 {md_text(row['recipe_sha256'])})"
     return f"`{row['recipe']}`"
 
 
@@ -237,6 +325,12 @@ def curve(grouped: dict[str, list[dict]], field_name: str) -> list[dict]:
 
 
 # ---------------------------------------------------------------------- markdown
+def md_text(value) -> str:
+    """Text from a row as markdown: no HTML, no table cell break, no code span, one line."""
+    escaped = html.escape(str(value), quote=False)
+    return " ".join(escaped.replace("|", "\\|").replace("`", "\\`").split())
+
+
 def fmt(value, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
@@ -260,8 +354,8 @@ def device_phrase(device: str) -> str:
     if device.startswith("cpu"):  # "cpu (x86_64, 1 threads)"
         arch, _, threads = device.removeprefix("cpu (").removesuffix(")").partition(", ")
         count = threads.split()[0] if threads else "?"
-        return f"the CPU ({arch}) with {count} torch thread{'s' if count != '1' else ''} per row"
-    return f"one {device}"
+        return f"the CPU ({md_text(arch)}) with {md_text(count)} torch thread{'s' if count != '1' else ''} per row"
+    return f"one {md_text(device)}"
 
 
 def at_once(rows: list[dict]) -> str:
@@ -286,7 +380,7 @@ def write_markdown(rows: list[dict], data: str, figures: Path, rows_files: list[
                   "| model | steps | recipe | seed | R@1 | R@5 | R@10 | R@50 | novel R@1 |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for row in other:
-            lines.append(f"| {row['description']} | {row['steps']} | {recipe_text(row)} | {row['seed']} | "
+            lines.append(f"| {md_text(row['description'])} | {row['steps']} | {recipe_text(row)} | {row['seed']} | "
                          + " | ".join(recall_cells([row])) + " |")
         lines.append("")
     if default:
@@ -305,7 +399,7 @@ def main_section(main: list[dict], data: str, figures: Path, rows_files: list[st
     weights = {r.get("description_weight") for r in main}
     extra = f"; `loss.description_weight` {weights.pop():g}" if len(weights) == 1 and None not in weights else ""
     commit = main[0].get("recipe_commit")
-    sweeps = "; ".join(f"`python benchmarks/shapes_sweep.py --data {data} --device {kind} --steps {steps} "
+    sweeps = "; ".join(f"`python experiments/shapes_sweep.py --data {data} --device {kind} --steps {steps} "
                        f"--parallel {n}{f' --threads {threads}' if kind == 'cpu' else ''} --rows {','.join(names)} "
                        "--out OUT`" for (kind, n, threads), names in sorted(batches.items()))
     since = "the recipe file is unchanged since" if is_current_recipe(main[0]) else "the recipe as it was then"
@@ -320,7 +414,8 @@ def main_section(main: list[dict], data: str, figures: Path, rows_files: list[st
         f"{', '.join(str(r['seed']) for r in grouped.get('sprc', []))}: their cells are mean ± sample standard "
         "deviation over the seeds, with the R@1 range beside them; every other row is one seed (0).",
         "",
-        f"Each row trained on {' or '.join(device_phrase(d) for d in devices)} in {', '.join(precisions)}, "
+        f"Each row trained on {' or '.join(device_phrase(d) for d in devices)} in "
+        f"{', '.join(md_text(p) for p in precisions)}, "
         f"several rows at a time sharing the {'device' if machine == 'a GPU machine' else 'machine'} ("
         + "; ".join(f"{n} at a time: {', '.join(names)}" for (_, n, _), names in sorted(batches.items()))
         + "). Seconds per step depend on how many rows shared the device (column \"at once\"), so they compare "
@@ -330,7 +425,7 @@ def main_section(main: list[dict], data: str, figures: Path, rows_files: list[st
         f"Regenerate: on {machine}"
         + (f", at commit {commit} ({since})" if commit else "")
         + f", `python -m cir_core data shapes --out {data} --seed 0`, then {sweeps} (rows append to "
-        f"OUT/rows.jsonl); then here `python benchmarks/shapes_results.py {source} --data {data}`.",
+        f"OUT/rows.jsonl); then here `python experiments/shapes_results.py {source} --data {data}`.",
         "",
         "| model | seeds | R@1 | R@1 range | R@5 | R@10 | R@50 | novel R@1 | train s | s/step | at once "
         "| GFLOPs/step |",
@@ -341,7 +436,7 @@ def main_section(main: list[dict], data: str, figures: Path, rows_files: list[st
         r1_range = spread(rows, "recall/R@1").range_text() if len(rows) > 1 else "-"
         seconds = Spread([r["train_seconds"] for r in rows])
         per_step = Spread([r["seconds_per_step"] for r in rows])
-        lines.append(f"| {rows[0]['description']} | {len(rows)} | {cells[0]} | {r1_range} | "
+        lines.append(f"| {md_text(rows[0]['description'])} | {len(rows)} | {cells[0]} | {r1_range} | "
                      + " | ".join(cells[1:]) + f" | {seconds.mean:.0f} | {per_step.mean:.3f} | {at_once(rows)} | "
                      f"{gflops(rows)} |")
     if all(g in grouped for g in SEEDED_GROUPS):
@@ -349,15 +444,16 @@ def main_section(main: list[dict], data: str, figures: Path, rows_files: list[st
             f"seed {r['seed']}" for r in grouped[SEEDED_GROUPS[0]]) + " |",
             "|---|" + "---|" * len(grouped[SEEDED_GROUPS[0]])]
         for group in SEEDED_GROUPS:
-            lines.append(f"| {grouped[group][0]['description']} | "
+            lines.append(f"| {md_text(grouped[group][0]['description'])} | "
                          + " | ".join(f"{metric(r, 'recall/R@1'):.1f}" for r in grouped[group]) + " |")
     edits = sorted(main[0]["report"]["per_edit"])
     counts = sorted(main[0]["report"]["per_object_count"], key=int)
     lines += ["", "R@1 per edit type and by objects in the target (seeded rows: mean over seeds):", "",
-              "| model | " + " | ".join(edits) + " | " + " | ".join(f"{c} obj" for c in counts) + " |",
+              "| model | " + " | ".join(md_text(e) for e in edits) + " | "
+              + " | ".join(f"{c} obj" for c in counts) + " |",
               "|---|" + "---|" * (len(edits) + len(counts))]
     for group, rows in grouped.items():
-        lines.append(f"| {rows[0]['description']} | "
+        lines.append(f"| {md_text(rows[0]['description'])} | "
                      + " | ".join(f"{spread(rows, f'per_edit/{e}/R@1').mean:.1f}" for e in edits) + " | "
                      + " | ".join(f"{spread(rows, f'per_object_count/{c}/R@1').mean:.1f}" for c in counts) + " |")
     for title, field_name, unit in (("Prompt length", "prompt_length", "Q"),
@@ -392,15 +488,16 @@ def default_section(rows: list[dict], main: list[dict]) -> list[str]:
                 table_weight = main_weights.pop()
                 recipe += (", as for the table's rows" if table_weight == default["description_weight"]
                            else f" against {table_weight:g} for the table's rows")
-        recipe += (f"; trained on {default['device']} in {default['precision']}, as its `training.json` and "
+        recipe += (f"; trained on {md_text(default['device'])} in {md_text(default['precision'])}, "
+                   "as its `training.json` and "
                    "`train_config.json` say; train s is its wall time, validations included)")
     lines = [f"## The embedded default ({steps} steps) and inference-time baselines on its weights", "",
              recipe + ". The baselines change only how its query is formed, without training. All four are "
-             "evaluated on the CPU by `python benchmarks/shapes_results.py --rows ...` from the checkpoint's files.",
+             "evaluated on the CPU by `python experiments/shapes_results.py --rows ...` from the checkpoint's files.",
              "",
              "| model | steps | R@1 | R@5 | R@10 | R@50 | novel R@1 | train s |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        lines.append(f"| {row['description']} | {row['steps'] if row['steps'] is not None else '-'} | "
+        lines.append(f"| {md_text(row['description'])} | {row['steps'] if row['steps'] is not None else '-'} | "
                      + " | ".join(recall_cells([row])) + f" | {fmt(row['train_seconds'], 0)} |")
     return lines + [""]
 
@@ -498,27 +595,65 @@ def plot(rows: list[dict], figures: Path) -> None:
 
 # ---------------------------------------------------------------------- main
 def render(results_json: Path, out: Path, data: str) -> str:
-    results = json.loads(results_json.read_text())
-    if not isinstance(results, dict) or "rows" not in results:
-        raise SystemExit(f"{results_json} is not in the rows format (an older table); write it again with --rows")
+    results = parse_json(results_json.read_text(), str(results_json))
+    if not isinstance(results, dict) or not isinstance(results.get("rows"), list):
+        raise RowsError(f"{results_json} is not in the rows format (an older table); write it again with --rows")
     rows = results["rows"]
-    for row in rows:
-        check_row(row, str(results_json), trained=row["table"] == "main")
+    if not rows:
+        raise RowsError(f"{results_json} holds no rows; write it again with --rows")
+    for number, row in enumerate(rows, 1):
+        check_row(row, f"{results_json} row {number}", trained=isinstance(row, dict) and row.get("table") == "main")
+    main = [row for row in rows if row["table"] == "main"]
+    for number, row in enumerate(rows, 1):
+        for field in ("per_edit", "per_object_count"):  # columns of one table
+            if row["table"] == "main" and set(row["report"][field]) != set(main[0]["report"][field]):
+                raise RowsError(f"{results_json} row {number}: row {row['name']!r} has other report.{field} "
+                                f"keys than row {main[0]['name']!r}")
+    rows_files = results.get("rows_files", [])
+    if not (isinstance(rows_files, list) and all(isinstance(path, str) and "`" not in path and "\n" not in path
+                                                  for path in rows_files)):
+        raise RowsError(f"{results_json}: rows_files is not a list of file names")
     figures = out.parent / "figures"
     plot(rows, figures)
     previous = out.read_text() if out.is_file() else ""
     # The commentary after READING_MARKER is written by hand: keep it across regenerations.
     commentary = previous[previous.index(READING_MARKER):] if READING_MARKER in previous else ""
-    text = write_markdown(rows, data, figures, results.get("rows_files", []))
+    text = write_markdown(rows, data, figures, rows_files)
     text += "\n" + commentary if commentary else ""
     out.write_text(text)
     return text
 
 
+def reusable_rows(source: Path) -> list[dict]:
+    """The sound rows of an earlier results.json (none when it is missing or unreadable)."""
+    if not source.is_file():
+        return []
+    try:
+        previous = parse_json(source.read_text(), str(source))
+    except RowsError as error:
+        print(f"not reusing rows: {error}", file=sys.stderr)
+        return []
+    rows = []
+    for number, row in enumerate(previous.get("rows", []) if isinstance(previous, dict) else [], 1):
+        try:
+            check_row(row, f"{source} row {number}", trained=isinstance(row, dict) and row.get("table") == "main")
+        except RowsError as error:
+            print(f"not reusing {error}", file=sys.stderr)
+            continue
+        rows.append(row)
+    return rows
+
+
+def fail(message) -> int:
+    """One line on stderr, exit status 2 (as for a bad argument)."""
+    print(f"shapes_results.py: error: {' '.join(str(message).split())}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=Path, action="append", default=[],
-                        help="a rows.jsonl of benchmarks/shapes_sweep.py (repeatable); none: render only")
+                        help="a rows.jsonl of experiments/shapes_sweep.py (repeatable); none: render only")
     parser.add_argument("--data", default="data/shapes", help="shapes benchmark folder")
     parser.add_argument("--default", default=str(ROOT / "checkpoints" / "shapes-mini"),
                         help="embedded default model; '' leaves it out")
@@ -528,17 +663,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md")
     args = parser.parse_args(argv)
     results_json = args.out.parent / "results.json"
-    if args.rows:
-        rows = read_rows(args.rows)
-        source = args.reuse or results_json
-        previous = json.loads(source.read_text()) if source.is_file() else {}
-        previous_rows = previous.get("rows", []) if isinstance(previous, dict) else []
-        if args.default:
-            rows += evaluate_default_rows(Path(args.default), Path(args.data), args.threads, previous_rows)
-        rows_files = [str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
-                      for path in args.rows]
-        results_json.write_text(json.dumps({"rows_files": rows_files, "rows": rows}, indent=1) + "\n")
-    print(render(results_json, args.out, args.data))
+    if not args.out.parent.is_dir():
+        return fail(f"--out {args.out}: the folder {args.out.parent} does not exist")
+    if args.out.is_dir():
+        return fail(f"--out {args.out} is a folder; give the results.md to write")
+    for path in args.rows:
+        if not path.is_file():
+            return fail(f"--rows {path} does not exist")
+    if args.reuse is not None and not args.reuse.is_file():
+        return fail(f"--reuse {args.reuse} does not exist")
+    if args.rows and args.default and not Path(args.default).is_dir():
+        return fail(f"--default {args.default} is not a checkpoint folder ('' leaves the default out)")
+    if args.rows and args.default and not Path(args.data).is_dir():
+        return fail(f"--data {args.data} is not a shapes benchmark folder (the default is evaluated on it)")
+    if not args.rows and not results_json.is_file():
+        return fail(f"{results_json} does not exist: give --rows to write it")
+    try:
+        if args.rows:
+            rows = read_rows(args.rows)
+            if args.default:
+                for row in evaluate_default_rows(Path(args.default), Path(args.data), args.threads,
+                                                 reusable_rows(args.reuse or results_json)):
+                    check_row(row, f"the evaluation of {args.default}", trained=False)
+                    rows.append(row)
+            rows_files = [str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
+                          for path in args.rows]
+            results_json.write_text(json.dumps({"rows_files": rows_files, "rows": rows}, indent=1) + "\n")
+        text = render(results_json, args.out, args.data)
+    except (RowsError, OSError) as error:
+        return fail(error)
+    print(text)
     return 0
 
 

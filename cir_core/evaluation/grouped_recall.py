@@ -1,0 +1,59 @@
+"""Recall over all queries and per query group: the protocol of benchmarks whose queries carry
+their groups (scenes3d), with the reference left out of its own ranking."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from cir_core.data.triplets import TripletSplit
+from cir_core.evaluation.features import gallery_columns, split_scores
+from cir_core.evaluation.metrics import exclude, recall_at_k, target_ranks
+
+logger = logging.getLogger(__name__)
+
+RECALL_KS = (1, 5, 10, 50)
+GROUP_KS = (1, 5)
+
+
+@dataclass
+class GroupedRecallReport:
+    """Recall of one split, over all queries and per group (percent)."""
+
+    split: str  # e.g. "scenes3d/test"
+    num_queries: int  # queries ranked
+    recall: dict[str, float]  # "R@1" ... "R@50" over all queries
+    per_group: dict[str, dict[str, float]] = field(default_factory=dict)  # group -> {"R@1", "R@5", "queries"}
+    ranks: list[int] = field(default_factory=list)  # 0-based target rank per query, in split order
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"split": self.split, "num_queries": self.num_queries, "recall": self.recall,
+                "per_group": self.per_group}
+
+
+def grouped_recall_from_scores(scores: torch.Tensor, split: TripletSplit) -> GroupedRecallReport:
+    """The report from a (Nq, Ng) score matrix whose columns follow `split.gallery`."""
+    triplets = [t for t in split.triplets if t.target is not None]
+    if len(triplets) != scores.shape[0]:
+        raise ValueError(f"{split.name}: {scores.shape[0]} score rows for {len(triplets)} queries")
+    if split.exclude_reference:
+        scores = exclude(scores, gallery_columns(split, [t.reference for t in triplets], "reference"))
+    ranks = target_ranks(scores, gallery_columns(split, [t.target for t in triplets], "target"))
+    per_group: dict[str, dict[str, float]] = {}
+    names = sorted({group for t in triplets for group in t.extras.get("groups", ())})
+    for name in names:
+        members = torch.tensor([name in t.extras.get("groups", ()) for t in triplets])
+        per_group[name] = {**recall_at_k(ranks[members], GROUP_KS), "queries": int(members.sum())}
+    return GroupedRecallReport(split=split.name, num_queries=len(triplets), recall=recall_at_k(ranks, RECALL_KS),
+                               per_group=per_group, ranks=ranks.tolist())
+
+
+def evaluate_grouped_recall(model, split: TripletSplit, batch_size: int = 32, progress: bool = True
+                            ) -> GroupedRecallReport:
+    """Rank the split's gallery for every query with `model` and report recall per group."""
+    report = grouped_recall_from_scores(split_scores(model, split, None, batch_size, progress), split)
+    logger.info("%s: R@1 %.2f R@5 %.2f over %d queries", split.name, report.recall["R@1"], report.recall["R@5"],
+                report.num_queries)
+    return report
