@@ -148,13 +148,15 @@ def main(argv=None) -> int:
             hint = f" (the cache is {cache_root}: free some space there or set CIR_CACHE to another folder)"
         print(f"cannot start the app: {error}{hint}", file=sys.stderr)
         return 2
-    if prepare_failures == "1":  # background, once the app has answered: ranks every benchmark query (cached)
-        engine.after_first_answer(engine.prepare_failures)
-    engine.after_first_answer(engine.prepare_caption_bank)  # the prompt tab's nearest captions
     from demo import launch
+    from demo.startup import AfterFirstAnswer
 
+    startup = AfterFirstAnswer()
+    if prepare_failures == "1":  # background, once the app has answered: ranks every benchmark query (cached)
+        startup.add(engine.prepare_failures)
+    startup.add(engine.prepare_caption_bank)  # the prompt tab's nearest captions
     launch(engine, examples_file=EXAMPLES_FILE, server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-           server_port=port)
+           server_port=port, startup=startup)
     return 0
 
 

@@ -1,24 +1,21 @@
 """Engine: the one object an app calls to search, compare and explain composed queries.
 
 The engine loads a model and a gallery index once and only reads them afterwards, so
-one engine serves concurrent requests from several threads. The mutable parts (the LRU
-cache of gallery vision features, lazily computed vocabulary and benchmark ranks) are
-guarded by locks.
+one engine serves concurrent requests from several threads. What it computes lazily
+lives in rooms of its own, each guarded by its lock: the gallery's vision features
+(`feature_cache`), the prompt view's vocabularies and caption bank (`prompt_views`),
+the benchmark's ranks (`evaluation.failures`).
 
-Results are dataclasses: `RetrievalResult` (ranked `Hit`s, `StageTimings`, the
-ground truth's `GroundTruth` rank, an optional `explain.Explanation`), `Comparison`
-(three `MethodRanking`s) and, from `evaluation.failures`, `BenchmarkReport` (recall per
-query group and the `FailureCase`s). Bad input raises `QueryError`, a ValueError whose
+Answers are the dataclasses of `cir_core.results` (and `BenchmarkReport` of
+`evaluation.failures`); bad input raises `inputs.QueryError`, a ValueError whose
 message says what is wrong. A labelled benchmark reaches the engine as a
-`data.spec.BenchmarkSource` (any of shapes, CIRR, FashionIQ); ranking its queries is
-`evaluation.failures`' work, which the engine serves with its scores.
+`data.spec.BenchmarkSource`; the engine knows nothing else of benchmarks.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -39,11 +36,12 @@ from cir_core.evaluation.failures import (
     FailureCase,
     ranks_file,
 )
-from cir_core.index_build import items_from_images
-from cir_core.index_cache import default_gallery_index, usable_cache_root
+from cir_core.index_cache import serving_index, usable_cache_root
+from cir_core.feature_cache import FeatureCache
 from cir_core.inputs import QueryError, check_caption, check_k, load_query_image
 from cir_core.model import SPRCModel
-from cir_core.results import Comparison, GroundTruth, Hit, MethodRanking, RetrievalResult, StageTimings
+from cir_core.results import (Comparison, GroundTruth, Hit, MethodRanking, ModelSummary, RetrievalResult,
+                              StageTimings)
 from cir_core.prompt_views import PromptViews
 from cir_core.precision import check_gallery_precision, check_query_precision, query_model, resolve_query_precision
 from cir_core.transforms import ImageTransform
@@ -57,20 +55,12 @@ class Engine:
                  feature_cache_size: int = 256, num_threads: int = 1, cache_dir: str | Path | None = None,
                  query_precision: str = "auto"):
         """`index` was built with `model`; `source`, a labelled benchmark split, provides the queries
-        for examples, ground truth and failure inspection (None: a plain gallery).
-
-        `cache_dir` keeps what the engine computes once across restarts: the benchmark
-        queries' ranks (ranking every query takes tens of seconds on a CPU) and the caption
-        bank of the nearest-caption view; None keeps them in memory only.
-        `num_threads` is the process's torch/faiss thread count (one per request suits a
-        server with concurrent users).
-        `query_precision` "bf16" or "int8" runs searches without explanations (the uploaded
-        reference's vision encoder and both Q-Former passes) on a reduced-precision copy of
-        the model (`cir_core.precision`): faster on a CPU, with query vectors close to
-        fp32's, so rankings can differ from fp32 where scores nearly tie. Explanations
-        always use the fp32 model. "auto" is int8 for a large vision encoder on a CPU (ViT-g),
-        else the model itself (`cir_core.precision.resolve_query_precision`).
-        """
+        for examples, ground truth and failure inspection (None: a plain gallery). `cache_dir`
+        keeps the benchmark's ranks and the caption bank across restarts (None: in memory only).
+        `num_threads` is the process's torch/faiss thread count (one per request suits a server).
+        `query_precision` "bf16" or "int8" encodes searches without explanations with a
+        reduced-precision copy of the model (`cir_core.precision`; explanations use fp32);
+        "auto" is int8 for a ViT-g-sized model on a CPU, else the model itself."""
         check_query_precision(query_precision)
         limit_threads(num_threads)
         self.model = model.eval()
@@ -78,15 +68,9 @@ class Engine:
         self.source = source
         self.transform = ImageTransform(model.config.preprocess)
         self._row_of = {image_id: row for row, image_id in enumerate(index.ids)}
-        self._feature_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._feature_cache_size = feature_cache_size
-        self._lock = threading.Lock()
-        self.cache_hits = 0  # gallery references served from the feature cache
-        self.cache_misses = 0  # gallery references that went through the vision encoder
+        self.features = FeatureCache(feature_cache_size)  # gallery references' vision features
         self._ranking = (BenchmarkRanking(source, index.ids, self._score_benchmark_queries, self._ranks_file)
                          if source is not None else None)
-        self._answered = False  # whether a search has answered yet (see after_first_answer)
-        self._after_first_answer: list = []
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.prompt_views = PromptViews(self.model, index, source, self.cache_dir)
         self.query_precision = resolve_query_precision(model, query_precision)
@@ -98,20 +82,11 @@ class Engine:
                   source: BenchmarkSource | None = None, cache_root: str | Path | None = None, progress: bool = True,
                   num_threads: int = 1, gallery_precision: str = "auto", device: str = "auto",
                   index_seed: str | Path | None = None, **kwargs) -> Engine:
-        """Load a model from a URI and its gallery index.
-
-        With `index_dir`, that index is loaded (refused if another model built it).
-        Without, the gallery of `source` (a labelled benchmark split), else every image
-        under `gallery_data` (a plain folder), is indexed once and cached under
-        `cache_root` (default ~/.cache/cir, or $CIR_CACHE, else a temporary folder when that
-        cannot be written), keyed by the model's weights fingerprint, the gallery's folder and
-        contents, and `gallery_precision` (how its images are encoded; `cir_core.index_cache`).
-        `source` also provides the benchmark queries (examples, ground truth, failures).
-        `index_seed` (`cir_core.index_seed`): shipped vectors of the gallery that stand for
-        encoding it, when they come from this model's weights (else the gallery is encoded).
-        `device` is "auto" (CUDA when available), "cpu" or "cuda" (refused without CUDA); on
-        CUDA the model runs in fp16 (`cir_core.device.place_model`).
-        """
+        """Load a model from a URI and the index it serves (`cir_core.index_cache.serving_index`: a
+        prebuilt `index_dir`, else the gallery of `source` or of the folder `gallery_data`, indexed
+        once in `gallery_precision` and cached under `cache_root`, default ~/.cache/cir or
+        $CIR_CACHE). `source` also provides the benchmark queries; `device` is "auto" (CUDA
+        when available), "cpu" or "cuda" (fp16 there, `cir_core.device.place_model`)."""
         check_gallery_precision(gallery_precision)
         device = resolve_device(device)  # refuses cuda without CUDA before the (slow) model load
         if index_dir is None and source is None and gallery_data is None:
@@ -119,15 +94,8 @@ class Engine:
         limit_threads(num_threads)  # the gallery build below too
         model = place_model(load_model(model_uri), device)
         cache_root = Path(cache_root) if cache_root is not None else usable_cache_root()
-        if index_dir is not None:
-            index = GalleryIndex.load(index_dir, model=model)
-        elif source is not None:
-            index = default_gallery_index(model, source.gallery_items(), cache_root, source.name, progress=progress,
-                                          precision=gallery_precision, seed=index_seed)
-        else:
-            folder = Path(gallery_data).expanduser().resolve()
-            index = default_gallery_index(model, items_from_images(folder), cache_root, folder.name, root=folder,
-                                          progress=progress, precision=gallery_precision)
+        index = serving_index(model, cache_root, index_dir, source, gallery_data, progress, gallery_precision,
+                              index_seed)
         logger.info("engine ready: model %s, %d gallery images", model.config.name, len(index.ids))
         kwargs.setdefault("cache_dir", cache_root / "failures")
         return cls(model, index, source=source, num_threads=num_threads, **kwargs)
@@ -136,6 +104,12 @@ class Engine:
     @property
     def gallery_ids(self) -> list[str]:
         return list(self.index.ids)
+
+    def model_summary(self) -> ModelSummary:
+        config = self.model.config
+        return ModelSummary(name=config.name, prompt_tokens=self.model.num_query_tokens, query_mode=config.query_mode,
+                            query_mode_description=QUERY_MODE_DESCRIPTIONS[config.query_mode],
+                            explainable=config.query_mode == "sprc")
 
     def summary(self) -> str:
         """One line for people: the model, where it runs, the gallery and the precision each side is encoded in."""
@@ -212,7 +186,8 @@ class Engine:
         if explain:
             top_id = hits[0].id if hits else None
             relevance = self.relevance(query.float().cpu().numpy(), top_id) if top_id is not None else None
-            explanation = self.prompt_views.explain(prompt[0], attentions, reference_image, query, relevance, top_id)
+            seen = self.transform.resize_and_crop(reference_image)  # the pixels the attention maps belong to
+            explanation = self.prompt_views.explain(prompt[0], attentions, seen, query, relevance, top_id)
         timings = StageTimings(image_encode_ms=1000 * (encoded - started), prompt_ms=1000 * (prompted - encoded),
                                compose_ms=tokenize_ms + 1000 * (composed - prompted),
                                search_ms=1000 * (searched - composed),
@@ -220,8 +195,6 @@ class Engine:
         result = RetrievalResult(caption=caption, reference_id=reference_id, hits=hits, timings=timings,
                                  query_vector=query.float().cpu().numpy(), notes=caption_check.notes,
                                  ground_truth=truth, explanation=explanation)
-        if not self._answered:
-            self._first_answer_given()
         return result
 
     def relevance(self, query_vector: np.ndarray, result_id: str) -> RelevanceMap:
@@ -229,7 +202,9 @@ class Engine:
         query = torch.as_tensor(np.asarray(query_vector), dtype=torch.float32)
         if query.shape != (self.model.config.embed_dim,):
             raise QueryError(f"a query vector has shape ({self.model.config.embed_dim},), got {tuple(query.shape)}")
-        return result_relevance(self.model, query, self._gallery_features(result_id)[0])
+        relevance = result_relevance(self.model, query, self._gallery_features(result_id)[0])
+        relevance.view = self.transform.resize_and_crop(self.gallery_image(result_id))
+        return relevance
 
     def compare(self, image, caption: str, k: int = 10, exclude_reference: bool = True,
                 ground_truth_id: str | None = None) -> Comparison:
@@ -284,29 +259,6 @@ class Engine:
             raise QueryError(f"unknown group {group!r}; this benchmark has {', '.join(self.group_names()) or 'none'}")
         return self._ranking.report(group, keyword)
 
-    def after_first_answer(self, work) -> None:
-        """Run `work()` once the first search has answered (at once if one already has).
-
-        Start-up work that no search needs (ranking the benchmark, encoding the caption
-        bank) waits for it, so that it never delays a fresh app's first answer.
-        """
-        with self._lock:
-            if not self._answered:
-                self._after_first_answer.append(work)
-                return
-        work()
-
-    def _first_answer_given(self) -> None:
-        with self._lock:
-            if self._answered:
-                return
-            self._answered, pending, self._after_first_answer = True, self._after_first_answer, []
-        for work in pending:
-            try:
-                work()
-            except Exception:  # background preparations must never fail the answer that triggered them
-                logger.exception("work waiting for the first answer failed")
-
     def prepare_caption_bank(self) -> threading.Thread:
         """Load or encode the prompt view's caption bank in a background thread (once)."""
         return self.prompt_views.prepare()
@@ -355,31 +307,16 @@ class Engine:
         return None, features, rgb if keep_image else None
 
     def _gallery_features(self, image_id: str, remember: bool = True) -> torch.Tensor:
-        """(1, T, W) vision features of a gallery image: stored in the index, else from the LRU cache when possible.
-
-        `remember=False` (ranking a whole benchmark) leaves the cache to the users' queries.
-        """
-        row = self._row(image_id)
-        stored = self.index.vision_features(row)  # (1, T, W) fp16 or None
+        """(1, T, W) vision features of a gallery image: stored in the index, else from the feature cache."""
+        stored = self.index.vision_features(self._row(image_id))  # (1, T, W) fp16 or None
         if stored is not None:  # a read from disk (under a millisecond), so not worth the cache's memory
             return torch.from_numpy(stored).to(self.model.device, dtype=self.model.query_tokens.dtype)
-        with self._lock:
-            features = self._feature_cache.get(image_id)
-            if features is not None:
-                self._feature_cache.move_to_end(image_id)
-                self.cache_hits += 1
-                return features
-            self.cache_misses += 1
-        with torch.inference_mode():
-            pixels = self.transform(load_query_image(self.gallery_path(image_id))).unsqueeze(0)
-            features = self.model.vision_features(pixels)
-        if not remember:
-            return features
-        with self._lock:
-            self._feature_cache[image_id] = features
-            while len(self._feature_cache) > self._feature_cache_size:
-                self._feature_cache.popitem(last=False)
-        return features
+
+        def encode() -> torch.Tensor:
+            with torch.inference_mode():
+                return self.model.vision_features(self.transform(self.gallery_image(image_id)).unsqueeze(0))
+
+        return self.features.get(image_id, encode, remember)
 
     def _search(self, query: torch.Tensor, k: int, excluded: list[str]) -> list[Hit]:
         found = self.index.search(query, k, exclude=excluded)

@@ -15,8 +15,8 @@ Three views, all computed from the model's own tensors:
 Shapes: Q prompt tokens, H Q-Former width, V vocabulary, T = 1 + g*g vision tokens, g the
 patch grid side, D projection width. Maps are numpy arrays scaled to [0, 1].
 
-Rendering (`heatmap_overlay`) draws a map with a matplotlib colormap on the image exactly
-as the model saw it (`ImageTransform.resize_and_crop`), with a colour bar; no gradio.
+Each explanation carries the images as the model saw them (`ImageTransform.resize_and_crop`),
+so that a view can draw the maps on exactly those pixels (`demo.render`).
 """
 from __future__ import annotations
 
@@ -24,14 +24,12 @@ import math
 import re
 from dataclasses import dataclass
 
-import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from cir_core.model import SPRCModel
-from cir_core.transforms import ImageTransform, to_rgb
 
 _UNUSED_TOKEN = re.compile(r"^\[unused\d+\]$")
 
@@ -59,6 +57,7 @@ class RelevanceMap:
 
     grid: np.ndarray  # (g, g) positive gradient-weighted attention, scaled to [0, 1] (all zero if none)
     score: float  # the score being explained: max over the result's Q vectors of the dot product
+    view: Image.Image | None = None  # the result image as the model saw it (resized, padded, cropped), RGB
 
 
 @dataclass
@@ -68,7 +67,7 @@ class Explanation:
     prompt_tokens: list[list[TokenMatch]]  # per sentence-prompt vector (Q), nearest tokens, best first
     auxiliary_tokens: list[list[TokenMatch]]  # the same for the learned auxiliary prompt P' (Q)
     attention: AttentionMaps  # prompt tokens over the reference patches
-    reference: Image.Image  # RGB reference image the attention maps belong to
+    reference: Image.Image  # the reference as the model saw it (resized, padded, cropped), RGB: the maps' pixels
     relevance: RelevanceMap | None = None  # on `relevance_id`, when a result was explained
     relevance_id: str | None = None  # gallery id of the explained result
     query_captions: list | None = None  # caption_bank.CaptionMatch: captions nearest the composed query, best first
@@ -168,36 +167,3 @@ def result_relevance(model: SPRCModel, query: torch.Tensor, target_features: tor
     relevance = torch.stack(cams).mean(dim=0).float().cpu().numpy()
     side = grid_side(relevance.shape[0])
     return RelevanceMap(grid=_scale_unit(relevance[1:]).reshape(side, side), score=float(score.detach()))
-
-
-def heatmap_overlay(image: Image.Image, heat: np.ndarray, transform: ImageTransform, title: str = "",
-                    colormap: str = "inferno", alpha: float = 0.5, display_size: int = 224) -> Image.Image:
-    """Draw a (g, g) map in [0, 1] over the image as the model saw it, with a colour bar; returns RGB.
-
-    Composited with numpy and PIL rather than a matplotlib figure: a figure costs about
-    0.2 s per image, too slow for several maps per query.
-    """
-    if heat.ndim != 2:
-        raise ValueError(f"a heatmap must be 2-D, got shape {heat.shape}")
-    cmap = matplotlib.colormaps[colormap]
-    view = transform.resize_and_crop(to_rgb(image)).resize((display_size, display_size), Image.Resampling.BICUBIC)
-    smooth = Image.fromarray(np.clip(np.asarray(heat, dtype=np.float32), 0.0, 1.0)).resize(
-        (display_size, display_size), Image.Resampling.BILINEAR)
-    colours = cmap(np.asarray(smooth))[..., :3] * 255.0  # (S, S, 3)
-    blended = (1.0 - alpha) * np.asarray(view, dtype=np.float32) + alpha * colours
-    overlay = Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8))
-
-    bar_width, label_width, title_height = 14, 34, 18 if title else 4
-    canvas = Image.new("RGB", (display_size + 6 + bar_width + label_width, display_size + title_height + 4), "white")
-    canvas.paste(overlay, (0, title_height))
-    ramp = np.linspace(1.0, 0.0, display_size)[:, None].repeat(bar_width, axis=1)  # top = 1
-    canvas.paste(Image.fromarray((cmap(ramp)[..., :3] * 255).astype(np.uint8)), (display_size + 6, title_height))
-    draw = ImageDraw.Draw(canvas)
-    for value in (1.0, 0.5, 0.0):
-        y = title_height + round((1.0 - value) * (display_size - 1))
-        draw.line([(display_size + 6 + bar_width, y), (display_size + 9 + bar_width, y)], fill="black")
-        draw.text((display_size + 11 + bar_width, min(max(y - 5, title_height), title_height + display_size - 11)),
-                  f"{value:.1f}", fill="black")
-    if title:
-        draw.text((2, 3), title, fill="black")
-    return canvas

@@ -32,7 +32,8 @@ from pathlib import Path
 from cir_core.atomic import remove_abandoned
 from cir_core.checkpoints import weights_fingerprint
 from cir_core.index import GalleryIndex, GalleryIndexError
-from cir_core.index_build import BuildInProgressError, GalleryItem, destination_lock, wait_for_build
+from cir_core.data.spec import BenchmarkSource
+from cir_core.index_build import BuildInProgressError, GalleryItem, destination_lock, items_from_images, wait_for_build
 from cir_core.model import SPRCModel
 from cir_core.precision import (
     GALLERY_PRECISIONS,
@@ -269,3 +270,20 @@ def _remove(folders: list[Path]) -> None:
         if wait_for_build(folder, 0):
             shutil.rmtree(folder, ignore_errors=True)
             shutil.rmtree(folder.parent / f".{folder.name}.work", ignore_errors=True)
+
+
+def serving_index(model: SPRCModel, cache_root: Path, index_dir: str | Path | None = None,
+                  source: BenchmarkSource | None = None, gallery_data: str | Path | None = None,
+                  progress: bool = True, precision: str = "auto", seed: str | Path | None = None) -> GalleryIndex:
+    """The index an app serves: the prebuilt `index_dir` (refused if another model built it), else
+    the gallery of `source` (a labelled benchmark split), else every image under `gallery_data`,
+    indexed once and cached under `cache_root` (`default_gallery_index`; `seed` stands for encoding
+    a benchmark's gallery when it comes from this model's weights)."""
+    if index_dir is not None:
+        return GalleryIndex.load(index_dir, model=model)
+    if source is not None:
+        return default_gallery_index(model, source.gallery_items(), cache_root, source.name, progress=progress,
+                                     precision=precision, seed=seed)
+    folder = Path(gallery_data).expanduser().resolve()
+    return default_gallery_index(model, items_from_images(folder), cache_root, folder.name, root=folder,
+                                 progress=progress, precision=precision)

@@ -293,12 +293,6 @@ def _ids_problem(ids: list[str]) -> str | None:
     return None
 
 
-def read_seed(path: str | Path) -> tuple[np.ndarray, list[str], dict]:
-    """(vectors (N, Q, D) float16, ids, meta) of a seed file; SeedError when it is not one."""
-    seed = open_seed(path)
-    return seed.vectors(), seed.ids, seed.meta
-
-
 def seed_problem(meta: dict, ids: list[str], model, items: list[GalleryItem], precision: str) -> str | None:
     """Why the seed (metadata checked by `open_seed`) cannot stand for encoding `items` with `model`
     at `precision` (None: it can)."""

@@ -14,7 +14,6 @@ Mechanism (see docs/sprc-reference.md in the shared docs):
 from __future__ import annotations
 
 import contextlib
-import math
 
 from dataclasses import dataclass
 

@@ -100,3 +100,14 @@ class Comparison:
     reference_id: str | None  # gallery id of the reference when it came from the gallery
     rankings: list[MethodRanking]  # in the order text-only, image-only, sprc
     notes: list[str] = field(default_factory=list)  # remarks on the input
+
+
+@dataclass
+class ModelSummary:
+    """What an app needs to know of the model it serves, without reaching into it."""
+
+    name: str  # the model config's name
+    prompt_tokens: int  # Q: vectors in the sentence prompt (and attention maps per query)
+    query_mode: str  # how the composed query is formed ("sprc" or a baseline's mode)
+    query_mode_description: str  # that, in words
+    explainable: bool  # whether searches can return explanations (only a sentence prompt has them)

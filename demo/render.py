@@ -9,11 +9,13 @@ import html
 import textwrap
 from collections.abc import Callable
 
+import matplotlib
+import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
-from cir_core.engine import BenchmarkReport, Comparison, FailureCase, GroundTruth, Hit, RetrievalResult, StageTimings
-from cir_core.explain import Explanation, TokenMatch, heatmap_overlay
-from cir_core.transforms import ImageTransform
+from cir_core.evaluation.failures import BenchmarkReport, FailureCase
+from cir_core.results import Comparison, GroundTruth, Hit, RetrievalResult, StageTimings
+from cir_core.explain import Explanation, RelevanceMap, TokenMatch
 
 TARGET_MARK = "★ target"
 
@@ -115,18 +117,53 @@ def captions_html(explanation: Explanation | None, target_id: str | None = None)
             + "</div>")
 
 
-def attention_overlay(explanation: Explanation, transform: ImageTransform, token: int | None) -> Image.Image:
+def heatmap_overlay(view: Image.Image, heat: np.ndarray, title: str = "", colormap: str = "inferno",
+                    alpha: float = 0.5, display_size: int = 224) -> Image.Image:
+    """Draw a (g, g) map in [0, 1] over an image as the model saw it (`view`), with a colour bar; RGB.
+
+    Composited with numpy and PIL rather than a matplotlib figure, which costs far more per
+    image (docs/performance.md) when several maps are drawn per query.
+    """
+    if heat.ndim != 2:
+        raise ValueError(f"a heatmap must be 2-D, got shape {heat.shape}")
+    cmap = matplotlib.colormaps[colormap]
+    shown = view.convert("RGB").resize((display_size, display_size), Image.Resampling.BICUBIC)
+    smooth = Image.fromarray(np.clip(np.asarray(heat, dtype=np.float32), 0.0, 1.0)).resize(
+        (display_size, display_size), Image.Resampling.BILINEAR)
+    colours = cmap(np.asarray(smooth))[..., :3] * 255.0  # (S, S, 3)
+    blended = (1.0 - alpha) * np.asarray(shown, dtype=np.float32) + alpha * colours
+    overlay = Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8))
+
+    bar_width, label_width, title_height = 14, 34, 18 if title else 4
+    canvas = Image.new("RGB", (display_size + 6 + bar_width + label_width, display_size + title_height + 4), "white")
+    canvas.paste(overlay, (0, title_height))
+    ramp = np.linspace(1.0, 0.0, display_size)[:, None].repeat(bar_width, axis=1)  # top = 1
+    canvas.paste(Image.fromarray((cmap(ramp)[..., :3] * 255).astype(np.uint8)), (display_size + 6, title_height))
+    draw = ImageDraw.Draw(canvas)
+    for value in (1.0, 0.5, 0.0):
+        y = title_height + round((1.0 - value) * (display_size - 1))
+        draw.line([(display_size + 6 + bar_width, y), (display_size + 9 + bar_width, y)], fill="black")
+        draw.text((display_size + 11 + bar_width, min(max(y - 5, title_height), title_height + display_size - 11)),
+                  f"{value:.1f}", fill="black")
+    if title:
+        draw.text((2, 3), title, fill="black")
+    return canvas
+
+
+def attention_overlay(explanation: Explanation, token: int | None) -> Image.Image:
     """Heatmap of one prompt token's attention (or the average when `token` is None) over the reference."""
     maps = explanation.attention
     if token is None:
-        return heatmap_overlay(explanation.reference, maps.average, transform, "all prompt tokens (mean)")
+        return heatmap_overlay(explanation.reference, maps.average, "all prompt tokens (mean)")
     token = max(0, min(int(token), maps.per_token.shape[0] - 1))
-    return heatmap_overlay(explanation.reference, maps.per_token[token], transform,
+    return heatmap_overlay(explanation.reference, maps.per_token[token],
                            f"prompt token P{token + 1} (patch share {maps.patch_share[token]:.2f})")
 
 
-def relevance_overlay(image: Image.Image, grid, transform: ImageTransform, result_id: str, score: float) -> Image.Image:
-    return heatmap_overlay(image, grid, transform, f"relevance for {result_id} (score {score:.3f})", colormap="jet")
+def relevance_overlay(relevance: RelevanceMap, result_id: str) -> Image.Image:
+    """Heatmap of a result's relevance map over the result as the model saw it."""
+    return heatmap_overlay(relevance.view, relevance.grid, f"relevance for {result_id} (score {relevance.score:.3f})",
+                           colormap="jet")
 
 
 def comparison_galleries(comparison: Comparison, image_of: Callable[[str], Image.Image]

@@ -115,9 +115,9 @@ def test_ground_truth_rank_outside_top_k_comes_from_exact_scores(engine, brute_f
 def test_gallery_reference_uses_the_feature_cache_and_matches_the_file(engine):
     reference = engine.gallery_ids[7]
     engine.search(reference, CAPTION, k=4, exclude_reference=False)
-    hits_before = engine.cache_hits
+    hits_before = engine.features.hits
     by_id = engine.search(reference, CAPTION, k=4, exclude_reference=False)
-    assert engine.cache_hits == hits_before + 1
+    assert engine.features.hits == hits_before + 1
     by_file = engine.search(engine.gallery_path(reference), CAPTION, k=4, exclude_reference=False)
     assert by_file.reference_id is None
     assert [h.id for h in by_id.hits] == [h.id for h in by_file.hits]

@@ -12,7 +12,6 @@ from cir_core.explain import (
     Vocabulary,
     attention_maps,
     grid_side,
-    heatmap_overlay,
     patch_attention,
     result_relevance,
 )
@@ -128,12 +127,14 @@ def test_heatmap_overlay_draws_map_and_colour_bar():
     transform = ImageTransform(PreprocessConfig(image_size=32))
     heat = np.zeros((4, 4), dtype=np.float32)
     heat[0, 0] = 1.0
+    from demo.render import heatmap_overlay
+
     image = Image.new("RGB", (64, 48), (128, 128, 128))
-    overlay = heatmap_overlay(image, heat, transform, title="test", display_size=128)
+    overlay = heatmap_overlay(transform.resize_and_crop(image), heat, title="test", display_size=128)
     pixels = np.asarray(overlay)
     assert overlay.mode == "RGB" and pixels.shape[0] > 128 and pixels.shape[1] > 128 + 14
     top_left = pixels[30, 10].astype(int)  # hot corner: bright
     bottom_right = pixels[140, 120].astype(int)  # cold corner: darker than the grey image
     assert top_left.sum() > bottom_right.sum() + 100
     with pytest.raises(ValueError, match="2-D"):
-        heatmap_overlay(image, np.zeros(4), transform)
+        heatmap_overlay(image, np.zeros(4))

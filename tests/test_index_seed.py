@@ -11,11 +11,17 @@ import pytest
 from cir_core.checkpoints import load_model, weights_fingerprint
 from cir_core.data.registry import open_source
 from cir_core.index import GalleryIndex
-from cir_core.index_seed import export_seed, read_seed
+from cir_core.index_seed import export_seed, open_seed
 from tiny_gallery import tiny_engine, write_image_sensitive_checkpoint, write_tiny_shapes
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_SEED = ROOT / "checkpoints" / "shapes-mini" / "gallery_index_seed.npz"
+
+
+def read_seed(path):
+    """(vectors, ids, meta) of a seed file, as a start reads them."""
+    seed = open_seed(path)
+    return seed.vectors(), seed.ids, seed.meta
 
 
 @pytest.fixture(scope="module")

@@ -282,7 +282,8 @@ def test_an_index_whose_recorded_folder_is_the_root_still_serves_only_images(bui
 
 def test_a_result_whose_file_is_gone_shows_as_a_grey_square(tmp_path, checkpoint):
     from demo.render import missing_picture
-    from demo.ui import RESULT_SIDE, ViewState, build_ui
+    from demo.handlers import RESULT_SIDE, ViewState
+    from demo.ui import build_ui
 
     for seed in range(4):
         write_image(tmp_path / "gallery" / f"img{seed}.png", seed)
@@ -399,7 +400,7 @@ def data_url(raw: bytes) -> str:
 
 
 def test_a_data_url_over_the_limit_is_refused_before_decoding(monkeypatch, tmp_path):
-    from demo import ui
+    from demo import requests as ui
 
     def never(*args, **kwargs):
         raise AssertionError("decoded an image over the limit")
@@ -425,7 +426,7 @@ def test_a_data_url_over_the_limit_is_refused_before_decoding(monkeypatch, tmp_p
 
 def test_a_data_url_over_the_limit_is_refused_by_the_running_app(linked_gallery_app, upload):
     _, url, _, _ = linked_gallery_app
-    from demo.ui import MAX_UPLOAD_BYTES
+    from demo.requests import MAX_UPLOAD_BYTES
 
     payload = {"url": data_url(b"\x89PNG" + b"\0" * (MAX_UPLOAD_BYTES + 1)), "meta": {"_type": "gradio.FileData"}}
     event, data = rest_call(url, "search", [payload, CAPTION, 3, False])
@@ -437,7 +438,7 @@ def test_a_data_url_over_the_limit_is_refused_by_the_running_app(linked_gallery_
 
 def test_a_request_body_over_the_bound_is_answered_413_unread(linked_gallery_app):
     _, url, _, _ = linked_gallery_app
-    from demo.ui import MAX_REQUEST_BYTES
+    from demo.requests import MAX_REQUEST_BYTES
 
     body = b'{"data": ["' + b"A" * MAX_REQUEST_BYTES + b'"]}'
     response = httpx.post(f"{url}gradio_api/call/search", content=body, timeout=60,
@@ -462,7 +463,7 @@ def test_the_app_deletes_old_uploads_and_shown_images(served):
 
 # ------------------------------------------------------------------ errors in the server log
 def test_a_user_error_logs_one_line_and_an_unexpected_one_its_traceback(caplog):
-    from demo.ui import user_errors
+    from demo.requests import user_errors
 
     @user_errors
     def refuse():
@@ -472,7 +473,7 @@ def test_a_user_error_logs_one_line_and_an_unexpected_one_its_traceback(caplog):
     def crash():
         raise RuntimeError("boom")
 
-    with caplog.at_level(logging.INFO, logger="demo.ui"):
+    with caplog.at_level(logging.INFO, logger="demo.requests"):
         with pytest.raises(gr.Error) as refused:
             refuse()
         with pytest.raises(gr.Error, match=r"internal error \(RuntimeError\): boom") as crashed:
@@ -489,12 +490,12 @@ def test_the_running_app_logs_no_traceback_for_bad_input(linked_gallery_app, upl
     _, url, _, _ = linked_gallery_app
     client = Client(url, verbose=False)
     capfd.readouterr()
-    with caplog.at_level(logging.INFO, logger="demo.ui"):
+    with caplog.at_level(logging.INFO, logger="demo.requests"):
         with pytest.raises(Exception, match="caption is empty"):
             client.predict(handle_file(str(upload)), "   ", 3, False, api_name="/search")
     server_output = capfd.readouterr()
     assert "Traceback" not in server_output.err + server_output.out
-    assert [record.getMessage() for record in caplog.records if record.name == "demo.ui"] == [
+    assert [record.getMessage() for record in caplog.records if record.name == "demo.requests"] == [
         "run_search refused: the caption is empty: describe how the target differs from the reference"]
 
 

@@ -115,7 +115,7 @@ def test_a_gallery_reference_skips_the_vision_encoder_with_the_same_ranking(mode
     with_features, without = Engine(model, stored), Engine(model, plain)
     reference = stored.ids[2]
     expected = without.search(reference, CAPTION, k=7)
-    assert without.cache_misses == 1  # the plain index ran the vision encoder
+    assert without.features.misses == 1  # the plain index ran the vision encoder
     assert "vision features stored" in with_features.summary() and "on CPU" in with_features.summary()
 
     def no_vision_encoder(*args, **kwargs):
@@ -125,7 +125,7 @@ def test_a_gallery_reference_skips_the_vision_encoder_with_the_same_ranking(mode
     result = with_features.search(reference, CAPTION, k=7)
     assert [hit.id for hit in result.hits] == [hit.id for hit in expected.hits]
     np.testing.assert_allclose([hit.score for hit in result.hits], [hit.score for hit in expected.hits], atol=1e-2)
-    assert with_features.cache_misses == 0
+    assert with_features.features.misses == 0
 
 
 def test_the_cli_stores_features_when_asked(model, images, tmp_path, capsys, tiny_checkpoint):

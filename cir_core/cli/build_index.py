@@ -1,4 +1,4 @@
-"""`cir build-index (--images DIR | --data DIR [--dataset shapes|cirr|fashioniq] [--split S]) --model URI --out INDEX_DIR`."""
+"""`cir build-index (--images DIR | --data DIR [--dataset NAME] [--split S]) --model URI --out INDEX_DIR`."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from cir_core.cli import CommandError
+from cir_core.data.registry import DATASETS
 from cir_core.device import DEVICES
 from cir_core.precision import GALLERY_PRECISIONS
 
@@ -25,7 +26,8 @@ def register(subparsers) -> None:
     source.add_argument("--images", type=Path, metavar="DIR", help="index every image file under DIR (recursively)")
     source.add_argument("--data", type=Path, metavar="DIR",
                         help="a benchmark's folder (see --dataset): index one split's gallery")
-    parser.add_argument("--dataset", default="shapes", help="benchmark of --data: shapes (default), cirr or fashioniq")
+    parser.add_argument("--dataset", default="shapes",
+                        help=f"benchmark of --data: {', '.join(DATASETS)} (default shapes)")
     parser.add_argument("--split", help="split of --data whose gallery is indexed (default: test for shapes, "
                                         "val for CIRR and FashionIQ)")
     parser.add_argument("--category", help="FashionIQ category of --data (default: the three categories' union)")

@@ -21,11 +21,12 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from cir_core.data.folders import IMAGES_DIR, INFO_FILE, check_destination, check_split_images, write_json
 from cir_core.data.shapes_edits import (
     EDIT_TYPES,
     HELD_OUT_PHRASINGS,
@@ -58,15 +59,12 @@ from cir_core.data.shapes_scene import (
 )
 from cir_core.data.shapes_splits import SPLITS, ShapesCounts, ShapesQuery, ShapesSplitPlan, plan_splits
 from cir_core.data.triplets import Triplet, TripletSplit
-from cir_core.safe_paths import PathOutsideRootError, outside_root
 
 logger = logging.getLogger(__name__)
 
 BENCHMARK = "shapes"
 VERSION = 1
-INFO_FILE = "info.json"
 SCENES_FILE = "scenes.json"
-IMAGES_DIR = "images"
 TRIPLET_KEYS = ("pairid", "reference", "target", "caption", "edit", "novel")
 # Below this many images a worker pool costs more to start than it saves.
 _POOL_MIN_IMAGES = 2000
@@ -134,24 +132,6 @@ def _info(seed: int, image_size: int, counts: ShapesCounts, plans: dict[str, Sha
     }
 
 
-def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, separators=(",", ":")))
-
-
-def _check_destination(out_dir: Path, overwrite: bool) -> None:
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise FileExistsError(f"{out_dir} exists and is not a folder")
-    if not any(out_dir.iterdir()):
-        return
-    if not overwrite:
-        raise FileExistsError(f"{out_dir} already exists; choose a new folder or overwrite it (--overwrite)")
-    if not (out_dir / INFO_FILE).is_file():
-        raise FileExistsError(f"refusing to overwrite {out_dir}: it is not empty and has no {INFO_FILE} "
-                              "(not a shapes dataset)")
-
-
 def write_shapes_dataset(out_dir: str | Path, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE,
                          counts: ShapesCounts | None = None, progress: bool = True, workers: int = 2,
                          overwrite: bool = False) -> ShapesWriteSummary:
@@ -169,7 +149,7 @@ def write_shapes_dataset(out_dir: str | Path, seed: int = 0, image_size: int = D
         raise ValueError(f"image size {image_size} is too small (minimum {MIN_IMAGE_SIZE})")
     if image_size > MAX_IMAGE_SIZE:
         raise ValueError(f"image size {image_size} is too large (maximum {MAX_IMAGE_SIZE})")
-    _check_destination(out_dir, overwrite)
+    check_destination(out_dir, overwrite, BENCHMARK)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
@@ -182,14 +162,14 @@ def write_shapes_dataset(out_dir: str | Path, seed: int = 0, image_size: int = D
         render_start = time.perf_counter()
         _render_all([scenes[i] for i in sorted(scenes)], image_size, staging / IMAGES_DIR, workers, progress)
         render_seconds = time.perf_counter() - render_start
-        _write_json(staging / SCENES_FILE, {scene_id: scenes[scene_id].to_dict() for scene_id in sorted(scenes)})
+        write_json(staging / SCENES_FILE, {scene_id: scenes[scene_id].to_dict() for scene_id in sorted(scenes)})
         for name, plan in plans.items():
-            _write_json(staging / f"{name}.json", [
+            write_json(staging / f"{name}.json", [
                 {"pairid": pairid, "reference": q.reference.id, "target": q.target.id, "caption": q.caption,
                  "edit": q.edit, "novel": q.novel}
                 for pairid, q in enumerate(plan.queries)
             ])
-            _write_json(staging / f"gallery_{name}.json", [scene.id for scene in plan.gallery])
+            write_json(staging / f"gallery_{name}.json", [scene.id for scene in plan.gallery])
         (staging / INFO_FILE).write_text(json.dumps(_info(seed, image_size, counts, plans, len(scenes)), indent=2))
         _move_into_place(staging, out_dir)
     except BaseException:
@@ -273,7 +253,7 @@ def export_split(data_dir: str | Path, split: str, out_dir: str | Path) -> Path:
     data_dir, out_dir = Path(data_dir).expanduser().resolve(), Path(out_dir).expanduser().resolve()
     info = read_shapes_info(data_dir)
     source = read_shapes_split(data_dir, split)
-    _check_destination(out_dir, overwrite=False)
+    check_destination(out_dir, False, BENCHMARK)
     scenes = read_shapes_scenes(data_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -281,7 +261,7 @@ def export_split(data_dir: str | Path, split: str, out_dir: str | Path) -> Path:
         (staging / IMAGES_DIR).mkdir()
         for image_id in source.gallery:
             shutil.copyfile(source.path(image_id), staging / IMAGES_DIR / f"{image_id}.png")
-        _write_json(staging / SCENES_FILE, {i: scenes[i].to_dict() for i in source.gallery})
+        write_json(staging / SCENES_FILE, {i: scenes[i].to_dict() for i in source.gallery})
         shutil.copyfile(data_dir / f"{split}.json", staging / f"{split}.json")
         shutil.copyfile(data_dir / f"gallery_{split}.json", staging / f"gallery_{split}.json")
         info = {**info, "splits": {split: info["splits"][split]}, "images": len(source.gallery),
@@ -350,16 +330,7 @@ def read_shapes_split(data_dir: str | Path, split: str, with_region_labels: bool
     if not triplets:
         raise ValueError(f"{split_path} holds no queries")
     _check_unique([t.pairid for t in triplets], "pairids", split_path)
-    in_gallery = set(gallery)
-    outside = sorted({image_id for t in triplets for image_id in (t.reference, t.target) if image_id not in in_gallery})
-    if outside:
-        raise ValueError(f"{split_path}: {len(outside)} reference/target ids are not in {gallery_path.name} "
-                         f"(first: {outside[0]!r}); the dataset is corrupt")
-    for image_id in gallery:
-        reason = outside_root(data_dir, PurePosixPath(IMAGES_DIR, f"{image_id}.png"))
-        if reason:
-            raise PathOutsideRootError(f"{gallery_path}: image id {image_id!r:.200} names a file that {reason}; "
-                                       f"images must stay inside {data_dir}")
+    check_split_images(data_dir, triplets, gallery, split_path, gallery_path)
     images_dir = data_dir / IMAGES_DIR
     result = TripletSplit(
         name=f"{BENCHMARK}/{split}",

@@ -8,15 +8,14 @@ split's gallery, and the groups, scene and camera labels are text.
 from __future__ import annotations
 
 import json
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
+from cir_core.data.folders import IMAGES_DIR, check_split_images
 from cir_core.data.triplets import Triplet, TripletSplit
-from cir_core.safe_paths import PathOutsideRootError, outside_root
 
 BENCHMARK = "scenes3d"
 READABLE_VERSIONS = (1,)
-IMAGES_DIR = "images"
 # Per-query keys the evaluator and the failure view read (strings naming a table or a camera pose).
 LABEL_KEYS = ("reference_scene", "reference_camera", "target_scene", "target_camera")
 MAX_ANNOTATION_BYTES = 256 * 2**20  # a folder's largest JSON file is a few MB; more is not a scenes3d folder
@@ -106,16 +105,7 @@ def read_scenes3d_split(data_dir: str | Path, split: str, with_descriptions: boo
     triplets = [_triplet(entry, index, split_path) for index, entry in enumerate(entries)]
     if len({str(t.pairid) for t in triplets}) != len(triplets):
         raise ValueError(f"{split_path}: a pairid is used twice")
-    in_gallery = set(gallery)
-    strays = sorted({i for t in triplets for i in (t.reference, t.target) if i not in in_gallery})
-    if strays:
-        raise ValueError(f"{split_path}: {len(strays)} reference/target ids are not in {gallery_path.name} "
-                         f"(first: {strays[0]!r:.80}); the folder is damaged")
-    for image_id in gallery:
-        reason = outside_root(data_dir, PurePosixPath(IMAGES_DIR, f"{image_id}.png"))
-        if reason:
-            raise PathOutsideRootError(f"{gallery_path}: image id {image_id!r:.200} names a file that {reason}; "
-                                       f"images must stay inside {data_dir}")
+    check_split_images(data_dir, triplets, gallery, split_path, gallery_path)
     images = data_dir / IMAGES_DIR
     result = TripletSplit(name=f"{BENCHMARK}/{split}", triplets=triplets,
                           image_paths={image_id: images / f"{image_id}.png" for image_id in gallery},

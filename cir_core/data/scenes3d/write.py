@@ -24,6 +24,7 @@ import cir_core.data.scenes3d.edits as edits
 import cir_core.data.scenes3d.plan as plan
 import cir_core.data.scenes3d.render as render
 import cir_core.data.scenes3d.scene as scene
+from cir_core.data.folders import IMAGES_DIR, INFO_FILE, check_destination, write_json
 from cir_core.atomic import staged_folder
 from cir_core.data.scenes3d.describe import DESCRIBED_FROM, describe_view
 from cir_core.data.scenes3d.plan import Scenes3DCounts, Scenes3DQuery, Scenes3DSplitPlan, View
@@ -33,9 +34,7 @@ logger = logging.getLogger(__name__)
 
 BENCHMARK = "scenes3d"
 VERSION = 1
-INFO_FILE = "info.json"
 SCENES_FILE = "scenes.json"
-IMAGES_DIR = "images"
 DEFAULT_IMAGE_SIZE = 128
 MIN_IMAGE_SIZE = 32  # below this a small object far away is a few pixels
 MAX_IMAGE_SIZE = 1024  # the models read 224 pixels at most; larger only costs render time
@@ -169,29 +168,6 @@ def render_views(views: list[View], image_size: int, samples_per_pixel: int, ima
 
 
 # ---------------------------------------------------------------------------------------------- the folder
-def _write_json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(data, separators=(",", ":")))
-
-
-def _check_destination(out_dir: Path, overwrite: bool) -> None:
-    if not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise FileExistsError(f"{out_dir} exists and is not a folder")
-    if not any(out_dir.iterdir()):
-        return
-    if not overwrite:
-        raise FileExistsError(f"{out_dir} already exists; choose a new folder or overwrite it (--overwrite)")
-    info_path = out_dir / INFO_FILE
-    try:
-        benchmark = json.loads(info_path.read_text()).get("benchmark")
-    except (OSError, ValueError, AttributeError):
-        benchmark = None
-    if benchmark != BENCHMARK:
-        raise FileExistsError(f"refusing to overwrite {out_dir}: it is not empty and not a scenes3d dataset "
-                              f"(no {INFO_FILE} naming benchmark {BENCHMARK!r})")
-
-
 def check_settings(image_size: int, samples_per_pixel: int, workers: int) -> None:
     """ValueError naming the first setting the writer cannot use."""
     for name, value in (("image size", image_size), ("samples per pixel", samples_per_pixel), ("workers", workers)):
@@ -221,7 +197,7 @@ def write_scenes3d_dataset(out_dir: str | Path, seed: int = 0, image_size: int =
     counts = counts or Scenes3DCounts()
     counts.validate()
     check_settings(image_size, samples_per_pixel, workers)
-    _check_destination(out_dir, overwrite)
+    check_destination(out_dir, overwrite, BENCHMARK)
     if importlib.util.find_spec("mitsuba") is None:
         raise ImportError(f"rendering scenes3d needs Mitsuba 3 (pip install mitsuba=={render.MITSUBA_VERSION})")
     plans = plan.plan_splits(seed, counts, progress=progress)
@@ -241,10 +217,10 @@ def write_scenes3d_dataset(out_dir: str | Path, seed: int = 0, image_size: int =
         if used_samples != samples_per_pixel:
             logger.warning("the %s sampler takes %d samples per pixel, not %d", render.SAMPLER, used_samples,
                            samples_per_pixel)
-        _write_json(staging / SCENES_FILE, {image_id: labels[image_id] for image_id in sorted(labels)})
+        write_json(staging / SCENES_FILE, {image_id: labels[image_id] for image_id in sorted(labels)})
         for name, split in plans.items():
-            _write_json(staging / f"{name}.json", [triplet_entry(pairid, q) for pairid, q in enumerate(split.queries)])
-            _write_json(staging / f"gallery_{name}.json", [view.id for view in split.gallery])
+            write_json(staging / f"{name}.json", [triplet_entry(pairid, q) for pairid, q in enumerate(split.queries)])
+            write_json(staging / f"gallery_{name}.json", [view.id for view in split.gallery])
         info = _info(seed, image_size, used_samples, counts, plans, len(views))
         (staging / INFO_FILE).write_text(json.dumps(info, indent=2))
     summary = Scenes3DWriteSummary(
