@@ -191,6 +191,7 @@ _KILLED_WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a real writer process, killed
 def test_leftovers_of_a_killed_writer_are_removed_at_the_next_start(tmp_path, tiny_checkpoint):
     gallery = _png_folder(tmp_path / "photos", 2)
     cache = tmp_path / "cache"

@@ -481,6 +481,7 @@ def test_cli_refuses_to_overwrite_other_folders(tmp_path, capsys):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_importing_the_package_does_not_load_the_renderer():
     code = "import sys, cir_core.data.scenes3d, cir_core.cli.data; assert 'mitsuba' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
