@@ -187,7 +187,8 @@ class Engine:
             top_id = hits[0].id if hits else None
             relevance = self.relevance(query.float().cpu().numpy(), top_id) if top_id is not None else None
             seen = self.transform.resize_and_crop(reference_image)  # the pixels the attention maps belong to
-            explanation = self.prompt_views.explain(prompt[0], attentions, seen, query, relevance, top_id)
+            explanation = self.prompt_views.explain(prompt[0], attentions, seen, query, relevance, top_id,
+                                                   caption=caption)
         timings = StageTimings(image_encode_ms=1000 * (encoded - started), prompt_ms=1000 * (prompted - encoded),
                                compose_ms=tokenize_ms + 1000 * (composed - prompted),
                                search_ms=1000 * (searched - composed),

@@ -73,6 +73,7 @@ class Explanation:
     query_captions: list | None = None  # caption_bank.CaptionMatch: captions nearest the composed query, best first
     prompt_captions: list | None = None  # the same for the sentence prompt alone
     captions_note: str = ""  # why there are no nearest captions, when there are none
+    captions_kind: str = ""  # what the bank's texts are (spec.GALLERY_DESCRIPTIONS or spec.OTHER_EDIT_CAPTIONS)
     prompt_dataset_tokens: list[list[TokenMatch]] | None = None  # nearest tokens among the benchmark's own words
 
 

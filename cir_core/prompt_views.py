@@ -3,7 +3,8 @@
 A prompt is a set of vectors, not text; the view shows the nearest word pieces of the
 model's vocabulary (all of it, or only the benchmark's words) and the nearest texts of a
 caption bank (the gallery's descriptions where it has them, else the benchmark's relative
-captions). Each is built once, on first use or in a background thread started after the
+captions, which are other queries' edits, not descriptions: `caption_bank_kind` says which,
+and a query's own caption is left out of its nearest texts). Each is built once, on first use or in a background thread started after the
 app's first answer, and the bank is cached on disk (`cir_core.caption_bank`).
 """
 from __future__ import annotations
@@ -18,12 +19,14 @@ import torch
 from PIL import Image
 
 from cir_core.caption_bank import CaptionBank, bank_budget
-from cir_core.data.spec import BenchmarkSource
+from cir_core.data.spec import GALLERY_DESCRIPTIONS, BenchmarkSource
 from cir_core.explain import Explanation, RelevanceMap, Vocabulary, attention_maps
 from cir_core.index import GalleryIndex
 from cir_core.model import SPRCModel
 
 logger = logging.getLogger(__name__)
+
+CAPTIONS_SHOWN = 5  # nearest texts listed per vector
 
 
 class PromptViews:
@@ -47,6 +50,11 @@ class PromptViews:
             return self.source.caption_texts()
         described = [(caption, image_id) for caption, image_id in zip(self.index.captions, self.index.ids) if caption]
         return [caption for caption, _ in described], [image_id for _, image_id in described]
+
+    @property
+    def caption_bank_kind(self) -> str:
+        """What the bank's texts are; a gallery without a benchmark has only its images' captions."""
+        return self.source.caption_bank_kind if self.source is not None else GALLERY_DESCRIPTIONS
 
     def caption_bank(self) -> CaptionBank | None:
         """The caption bank of this model and gallery: loaded from the cache, else encoded once (and
@@ -110,13 +118,15 @@ class PromptViews:
             return self._vocabulary, self._auxiliary_tokens
 
     def explain(self, prompt: torch.Tensor, attentions, reference: Image.Image, query: torch.Tensor,
-                relevance: RelevanceMap | None, relevance_id: str | None) -> Explanation:
+                relevance: RelevanceMap | None, relevance_id: str | None, caption: str = "") -> Explanation:
         """The explanation of one query: its prompt (Q, H) decoded against the vocabularies and the
-        caption bank, the attention maps, and the relevance map of its first result."""
+        caption bank (without the query's own `caption`, which a bank of a split's relative captions
+        holds and would otherwise come first), the attention maps, and the relevance map of its first result."""
         vocabulary, auxiliary_tokens = self.vocabulary_and_auxiliary()
         explanation = Explanation(prompt_tokens=vocabulary.nearest(prompt), auxiliary_tokens=auxiliary_tokens,
                                   attention=attention_maps(attentions), reference=reference,
-                                  relevance=relevance, relevance_id=relevance_id)
+                                  relevance=relevance, relevance_id=relevance_id,
+                                  captions_kind=self.caption_bank_kind)
         thread = self.prepare()  # the bank and the benchmark's vocabulary, first used here
         if self._dataset_vocabulary is not None:
             explanation.prompt_dataset_tokens = self._dataset_vocabulary.nearest(prompt)
@@ -127,6 +137,12 @@ class PromptViews:
         else:
             with torch.inference_mode():
                 prompt_vector = self.model.prompt_vectors(prompt.unsqueeze(0).to(self.model.query_tokens.dtype))
-            explanation.query_captions = self._bank.nearest(query.float().cpu()[None])[0]
-            explanation.prompt_captions = self._bank.nearest(prompt_vector.float().cpu())[0]
+            own = caption.strip()
+
+            def nearest(vector: torch.Tensor) -> list:
+                matches = self._bank.nearest(vector.float().cpu(), k=CAPTIONS_SHOWN + 1)[0]
+                return [match for match in matches if match.text.strip() != own][:CAPTIONS_SHOWN]
+
+            explanation.query_captions = nearest(query[None])
+            explanation.prompt_captions = nearest(prompt_vector)
         return explanation

@@ -104,17 +104,22 @@ def _caption_list(title: str, matches, target_id: str | None) -> str:
     return f"<div class='cir-captions'><h4>{html.escape(title)}</h4><ol>{''.join(items)}</ol></div>"
 
 
+PROMPT_NOTE = ("The prompt is a sequence of vectors, not text: the captions and tokens shown are the "
+               "texts nearest to it.")
+
+
 def captions_html(explanation: Explanation | None, target_id: str | None = None) -> str:
-    """The 5 captions nearest the composed query and the prompt alone, with similarities (the target's
-    description marked), or why there are none."""
+    """The 5 texts of the caption bank nearest the composed query and the prompt alone, named by what
+    the bank holds, with similarities (the target's description marked), or why there are none."""
     if explanation is None:
         return "<p>Tick <b>explanations</b> and search to see the captions nearest the prompt.</p>"
     if explanation.query_captions is None:
         return f"<p>Nearest captions: {html.escape(explanation.captions_note or 'not available')}.</p>"
+    kind = explanation.captions_kind or "captions"
     return ("<div class='cir-caption-row'>"
-            + _caption_list("Composed query: nearest captions", explanation.query_captions, target_id)
-            + _caption_list("Sentence prompt alone: nearest captions", explanation.prompt_captions, target_id)
-            + "</div>")
+            + _caption_list(f"Composed query: nearest {kind}", explanation.query_captions, target_id)
+            + _caption_list(f"Sentence prompt alone: nearest {kind}", explanation.prompt_captions, target_id)
+            + f"</div><p><small>{html.escape(PROMPT_NOTE)}</small></p>")
 
 
 def heatmap_overlay(view: Image.Image, heat: np.ndarray, title: str = "", colormap: str = "inferno",

@@ -62,7 +62,7 @@ def test_upload_caption_search_shows_results_tokens_and_heatmaps(app_url, tmp_pa
         expect(page.locator("#summary")).to_contain_text("an uploaded image", timeout=30_000)
         expect(page.locator("#prompt-chips .cir-chip").first).to_be_visible(timeout=30_000)
         # The prompt tab leads with the captions nearest the composed query and the prompt alone.
-        expect(page.locator("#prompt-captions")).to_contain_text("Composed query: nearest captions")
+        expect(page.locator("#prompt-captions")).to_contain_text("Composed query: nearest descriptions of gallery images")
         assert page.locator("#prompt-captions li").count() == 10
         first_caption = page.locator("#prompt-captions li").first.inner_text()
         assert any(word in first_caption for word in ("square", "circle", "triangle"))

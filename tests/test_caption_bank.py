@@ -181,6 +181,6 @@ def test_the_engine_encodes_a_bad_cached_bank_again_and_shows_its_captions(engin
     result = restarted.search(query.reference_id, query.caption, k=3, explain=True)
     assert [m.text for m in result.explanation.query_captions] and all(
         isinstance(m.text, str) for m in result.explanation.query_captions)
-    assert "nearest captions" in captions_html(result.explanation)
+    assert "nearest descriptions of gallery images" in captions_html(result.explanation)
     again = CaptionBank.load(path, model=restarted.model, key=expected.key)  # written again, and sound
     assert again.texts == expected.texts and np.allclose(again.vectors, expected.vectors, atol=1e-6)

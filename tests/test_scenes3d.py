@@ -670,3 +670,31 @@ def test_grouped_recall_counts_ranks_per_group_with_ties_against_the_target(data
         rows = [row for row, t in enumerate(split.triplets) if name in t.extras["groups"]]
         assert figures["queries"] == len(rows)
         assert figures["R@1"] == pytest.approx(100.0 * sum(row % 2 == 0 for row in rows) / len(rows))
+
+
+def test_a_miss_is_classified_by_what_the_first_result_got_wrong():
+    from cir_core.evaluation.grouped_recall import OTHER_MISS, WRONG_EDIT, WRONG_VIEWPOINT, miss_kind
+
+    target = ("table1", "az0-high-near")
+    assert miss_kind(("table1", "az90-high-near"), target) == WRONG_VIEWPOINT
+    assert miss_kind(("table2", "az0-high-near"), target) == WRONG_EDIT
+    assert miss_kind(("table2", "az90-low-far"), target) == OTHER_MISS
+
+
+def test_cir_eval_scenes3d_reports_recall_groups_misses_and_the_prompt(dataset, tiny_checkpoint, capsys):
+    from cir_core.cli import main
+
+    out, _ = dataset
+    code = main(["eval", "scenes3d", "--data", str(out), "--model", f"local-dir:{tiny_checkpoint}", "--json",
+                 "--no-progress", "--device", "cpu"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    entries = json.loads((out / "test.json").read_text())
+    assert set(report["recall"]) == {"R@1", "R@5", "R@10", "R@50"} and report["num_queries"] == len(entries)
+    groups = collections.Counter(group for entry in entries for group in entry["groups"])
+    assert {name: figures["queries"] for name, figures in report["per_group"].items()} == dict(groups)
+    misses = round(report["num_queries"] * (100 - report["recall"]["R@1"]) / 100)
+    assert set(report["misses"]) == {"right scene, wrong viewpoint", "right viewpoint, wrong edit", "other"}
+    assert sum(report["misses"].values()) == misses
+    assert set(report["prompt"]) >= {"composed_top5", "prompt_top5"}
+    assert main(["eval", "scenes3d", "--data", str(out / "nothing"), "--model", f"local-dir:{tiny_checkpoint}"]) == 2

@@ -1,4 +1,4 @@
-"""`cir eval cirr|fashioniq|shapes`: run an official evaluation protocol and print its metrics."""
+"""`cir eval cirr|fashioniq|shapes|scenes3d`: run an evaluation protocol and print its metrics."""
 from __future__ import annotations
 
 import argparse
@@ -45,6 +45,15 @@ def register(subparsers) -> None:
                         help="encode the gallery as `cir build-index --precision` does (int8: CPU only)")
     add_model_arguments(shapes, features=False)
     shapes.set_defaults(handler=_eval_shapes)
+
+    scenes3d = protocols.add_parser(
+        "scenes3d", help="rendered 3D benchmark: R@1/5/10/50, per query group (view angle first), misses by kind")
+    scenes3d.add_argument("--data", type=Path, required=True, help="a scenes3d folder (cir data scenes3d)")
+    scenes3d.add_argument("--split", default="test")
+    scenes3d.add_argument("--no-prompt", action="store_true",
+                          help="skip the prompt faithfulness measure (nearest descriptions; SPRC models only)")
+    add_model_arguments(scenes3d, features=False)
+    scenes3d.set_defaults(handler=_eval_scenes3d)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, features: bool) -> None:
@@ -209,4 +218,42 @@ def _eval_shapes(args: argparse.Namespace) -> int:
                           "gallery_precision": args.gallery_precision}, indent=2))
     else:
         _print_shapes_table(summary)
+    return 0
+
+
+def _eval_scenes3d(args: argparse.Namespace) -> int:
+    from cir_core.data.scenes3d.plan import GROUP_ORDER
+    from cir_core.data.scenes3d.read import read_scenes3d_labels, read_scenes3d_split
+    from cir_core.evaluation.grouped_recall import evaluate_grouped_recall
+
+    needs_model(args)
+    try:
+        split = read_scenes3d_split(args.data, args.split, with_descriptions=True)
+        labels = {image_id: (label["scene"], label["camera"]) for image_id, label in
+                  read_scenes3d_labels(args.data).items()}
+    except (ValueError, FileNotFoundError) as error:
+        raise CommandError(str(error)) from None
+    model = load_model_from_args(args)
+    report = evaluate_grouped_recall(model, split, args.batch_size, not args.no_progress, labels)
+    order = {name: position for position, name in enumerate(GROUP_ORDER)}
+    summary = report.to_dict()
+    summary["per_group"] = dict(sorted(summary["per_group"].items(), key=lambda item: order.get(item[0], len(order))))
+    if not args.no_prompt and model.config.query_mode == "sprc":
+        from cir_core.evaluation.prompt_faithfulness import described_prompt_faithfulness
+
+        summary["prompt"] = described_prompt_faithfulness(model, split, split.image_captions, None, args.batch_size,
+                                                          not args.no_progress).to_dict()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    names = list(summary["recall"])
+    print(f"{summary['split']}: {summary['num_queries']} queries, reference excluded")
+    print(f"{'queries':<28} {'n':>5} " + " ".join(f"{name:>7}" for name in names))
+    print(f"{'all':<28} {summary['num_queries']:>5} " + " ".join(f"{summary['recall'][n]:7.2f}" for n in names))
+    for group, figures in summary["per_group"].items():
+        print(f"{group:<28} {figures['queries']:>5} {figures['R@1']:7.2f} {figures['R@5']:7.2f}")
+    print("misses by kind: " + ", ".join(f"{kind} {count}" for kind, count in summary["misses"].items()))
+    if "prompt" in summary:
+        print(f"target description among the 5 nearest: composed query {summary['prompt']['composed_top5']:.1f}%, "
+              f"prompt alone {summary['prompt']['prompt_top5']:.1f}%")
     return 0

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
+GALLERY_DESCRIPTIONS = "descriptions of gallery images"  # a caption bank of texts that describe images
+OTHER_EDIT_CAPTIONS = "edit captions of other queries in this split"  # a bank of relative captions
+
 
 @dataclass
 class GalleryItem:
@@ -77,9 +80,15 @@ class BenchmarkSource:
         return [GalleryItem(id=image_id, path=str(self.split.path(image_id)), caption=self.captions.get(image_id),
                             label=self.labels.get(image_id)) for image_id in self.split.gallery]
 
+    @property
+    def caption_bank_kind(self) -> str:
+        """What the texts of `caption_texts` are: `GALLERY_DESCRIPTIONS` or `OTHER_EDIT_CAPTIONS`."""
+        return GALLERY_DESCRIPTIONS if self.captions else OTHER_EDIT_CAPTIONS
+
     def caption_texts(self) -> tuple[list[str], list[str | None]]:
         """Texts for a caption bank, with the gallery image each describes: the images' descriptions
-        where the benchmark has them (shapes, scenes3d), else the split's relative captions (CIRR, FashionIQ)."""
+        where the benchmark has them (shapes, scenes3d), else the split's relative captions (CIRR, FashionIQ),
+        which describe edits rather than images (`caption_bank_kind` says which)."""
         if self.captions:
             described = [image_id for image_id in self.split.gallery if self.captions.get(image_id)]
             return [self.captions[image_id] for image_id in described], described

@@ -59,14 +59,14 @@ def faithfulness_from_vectors(query_vectors: torch.Tensor, prompt_vectors: torch
                               removed_in_first=100.0 * still / len(removals) if removals else 0.0)
 
 
-def shapes_prompt_faithfulness(model, split: TripletSplit, scenes: dict, batch_size: int = 64,
-                               progress: bool = True) -> PromptFaithfulness:
-    """The measure on a shapes split: its gallery's scene descriptions form the bank."""
-    from cir_core.data.shapes_scene import describe_object, describe_scene
+def described_prompt_faithfulness(model, split: TripletSplit, descriptions: dict[str, str],
+                                  removed_phrases: list[list[str] | None] | None = None, batch_size: int = 64,
+                                  progress: bool = True) -> PromptFaithfulness:
+    """The measure on a split whose gallery images are described (`descriptions`: id -> text)."""
     from cir_core.evaluation.features import _image_batches
 
-    bank = CaptionBank.build(model, [describe_scene(scenes[i]) for i in split.gallery], split.gallery,
-                             key=split.name, progress=progress)
+    bank = CaptionBank.build(model, [descriptions[i] for i in split.gallery], split.gallery, key=split.name,
+                             progress=progress)
     queries, prompts = [], []
     with torch.inference_mode():
         for start in tqdm(range(0, len(split.triplets), batch_size), desc=f"{split.name} prompts", unit="batch",
@@ -76,6 +76,16 @@ def shapes_prompt_faithfulness(model, split: TripletSplit, scenes: dict, batch_s
             encoding = model.encode_query(pixels, [t.caption for t in batch])
             queries.append(encoding.query.float().cpu())
             prompts.append(model.prompt_vectors(encoding.prompt).float().cpu())
+    removed = removed_phrases if removed_phrases is not None else [None] * len(split.triplets)
+    return faithfulness_from_vectors(torch.cat(queries), torch.cat(prompts), bank, [t.target for t in split.triplets],
+                                     removed)
+
+
+def shapes_prompt_faithfulness(model, split: TripletSplit, scenes: dict, batch_size: int = 64,
+                               progress: bool = True) -> PromptFaithfulness:
+    """The measure on a shapes split: its gallery's scene descriptions form the bank."""
+    from cir_core.data.shapes_scene import describe_object, describe_scene
+
     removed = []
     for t in split.triplets:
         if t.edit != "remove":
@@ -83,5 +93,5 @@ def shapes_prompt_faithfulness(model, split: TripletSplit, scenes: dict, batch_s
             continue
         kept = set(scenes[t.target].objects)
         removed.append([describe_object(o) for o in scenes[t.reference].objects if o not in kept])
-    return faithfulness_from_vectors(torch.cat(queries), torch.cat(prompts), bank, [t.target for t in split.triplets],
-                                     removed)
+    return described_prompt_faithfulness(model, split, {i: describe_scene(scenes[i]) for i in split.gallery}, removed,
+                                         batch_size, progress)

@@ -1,0 +1,64 @@
+"""The prompt view names what its caption bank holds, and a bank of a split's relative captions
+never offers a query its own caption."""
+import dataclasses
+
+import pytest
+
+from cir_core.caption_bank import CaptionMatch
+from cir_core.data.registry import open_source
+from cir_core.data.spec import GALLERY_DESCRIPTIONS, OTHER_EDIT_CAPTIONS
+from cir_core.engine import Engine
+from cir_core.explain import Explanation
+from demo.render import PROMPT_NOTE, captions_html
+from tiny_gallery import write_image_sensitive_checkpoint, write_tiny_shapes
+
+
+def explanation_with(kind: str) -> Explanation:
+    matches = [CaptionMatch("make it red", None, 0.5), CaptionMatch("add a square", None, 0.25)]
+    return Explanation(prompt_tokens=[], auxiliary_tokens=[], attention=None, reference=None,
+                       query_captions=matches, prompt_captions=matches, captions_kind=kind)
+
+
+@pytest.mark.parametrize("kind", [GALLERY_DESCRIPTIONS, OTHER_EDIT_CAPTIONS])
+def test_the_caption_lists_are_named_by_what_the_bank_holds(kind):
+    shown = captions_html(explanation_with(kind))
+    assert f"Composed query: nearest {kind}" in shown and f"Sentence prompt alone: nearest {kind}" in shown
+    assert "sequence of vectors" in PROMPT_NOTE and "nearest" in PROMPT_NOTE
+    assert PROMPT_NOTE.split(":")[0] in shown
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("prompt-view")
+    return root, write_image_sensitive_checkpoint(root / "model"), open_source("shapes", write_tiny_shapes(root / "shapes"))
+
+
+def test_a_benchmark_source_says_whether_its_bank_describes_images(shapes):
+    _, _, source = shapes
+    assert source.captions and source.caption_bank_kind == GALLERY_DESCRIPTIONS
+    edits_only = dataclasses.replace(source, captions={})
+    texts, ids = edits_only.caption_texts()
+    assert edits_only.caption_bank_kind == OTHER_EDIT_CAPTIONS and set(ids) == {None}
+    assert set(texts) == {t.caption for t in source.split.triplets if t.caption.strip()}
+
+
+def test_a_query_is_not_shown_its_own_caption(shapes):
+    root, checkpoint, source = shapes
+    edits_only = dataclasses.replace(source, captions={})  # as on CIRR: the bank is the split's relative captions
+    engine = Engine.from_uris(f"local-dir:{checkpoint}", source=edits_only, cache_root=root / "cache", progress=False)
+    engine.prepare_caption_bank().join(timeout=120)
+    bank = engine.prompt_views.caption_bank()
+    queries = engine.benchmark_queries()
+    own_first = [q for q in queries  # queries whose own caption would be listed without the exclusion
+                 if q.caption in [m.text for m in bank.nearest(
+                     engine.search(q.reference_id, q.caption, k=1).query_vector[None])[0]]]
+    assert own_first
+    query = own_first[0]
+    result = engine.search(query.reference_id, query.caption, k=3, explain=True)
+    explanation = result.explanation
+    assert explanation.captions_kind == OTHER_EDIT_CAPTIONS
+    for found in (explanation.query_captions, explanation.prompt_captions):
+        assert len(found) == 5 and query.caption not in [m.text for m in found]
+    expected = [m.text for m in bank.nearest(result.query_vector[None], k=6)[0] if m.text != query.caption][:5]
+    assert [m.text for m in explanation.query_captions] == expected
+    assert f"nearest {OTHER_EDIT_CAPTIONS}" in captions_html(explanation)
