@@ -109,7 +109,8 @@ class Engine:
         config = self.model.config
         return ModelSummary(name=config.name, prompt_tokens=self.model.num_query_tokens, query_mode=config.query_mode,
                             query_mode_description=QUERY_MODE_DESCRIPTIONS[config.query_mode],
-                            explainable=config.query_mode == "sprc")
+                            explainable=config.query_mode == "sprc",
+                            description_weight=config.loss.description_weight)
 
     def summary(self) -> str:
         """One line for people: the model, where it runs, the gallery and the precision each side is encoded in."""

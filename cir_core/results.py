@@ -111,3 +111,4 @@ class ModelSummary:
     query_mode: str  # how the composed query is formed ("sprc" or a baseline's mode)
     query_mode_description: str  # that, in words
     explainable: bool  # whether searches can return explanations (only a sentence prompt has them)
+    description_weight: float = 0.0  # weight of the image-description contrastive term it was trained with (0: none)

@@ -86,7 +86,9 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
 
     with gr.Blocks(title=title, delete_cache=CACHE_CLEANUP) as app:
         state = gr.State(ViewState())
-        gr.Markdown(f"# {title}\n{engine.summary()}. "
+        trained_with = (" Trained with an image-description contrastive term besides the paper's losses "
+                        "(see docs/fidelity.md)." if model.description_weight > 0 else "")
+        gr.Markdown(f"# {title}\n{engine.summary()}.{trained_with} "
                     "Give a reference image and a relative caption (\"make the circle red\").")
         with gr.Row():
             with gr.Column(scale=1):

@@ -62,3 +62,18 @@ def test_a_query_is_not_shown_its_own_caption(shapes):
     expected = [m.text for m in bank.nearest(result.query_vector[None], k=6)[0] if m.text != query.caption][:5]
     assert [m.text for m in explanation.query_captions] == expected
     assert f"nearest {OTHER_EDIT_CAPTIONS}" in captions_html(explanation)
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.0])
+def test_the_header_names_the_description_term_when_the_model_was_trained_with_it(shapes, weight):
+    import gradio as gr
+
+    from demo.ui import build_ui
+
+    root, checkpoint, source = shapes
+    engine = Engine.from_uris(f"local-dir:{checkpoint}", source=source, cache_root=root / "cache", progress=False)
+    engine.model.config.loss.description_weight = weight
+    assert engine.model_summary().description_weight == weight
+    header = next(block.value for block in build_ui(engine).blocks.values()
+                  if isinstance(block, gr.Markdown) and engine.summary() in (block.value or ""))
+    assert ("image-description contrastive term" in header) == (weight > 0) and ("fidelity.md" in header) == (weight > 0)
