@@ -42,8 +42,17 @@ INFERENCE_BASELINES = {
 ROW_FIELDS = ("name", "group", "description", "table", "steps", "seed", "query_mode", "prompt_length",
               "align_weight", "train_seconds", "seconds_per_step", "device", "precision", "report")
 TRAINED_FIELDS = ("recipe", "overrides", "train_flops_per_step", "concurrent_rows", "threads")
+# What the sweep records of where a row came from; rows written before it did lack some, and the
+# provenance table says "not recorded" for them rather than filling anything in (code_dirty is shown
+# beside code_commit).
+PROVENANCE_COLUMNS = ("code_commit", "data_sha256", "recipe_sha256", "device", "threads", "train_seconds")
 REPORT_FIELDS = ("recall", "novel", "per_edit", "per_object_count", "num_queries", "gallery_size")
 RECALLS = ("R@1", "R@5", "R@10", "R@50")
+# Descriptions earlier sweeps wrote, shown under the sweep's label of today.
+RELABELLED = {"late fusion, trained": VARIANTS["late_fusion"][0]}
+# Pairs of seeded groups whose seed values are compared by Welch's t-test, and the metrics compared.
+TESTED_PAIRS = (("sprc", "static_prompt"),)
+TESTED_METRICS = ("recall/R@1", "novel/R@1", "recall/R@5")
 ROW_NAME = re.compile(r"[\w.+-]+(/[\w.+-]+)*")  # as the sweep names rows: group/seedN, default/mode
 TABLES = ("main", "default", "inference")
 
@@ -107,7 +116,8 @@ def check_row(row, where: str, trained: bool) -> None:
                          ("device", (str,) if main else (str, type(None))),
                          ("precision", (str,) if main else (str, type(None))),
                          ("description_weight", (int, float, type(None))),
-                         ("recipe_sha256", (str,)), ("recipe_commit", (str,))):
+                         ("recipe_sha256", (str,)), ("recipe_commit", (str,)),
+                         ("code_commit", (str, type(None))), ("data_sha256", (str,))):
         if field in row and not _is(row[field], kinds):
             problems.append(f"{field} is {row[field]!r:.40}")
     if trained:
@@ -116,7 +126,9 @@ def check_row(row, where: str, trained: bool) -> None:
                              ("concurrent_rows", (int,)), ("threads", (int,))):
             if not _is(row[field], kinds):
                 problems.append(f"{field} is {row[field]!r:.40}")
-    for field in ("recipe", "recipe_sha256", "recipe_commit"):  # shown in code spans
+    if row.get("code_dirty") not in (True, False, None):
+        problems.append(f"code_dirty is {row['code_dirty']!r:.40}")
+    for field in ("recipe", "recipe_sha256", "recipe_commit", "code_commit", "data_sha256"):  # shown in code spans
         if isinstance(row.get(field), str) and ("`" in row[field] or "\n" in row[field]):
             problems.append(f"{field} holds a backtick or a line break")
     for field in ("num_queries", "gallery_size"):
@@ -293,6 +305,55 @@ class Spread:
         return f"{min(self.values):.1f}–{max(self.values):.1f}"
 
 
+def regularized_incomplete_beta(x: float, a: float, b: float) -> float:
+    """I_x(a, b), by the continued fraction of Numerical Recipes (6.4) evaluated with Lentz's method."""
+    if not 0.0 <= x <= 1.0:
+        raise ValueError(f"x = {x} is outside [0, 1]")
+    if x in (0.0, 1.0):
+        return x
+    if x > (a + 1.0) / (a + b + 2.0):  # the fraction converges fast only below this point
+        return 1.0 - regularized_incomplete_beta(1.0 - x, b, a)
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    fraction = d
+    for m in range(1, 500):
+        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            fraction *= c * d
+        if abs(c * d - 1.0) < 1e-15:
+            break
+    return math.exp(log_front) * fraction / a
+
+
+@dataclasses.dataclass(frozen=True)
+class WelchTest:
+    """Welch's unequal-variance t-test of mean(first) - mean(second)."""
+
+    t: float  # the statistic
+    df: float  # Welch-Satterthwaite degrees of freedom
+    p: float  # two-sided p-value
+
+
+def welch_test(first: list[float], second: list[float]) -> WelchTest | None:
+    """Welch's t-test; None when a group has fewer than two values or both have no spread."""
+    if len(first) < 2 or len(second) < 2:
+        return None
+    share_1 = statistics.variance(first) / len(first)
+    share_2 = statistics.variance(second) / len(second)
+    if share_1 + share_2 == 0:
+        return None
+    t = (statistics.fmean(first) - statistics.fmean(second)) / math.sqrt(share_1 + share_2)
+    df = (share_1 + share_2) ** 2 / (share_1 ** 2 / (len(first) - 1) + share_2 ** 2 / (len(second) - 1))
+    # P(|T| > |t|) for Student's t with df degrees of freedom
+    return WelchTest(t, df, regularized_incomplete_beta(df / (df + t * t), df / 2, 0.5))
+
+
 def metric(row: dict, path: str) -> float:
     value = row["report"]
     for key in path.split("/"):
@@ -325,6 +386,10 @@ def curve(grouped: dict[str, list[dict]], field_name: str) -> list[dict]:
 
 
 # ---------------------------------------------------------------------- markdown
+def label(row: dict) -> str:
+    return RELABELLED.get(row["description"], row["description"])
+
+
 def md_text(value) -> str:
     """Text from a row as markdown: no HTML, no table cell break, no code span, one line."""
     escaped = html.escape(str(value), quote=False)
@@ -380,7 +445,7 @@ def write_markdown(rows: list[dict], data: str, figures: Path, rows_files: list[
                   "| model | steps | recipe | seed | R@1 | R@5 | R@10 | R@50 | novel R@1 |",
                   "|---|---|---|---|---|---|---|---|---|"]
         for row in other:
-            lines.append(f"| {md_text(row['description'])} | {row['steps']} | {recipe_text(row)} | {row['seed']} | "
+            lines.append(f"| {md_text(label(row))} | {row['steps']} | {recipe_text(row)} | {row['seed']} | "
                          + " | ".join(recall_cells([row])) + " |")
         lines.append("")
     if default:
@@ -436,7 +501,7 @@ def main_section(main: list[dict], data: str, figures: Path, rows_files: list[st
         r1_range = spread(rows, "recall/R@1").range_text() if len(rows) > 1 else "-"
         seconds = Spread([r["train_seconds"] for r in rows])
         per_step = Spread([r["seconds_per_step"] for r in rows])
-        lines.append(f"| {md_text(rows[0]['description'])} | {len(rows)} | {cells[0]} | {r1_range} | "
+        lines.append(f"| {md_text(label(rows[0]))} | {len(rows)} | {cells[0]} | {r1_range} | "
                      + " | ".join(cells[1:]) + f" | {seconds.mean:.0f} | {per_step.mean:.3f} | {at_once(rows)} | "
                      f"{gflops(rows)} |")
     if all(g in grouped for g in SEEDED_GROUPS):
@@ -444,7 +509,7 @@ def main_section(main: list[dict], data: str, figures: Path, rows_files: list[st
             f"seed {r['seed']}" for r in grouped[SEEDED_GROUPS[0]]) + " |",
             "|---|" + "---|" * len(grouped[SEEDED_GROUPS[0]])]
         for group in SEEDED_GROUPS:
-            lines.append(f"| {md_text(grouped[group][0]['description'])} | "
+            lines.append(f"| {md_text(label(grouped[group][0]))} | "
                          + " | ".join(f"{metric(r, 'recall/R@1'):.1f}" for r in grouped[group]) + " |")
     edits = sorted(main[0]["report"]["per_edit"])
     counts = sorted(main[0]["report"]["per_object_count"], key=int)
@@ -453,7 +518,7 @@ def main_section(main: list[dict], data: str, figures: Path, rows_files: list[st
               + " | ".join(f"{c} obj" for c in counts) + " |",
               "|---|" + "---|" * (len(edits) + len(counts))]
     for group, rows in grouped.items():
-        lines.append(f"| {md_text(rows[0]['description'])} | "
+        lines.append(f"| {md_text(label(rows[0]))} | "
                      + " | ".join(f"{spread(rows, f'per_edit/{e}/R@1').mean:.1f}" for e in edits) + " | "
                      + " | ".join(f"{spread(rows, f'per_object_count/{c}/R@1').mean:.1f}" for c in counts) + " |")
     for title, field_name, unit in (("Prompt length", "prompt_length", "Q"),
@@ -468,10 +533,56 @@ def main_section(main: list[dict], data: str, figures: Path, rows_files: list[st
             lines.append(f"| {row[field_name]:g} | {metric(row, 'recall/R@1'):.1f} | {metric(row, 'recall/R@5'):.1f} | "
                          f"{metric(row, 'novel/R@1'):.1f} | {row['seconds_per_step']:.3f} | {gflops([row])} | "
                          f"{row['concurrent_rows']} |")
+    lines += tests_section(grouped) + provenance_section(main)
     lines += ["", f"![R@1 of the main rows]({figures.name}/results_r1.png)", "",
               f"![R@1 and compute per step against prompt length]({figures.name}/results_prompt_length.png)", "",
               f"![R@1 against alignment weight]({figures.name}/results_align_weight.png)", "",
               f"![R@1 per edit type]({figures.name}/results_per_edit.png)", ""]
+    return lines
+
+
+def tests_section(grouped: dict[str, list[dict]]) -> list[str]:
+    """Welch's t-tests between the seeds of TESTED_PAIRS, computed here from the rows."""
+    lines = ["", "Welch's t-test on the seed values (two-sided, unequal variances; computed from the rows by "
+             "`experiments/shapes_results.py`):", "",
+             "| first | second | metric | difference of means | t | df | p |", "|---|---|---|---|---|---|---|"]
+    for first, second in TESTED_PAIRS:
+        if first not in grouped or second not in grouped:
+            continue
+        a, b = grouped[first], grouped[second]
+        kinds = {device_kind(r) for r in a + b}
+        for path in TESTED_METRICS:
+            test = welch_test([metric(r, path) for r in a], [metric(r, path) for r in b])
+            cells = ("not tested: trained on both CPU and GPU" if len(kinds) > 1 else
+                     "not tested: fewer than two seeds, or no spread" if test is None else
+                     f"{spread(a, path).mean - spread(b, path).mean:+.2f} | {test.t:.2f} | {test.df:.2f} | "
+                     f"{test.p:.2f}")
+            lines.append(f"| {md_text(label(a[0]))} | {md_text(label(b[0]))} | {path.replace('recall/', '').replace('/', ' ')} | "
+                         f"{cells} |")
+    return lines if len(lines) > 5 else []
+
+
+def provenance_cell(row: dict, field_name: str) -> str:
+    if row.get(field_name) is None:
+        return "not recorded"
+    value = row[field_name]
+    if field_name == "code_commit":
+        dirty = {True: " + uncommitted changes", False: ""}.get(row.get("code_dirty"), " (changes not recorded)")
+        return f"`{value[:12]}`{dirty}"
+    if field_name in ("data_sha256", "recipe_sha256"):
+        return f"`{value}`"
+    return md_text(f"{value:.0f}" if field_name == "train_seconds" else value)
+
+
+def provenance_section(main: list[dict]) -> list[str]:
+    """Per row, what the sweep recorded of its code, data, recipe, device and time."""
+    lines = ["", "Where each row came from, as the sweep recorded it (rows written before it recorded a field "
+             "say \"not recorded\"):", "",
+             "| row | code commit | data sha256 | recipe sha256 | device | threads | train s |",
+             "|---|---|---|---|---|---|---|"]
+    for row in sorted(main, key=lambda r: r["name"]):
+        lines.append(f"| {md_text(row['name'])} | " + " | ".join(
+            provenance_cell(row, f) for f in PROVENANCE_COLUMNS) + " |")
     return lines
 
 
@@ -497,7 +608,7 @@ def default_section(rows: list[dict], main: list[dict]) -> list[str]:
              "",
              "| model | steps | R@1 | R@5 | R@10 | R@50 | novel R@1 | train s |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        lines.append(f"| {md_text(row['description'])} | {row['steps'] if row['steps'] is not None else '-'} | "
+        lines.append(f"| {md_text(label(row))} | {row['steps'] if row['steps'] is not None else '-'} | "
                      + " | ".join(recall_cells([row])) + f" | {fmt(row['train_seconds'], 0)} |")
     return lines + [""]
 
@@ -525,7 +636,7 @@ def plot(rows: list[dict], figures: Path) -> None:
     grouped = groups_of(main)
     steps = main[0]["steps"]
 
-    names = [rows_[0]["description"] for rows_ in grouped.values()]
+    names = [label(rows_[0]) for rows_ in grouped.values()]
     r1 = [spread(rows_, "recall/R@1") for rows_ in grouped.values()]
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) + 1.2))
     ax.barh(names[::-1], [s.mean for s in r1][::-1], xerr=[s.std for s in r1][::-1], color="#4c72b0", capsize=3)
@@ -583,7 +694,7 @@ def plot(rows: list[dict], figures: Path) -> None:
     width = 0.8 / len(grouped)
     for i, rows_ in enumerate(grouped.values()):
         ax.bar([e + i * width for e in range(len(edits))],
-               [spread(rows_, f"per_edit/{e}/R@1").mean for e in edits], width, label=rows_[0]["description"])
+               [spread(rows_, f"per_edit/{e}/R@1").mean for e in edits], width, label=label(rows_[0]))
     ax.set_xticks([e + 0.4 - width / 2 for e in range(len(edits))], edits)
     ax.set_ylabel(f"test R@1 (%) after {steps} steps")
     ax.set_ylim(0, 100)

@@ -8,7 +8,9 @@ included) trained for `--steps` steps, differing only in what the row names (que
 prompt length, alignment weight, seed). Rows run as separate processes, `--parallel` at a
 time, in the order of `ROWS` (SPRC and static-prompt seeds first). Each finished row is
 evaluated on the shapes test split and appended at once to OUT/rows.jsonl, with its
-training log in OUT/metrics.jsonl, so the rows finished before a stop survive. After
+training log in OUT/metrics.jsonl, so the rows finished before a stop survive. Every row
+records where it came from: the checkout's commit (and whether its files had uncommitted
+changes), a fingerprint of the data folder, the recipe's sha256, the device, threads and seconds. After
 `--deadline-seconds` no row starts, and running rows are stopped (they leave no row).
 Rows already in OUT/rows.jsonl are not trained again.
 
@@ -50,7 +52,7 @@ VARIANTS = {
     "sprc": ("SPRC (Q=8, align 0.4)", {}),
     "static_prompt": ("static learned prompt (BLIP4CIR+Bi-like)", {"model.overrides.query_mode": '"static_prompt"'}),
     "pseudo_word": ("pseudo-word (Pic2Word/SEARLE-like)", {"model.overrides.query_mode": '"pseudo_word"'}),
-    "late_fusion": ("late fusion, trained", {"model.overrides.query_mode": '"late_fusion"'}),
+    "late_fusion": ("late fusion (parameter-free sum of the trained encoders' vectors)", {"model.overrides.query_mode": '"late_fusion"'}),
     "prompt_4": ("SPRC, prompt length 4", {"model.overrides.qformer.num_query_tokens": "4"}),
     "prompt_16": ("SPRC, prompt length 16", {"model.overrides.qformer.num_query_tokens": "16"}),
     "prompt_32": ("SPRC, prompt length 32", {"model.overrides.qformer.num_query_tokens": "32"}),
@@ -105,6 +107,34 @@ def count_step_flops(trainer) -> float | None:
     return float(counter.get_total_flops())
 
 
+def code_version() -> tuple[str | None, bool | None]:
+    """The checkout's commit and whether its tracked files differ from it (None, None outside git)."""
+    def git(*command: str) -> str:
+        return subprocess.run(["git", *command], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+    except (OSError, subprocess.CalledProcessError):
+        return None, None
+    return commit, dirty
+
+
+def data_fingerprint(data: Path) -> str:
+    """sha256 (16 hex digits) over the folder's info.json, scenes.json and every split's query and
+    gallery files, each prefixed by its name. The images are left out: they are drawn from
+    scenes.json with the seed and image size that info.json records, and hashing them would
+    read thousands of files."""
+    info = json.loads((data / "info.json").read_text())
+    names = ["info.json", "scenes.json"] + [f"{prefix}{split}.json" for split in sorted(info.get("splits", {}))
+                                             for prefix in ("", "gallery_")]
+    digest = hashlib.sha256()
+    for name in names:
+        if (data / name).is_file():
+            digest.update(name.encode() + b"\0" + (data / name).read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def training_loop_seconds(metrics_file: Path, steps: int) -> float:
     """Seconds from the first step to the last as the run logged them (no saving or set-up)."""
     for line in metrics_file.read_text().splitlines():
@@ -124,6 +154,7 @@ def train_and_evaluate(row: SweepRow, args: argparse.Namespace) -> dict:
     from cir_core.train_config import TrainConfig
 
     run_dir = Path(args.work) / file_stem(row.name)
+    commit, dirty = code_version()
     overrides = {"out_dir": str(run_dir), "data.root": str(args.data), "max_steps": str(args.steps),
                  "eval_every": "0", "checkpoint_every": str(args.steps), "num_threads": str(args.threads),
                  "device": args.device, "progress": "false", "seed": str(row.seed), **row.overrides}
@@ -160,6 +191,8 @@ def train_and_evaluate(row: SweepRow, args: argparse.Namespace) -> dict:
         "setup_seconds": round(setup_seconds, 2), "eval_seconds": round(eval_seconds, 2),
         "train_flops_per_step": flops, "device": describe_device(args.device), "precision": precision,
         "threads": args.threads, "concurrent_rows": args.parallel,
+        # provenance: the code, data and recipe the row was produced from
+        "code_commit": commit, "code_dirty": dirty, "data_sha256": data_fingerprint(Path(args.data)),
         "test_queries": report["num_queries"], "report": report,
     }
 

@@ -4,6 +4,10 @@ import copy
 import hashlib
 import importlib.util
 import json
+import math
+import re
+import shutil
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -80,6 +84,10 @@ def test_sweep_writes_every_field_of_both_rows(two_rows):
         assert row["recipe_sha256"] == hashlib.sha256((out.parent / "config.json").read_bytes()).hexdigest()[:16]
         assert row["description_weight"] == 0.0
         assert row["report"]["num_queries"] == 16 and set(row["report"]["per_object_count"])
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        assert row["code_commit"] == head and isinstance(row["code_dirty"], bool)
+        assert row["data_sha256"] == sweep.data_fingerprint(out.parent / "data") and len(row["data_sha256"]) == 16
+        assert row["threads"] == 1 and row["eval_seconds"] > 0
     assert {r["name"]: r["query_mode"] for r in rows} == {"sprc/seed0": "sprc", "static_prompt/seed0": "static_prompt"}
     logged = read_jsonl(out / "metrics.jsonl")
     assert {r["row"] for r in logged} == {"sprc/seed0", "static_prompt/seed0"}
@@ -93,6 +101,15 @@ def test_finished_rows_are_not_trained_again(two_rows, capsys):
     assert sweep.main(sweep_args(out.parent, out, "--rows", TWO_ROWS, "--steps", "2")) == 0
     assert (out / "rows.jsonl").read_text() == before
     assert "already in" in capsys.readouterr().out
+
+
+def test_data_fingerprint_follows_the_split_files(tiny, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny / "data", data, ignore=shutil.ignore_patterns("images"))
+    before = sweep.data_fingerprint(data)
+    assert before == sweep.data_fingerprint(tiny / "data")  # images are not part of it
+    (data / "test.json").write_text((data / "test.json").read_text() + " ")
+    assert sweep.data_fingerprint(data) != before
 
 
 def test_deadline_zero_starts_nothing(tiny, tmp_path):
@@ -138,6 +155,9 @@ def fake_row(name, r1, steps=500, seed=0, **fields):
     return row
 
 
+LATE_FUSION = sweep.VARIANTS["late_fusion"][0]
+
+
 def render_rows(tmp_path, rows):
     (tmp_path / "results.json").write_text(json.dumps({"rows": rows}))
     return results.render(tmp_path / "results.json", tmp_path / "results.md", "data/shapes")
@@ -159,8 +179,8 @@ def test_row_of_another_budget_is_kept_out_of_the_main_table(tmp_path):
             fake_row("late_fusion/seed0", 99.0, steps=200)]
     text = render_rows(tmp_path, rows)
     main_table, other = text.split("## Rows at another budget")
-    assert "late fusion, trained" not in main_table
-    assert "| late fusion, trained | 200 |" in other
+    assert LATE_FUSION not in main_table
+    assert f"| {LATE_FUSION} | 200 |" in other
     assert "99.0" in other
 
 
@@ -171,8 +191,8 @@ def test_same_recipe_file_with_other_contents_is_another_table(tmp_path):
     text = render_rows(tmp_path, rows)
     main_table, other = text.split("## Rows at another budget")
     assert "`configs/shapes_mini.json` as of commit abc1234" in main_table
-    assert "late fusion, trained" not in main_table
-    assert "| late fusion, trained | 500 | `configs/shapes_mini.json` (contents sha256 bbbb) |" in other
+    assert LATE_FUSION not in main_table
+    assert f"| {LATE_FUSION} | 500 | `configs/shapes_mini.json` (contents sha256 bbbb) |" in other
 
 
 def test_seconds_per_step_say_how_many_rows_shared_the_device(tmp_path):
@@ -218,6 +238,70 @@ def test_curves_and_figures(tmp_path):
     assert "| 0 | 5.0 |" in text and "| 1 | 35.0 |" in text
     for figure in ("r1", "prompt_length", "align_weight", "per_edit"):
         assert (tmp_path / "figures" / f"results_{figure}.png").stat().st_size > 1000
+
+
+def t_two_sided_p(t, df):
+    """Closed forms of Student's t: df 1 (Cauchy), 2 and 4."""
+    t = abs(t)
+    if df == 1:
+        return 1 - 2 / math.pi * math.atan(t)
+    if df == 2:
+        return 1 - t / math.sqrt(2 + t * t)
+    u = t * t / 4
+    return 1 - 2 * (3 / 8) * t / math.sqrt(1 + u) * (1 - u / (3 * (1 + u)))  # df 4
+
+
+@pytest.mark.parametrize("t,df", [(0.5, 1), (2.5, 1), (1.3, 2), (6.0, 2), (0.2, 4), (3.0, 4)])
+def test_incomplete_beta_gives_students_t(t, df):
+    p = results.regularized_incomplete_beta(df / (df + t * t), df / 2, 0.5)
+    assert p == pytest.approx(t_two_sided_p(t, df), abs=1e-12)
+
+
+def test_welch_test_by_hand():
+    # means 2 and 5, variances 1 and 1, three values each: t = -3 / sqrt(2/3), df = (2/3)^2 / (2 (1/3)^2 / 2) = 4
+    test = results.welch_test([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
+    assert test.t == pytest.approx(-3 / math.sqrt(2 / 3)) and test.df == pytest.approx(4.0)
+    assert test.p == pytest.approx(t_two_sided_p(test.t, 4), abs=1e-12) and test.p == pytest.approx(0.0213, abs=1e-4)
+    # unequal variances: 1 and 4 over three values each, df = (5/3)^2 / ((1/3)^2/2 + (4/3)^2/2) = 50/17
+    assert results.welch_test([1.0, 2.0, 3.0], [0.0, 2.0, 4.0]).df == pytest.approx(50 / 17)
+    assert results.welch_test([1.0], [2.0, 3.0]) is None and results.welch_test([1.0, 1.0], [2.0, 2.0]) is None
+
+
+def test_tests_between_seeds_are_computed_and_keep_devices_apart(tmp_path):
+    rows = [fake_row(f"sprc/seed{s}", r1, seed=s) for s, r1 in enumerate((1.0, 2.0, 3.0))]
+    rows += [fake_row(f"static_prompt/seed{s}", r1, seed=s) for s, r1 in enumerate((4.0, 5.0, 6.0))]
+    text = render_rows(tmp_path, rows)
+    assert "| R@1 | -3.00 | -3.67 | 4.00 | 0.02 |" in text
+    rows[0]["device"] = "cpu (x86_64, 1 threads)"
+    assert "| R@1 | not tested: trained on both CPU and GPU |" in render_rows(tmp_path, rows)
+
+
+def test_provenance_is_shown_per_row_and_missing_fields_are_not_filled(tmp_path):
+    rows = [fake_row("sprc/seed0", 30.0, code_commit="0123456789abcdef0123", code_dirty=True, data_sha256="d" * 16,
+                     recipe_sha256="r" * 16),
+            fake_row("static_prompt/seed0", 20.0, recipe_sha256="r" * 16)]
+    text = render_rows(tmp_path, rows)
+    assert (f"| sprc/seed0 | `0123456789ab` + uncommitted changes | `{'d' * 16}` | `{'r' * 16}` | NVIDIA H200 | 2 "
+            "| 10 |") in text
+    assert f"| static_prompt/seed0 | not recorded | not recorded | `{'r' * 16}` | NVIDIA H200 | 2 | 10 |" in text
+    with pytest.raises(results.RowsError, match="code_dirty is 'yes'"):
+        render_rows(tmp_path, [fake_row("sprc/seed0", 30.0, code_commit="abc", code_dirty="yes")])
+
+
+def test_committed_page_is_a_render_of_the_committed_results(tmp_path):
+    shutil.copy(ROOT / "docs" / "results.json", tmp_path / "results.json")
+    shutil.copy(ROOT / "docs" / "results.md", tmp_path / "results.md")
+    page = (ROOT / "docs" / "results.md").read_text()
+    assert results.render(tmp_path / "results.json", tmp_path / "results.md", "data/shapes") == page
+
+
+def test_p_values_of_the_reading_are_the_computed_ones():
+    page = (ROOT / "docs" / "results.md").read_text()
+    generated, reading = page.split(results.READING_MARKER)
+    computed = {line.rsplit("|", 2)[1].strip() for line in generated.splitlines() if line.startswith("| SPRC (Q=8")
+                and line.count("|") == 8}
+    quoted = set(re.findall(r"p = (\d\.\d+)", reading))
+    assert quoted and quoted <= computed, (quoted, computed)
 
 
 def test_hand_written_reading_is_kept(tmp_path):
