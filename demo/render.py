@@ -205,7 +205,11 @@ def failure_count_line(report: BenchmarkReport, shown: int) -> str:
     total = report.groups["all"]
     line = (f"{report.split}: {report.queries} queries ranked, R@1 {total.recall['R@1']:.1f}, "
             f"R@5 {total.recall['R@5']:.1f}. **{len(report.failures)} failure(s)** match the filter")
-    return line + (f"; the first {shown} are shown." if shown < len(report.failures) else ".")
+    line += f"; the first {shown} are shown." if shown < len(report.failures) else "."
+    if report.misses:  # a benchmark whose labels say how a first result differs from the target
+        line += " What the first result got wrong: " + ", ".join(
+            f"{kind} **{count}**" for kind, count in report.misses.items()) + "."
+    return line
 
 
 def missing_picture(side: int) -> Image.Image:
@@ -253,5 +257,6 @@ def failure_gallery(cases: list[FailureCase], image_of: Callable[[str], Image.Im
                     ) -> list[tuple[Image.Image, str]]:
     """(row picture, caption) pairs for gr.Gallery."""
     return [(failure_row_image(case, image_of),
-             f"{case.query.pairid} · target rank {case.rank} · {', '.join(case.query.groups) or 'no group'}")
+             f"{case.query.pairid} · target rank {case.rank}" + (f" · {case.kind}" if case.kind else "")
+             + f" · {', '.join(case.query.groups) or 'no group'}")
             for case in cases]

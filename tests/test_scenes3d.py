@@ -673,7 +673,7 @@ def test_grouped_recall_counts_ranks_per_group_with_ties_against_the_target(data
 
 
 def test_a_miss_is_classified_by_what_the_first_result_got_wrong():
-    from cir_core.evaluation.grouped_recall import OTHER_MISS, WRONG_EDIT, WRONG_VIEWPOINT, miss_kind
+    from cir_core.data.scenes3d.misses import OTHER_MISS, WRONG_EDIT, WRONG_VIEWPOINT, miss_kind
 
     target = ("table1", "az0-high-near")
     assert miss_kind(("table1", "az90-high-near"), target) == WRONG_VIEWPOINT
@@ -698,3 +698,28 @@ def test_cir_eval_scenes3d_reports_recall_groups_misses_and_the_prompt(dataset, 
     assert sum(report["misses"].values()) == misses
     assert set(report["prompt"]) >= {"composed_top5", "prompt_top5"}
     assert main(["eval", "scenes3d", "--data", str(out / "nothing"), "--model", f"local-dir:{tiny_checkpoint}"]) == 2
+
+
+def test_the_failure_view_names_what_each_scenes3d_miss_got_wrong(dataset, tiny_checkpoint, tmp_path):
+    from cir_core.data.registry import open_source
+    from cir_core.data.scenes3d.misses import MISS_KINDS
+    from cir_core.engine import Engine
+    from demo import render
+
+    out, _ = dataset
+    source = open_source("scenes3d", out)
+    engine = Engine.from_uris(f"local-dir:{tiny_checkpoint}", source=source, cache_root=tmp_path / "cache",
+                              progress=False)
+    report = engine.benchmark_report()
+    labels = json.loads((out / "scenes.json").read_text())
+    assert list(report.misses) == list(MISS_KINDS) and sum(report.misses.values()) == len(report.failures)
+    for case in report.failures:
+        first, target = labels[case.top_id], labels[case.query.target_id]
+        same = (first["scene"] == target["scene"], first["camera"] == target["camera"])
+        expected = {(True, False): MISS_KINDS[0], (False, True): MISS_KINDS[1]}.get(same, MISS_KINDS[2])
+        assert case.kind == expected and case.to_json()["miss_kind"] == expected
+    line = render.failure_count_line(report, len(report.failures))
+    assert all(kind in line for kind, count in report.misses.items() if count)
+    if report.failures:
+        (_, card_caption), = render.failure_gallery(report.failures[:1], lambda image_id: render.missing_picture(8))
+        assert report.failures[0].kind in card_caption

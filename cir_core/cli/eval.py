@@ -222,6 +222,7 @@ def _eval_shapes(args: argparse.Namespace) -> int:
 
 
 def _eval_scenes3d(args: argparse.Namespace) -> int:
+    from cir_core.data.scenes3d.misses import MISS_KINDS, miss_classifier
     from cir_core.data.scenes3d.plan import GROUP_ORDER
     from cir_core.data.scenes3d.read import read_scenes3d_labels, read_scenes3d_split
     from cir_core.evaluation.grouped_recall import evaluate_grouped_recall
@@ -234,7 +235,8 @@ def _eval_scenes3d(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as error:
         raise CommandError(str(error)) from None
     model = load_model_from_args(args)
-    report = evaluate_grouped_recall(model, split, args.batch_size, not args.no_progress, labels)
+    report = evaluate_grouped_recall(model, split, args.batch_size, not args.no_progress, miss_classifier(labels),
+                                     MISS_KINDS)
     order = {name: position for position, name in enumerate(GROUP_ORDER)}
     summary = report.to_dict()
     summary["per_group"] = dict(sorted(summary["per_group"].items(), key=lambda item: order.get(item[0], len(order))))

@@ -55,6 +55,9 @@ class BenchmarkSource:
     first_groups: tuple[str, ...] = ()  # groups listed first (the view-angle ones)
     captions: dict[str, str] = field(default_factory=dict)  # gallery id -> text describing the image, when known
     labels: dict[str, str] = field(default_factory=dict)  # gallery id -> machine-readable label (e.g. scene JSON)
+    # (target id, id ranked first) -> how a miss differs from its target, one of `miss_kinds` (None: not classified)
+    classify_miss: Callable[[str, str], str] | None = None
+    miss_kinds: tuple[str, ...] = ()  # the kinds `classify_miss` answers, in the order to show them
 
     @property
     def name(self) -> str:

@@ -23,7 +23,7 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,7 @@ class FailureCase:
     target_score: float  # the target's score
     top_ids: list[str]  # gallery ids ranked first, second, third (up to FAILURE_TOP; never an excluded reference)
     top_scores: list[float]  # their scores, best first
+    kind: str = ""  # how the first result differs from the target, where the benchmark says ("" otherwise)
 
     @property
     def top_id(self) -> str:
@@ -68,7 +69,8 @@ class FailureCase:
     def to_json(self) -> dict:
         return {"pairid": self.query.pairid, "caption": self.query.caption, "groups": list(self.query.groups),
                 "target_rank": self.rank, "reference": self.query.reference_id, "target": self.query.target_id,
-                "target_score": round(self.target_score, 6), "top": self.top_ids}
+                "target_score": round(self.target_score, 6), "top": self.top_ids,
+                **({"miss_kind": self.kind} if self.kind else {})}
 
 
 @dataclass
@@ -90,10 +92,12 @@ class BenchmarkReport:
     queries: int  # queries ranked (those whose reference and target are in the gallery)
     groups: dict[str, GroupRecall]  # "all" first, then each group in the source's order
     failures: list[FailureCase]  # targets not ranked first, filtered by group and keyword; view angle first
+    misses: dict[str, int] = field(default_factory=dict)  # those failures by kind, where the benchmark classifies
 
     def to_json(self) -> dict:
         return {"split": self.split, "queries": self.queries,
                 "groups": {name: group.to_json() for name, group in self.groups.items()},
+                **({"misses": dict(self.misses)} if self.misses else {}),
                 "failures": [case.to_json() for case in self.failures]}
 
 
@@ -303,5 +307,13 @@ class BenchmarkRanking:
         groups = {"all": group_recall(cases)}
         for name in self.source.group_names():
             groups[name] = group_recall([case for case in cases if name in case.query.groups])
-        return BenchmarkReport(split=self.source.name, queries=len(cases), groups=groups,
-                               failures=self.failures(group, keyword))
+        failures = self.failures(group, keyword)
+        misses: dict[str, int] = {}
+        if self.source.classify_miss is not None:
+            failures = [replace(case, kind=self.source.classify_miss(case.query.target_id, case.top_id))
+                        for case in failures]
+            misses = dict.fromkeys(self.source.miss_kinds, 0)
+            for case in failures:
+                misses[case.kind] = misses.get(case.kind, 0) + 1
+        return BenchmarkReport(split=self.source.name, queries=len(cases), groups=groups, failures=failures,
+                               misses=misses)
