@@ -16,6 +16,7 @@ from cir_core.index import GalleryIndex, GalleryIndexError, GalleryItem, IndexPa
 from cir_core.index_store import FLAT_FILE, HNSW_QUANTIZER_LISTS, INFO_FILE, METADATA_FILE, IndexContents, write_index
 from cir_core.transforms import ImageTransform
 from fuzzing import corrupt_file
+from tiny_gallery import crash_encoding_at_batch
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -222,15 +223,7 @@ def test_empty_and_unreadable_galleries_are_errors(tmp_path, tiny_model):
 
 def _build_crashing_at_batch(monkeypatch, model, items, out, crash_at: int, **kwargs) -> None:
     """Start a build of `items` that is interrupted while encoding batch number `crash_at` (1-based)."""
-    real_encode, calls = index_build._encode_batch, []
-
-    def crash(model, pixels):
-        calls.append(len(pixels))
-        if len(calls) == crash_at:
-            raise KeyboardInterrupt("simulated crash")
-        return real_encode(model, pixels)
-
-    monkeypatch.setattr(index_build, "_encode_batch", crash)
+    real_encode = crash_encoding_at_batch(monkeypatch, crash_at)
     with pytest.raises(KeyboardInterrupt):
         GalleryIndex.build(model, items, out, progress=False, **kwargs)
     monkeypatch.setattr(index_build, "_encode_batch", real_encode)

@@ -21,6 +21,7 @@ from cir_core.engine import Engine
 from cir_core.index import GalleryIndex
 from cir_core.index_build import BuildInProgressError
 from cir_core.index_cache import GalleryKey, default_gallery_index, usable_cache_root
+from tiny_gallery import crash_encoding_at_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,24 +98,11 @@ def test_cache_folder_names_take_nothing_unchecked_from_the_model_or_a_precision
 
 
 # ---------------------------------------------------------------------- interrupted and concurrent builds
-def _crash_at_batch(monkeypatch, crash_at: int):
-    real_encode, calls = index_build._encode_batch, []
-
-    def crash(model, pixels):
-        calls.append(len(pixels))
-        if len(calls) == crash_at:
-            raise KeyboardInterrupt("simulated crash")
-        return real_encode(model, pixels)
-
-    monkeypatch.setattr(index_build, "_encode_batch", crash)
-    return real_encode
-
-
 @pytest.mark.parametrize("damage", ["empty vectors", "truncated vectors", "bad record"])
 def test_a_damaged_batch_of_an_interrupted_build_is_encoded_again(tmp_path, tiny_model, monkeypatch, caplog, damage):
     items = index_build.items_from_images(_png_folder(tmp_path / "images", 7))
     out = tmp_path / "index"
-    real_encode = _crash_at_batch(monkeypatch, crash_at=3)
+    real_encode = crash_encoding_at_batch(monkeypatch, crash_at=3)
     with pytest.raises(KeyboardInterrupt):
         GalleryIndex.build(tiny_model, items, out, batch_size=2, progress=False)
     monkeypatch.setattr(index_build, "_encode_batch", real_encode)

@@ -68,3 +68,20 @@ def png_with_forged_size(width: int, height: int) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     pixels = zlib.compress(b"\x00\xff\x00\x00")
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+def crash_encoding_at_batch(monkeypatch, crash_at: int):
+    """Make index builds stop (KeyboardInterrupt) while encoding batch number `crash_at` (1-based), as
+    an interrupted build would; returns the real encoder."""
+    from cir_core import index_build
+
+    real_encode, calls = index_build._encode_batch, []
+
+    def crash(model, pixels):
+        calls.append(len(pixels))
+        if len(calls) == crash_at:
+            raise KeyboardInterrupt("simulated crash")
+        return real_encode(model, pixels)
+
+    monkeypatch.setattr(index_build, "_encode_batch", crash)
+    return real_encode

@@ -7,6 +7,7 @@ and gallery_<split>.json (image ids); the writers build it in a staging folder
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -15,6 +16,22 @@ from cir_core.safe_paths import PathOutsideRootError, outside_root
 
 INFO_FILE = "info.json"
 IMAGES_DIR = "images"
+
+
+@dataclass
+class WriteSummary:
+    """What a benchmark writer produced and how long it took."""
+
+    path: Path  # the dataset folder
+    images: int  # unique images rendered (one PNG each)
+    render_seconds: float  # wall time spent rendering (and describing) and saving the images
+    total_seconds: float  # wall time of the whole build (sampling, rendering, JSON, rename)
+    triplets: dict[str, int]  # split -> number of queries
+    gallery: dict[str, int]  # split -> number of gallery images
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.render_seconds if self.render_seconds > 0 else float("inf")
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -20,13 +20,14 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from cir_core.data.folders import IMAGES_DIR, INFO_FILE, check_destination, check_split_images, write_json
+from cir_core.data.folders import (IMAGES_DIR, INFO_FILE, WriteSummary, check_destination, check_split_images,
+                                   write_json)
 from cir_core.data.shapes_edits import (
     EDIT_TYPES,
     HELD_OUT_PHRASINGS,
@@ -71,20 +72,6 @@ _POOL_MIN_IMAGES = 2000
 _CHUNK = 500
 
 
-@dataclass
-class ShapesWriteSummary:
-    """What `write_shapes_dataset` produced and how long it took."""
-
-    path: Path  # the dataset folder
-    images: int  # unique scenes rendered (one PNG each)
-    render_seconds: float  # wall time spent rendering and saving the images
-    total_seconds: float  # wall time of the whole build (sampling, rendering, JSON, rename)
-    triplets: dict[str, int]  # split -> number of queries
-    gallery: dict[str, int]  # split -> number of gallery images
-
-    @property
-    def images_per_second(self) -> float:
-        return self.images / self.render_seconds if self.render_seconds > 0 else float("inf")
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -134,7 +121,7 @@ def _info(seed: int, image_size: int, counts: ShapesCounts, plans: dict[str, Sha
 
 def write_shapes_dataset(out_dir: str | Path, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE,
                          counts: ShapesCounts | None = None, progress: bool = True, workers: int = 2,
-                         overwrite: bool = False) -> ShapesWriteSummary:
+                         overwrite: bool = False) -> WriteSummary:
     """Sample, render and write the benchmark to `out_dir`, atomically.
 
     Everything is written to a hidden folder beside `out_dir` and renamed into place at
@@ -175,7 +162,7 @@ def write_shapes_dataset(out_dir: str | Path, seed: int = 0, image_size: int = D
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    summary = ShapesWriteSummary(
+    summary = WriteSummary(
         path=out_dir, images=len(scenes), render_seconds=render_seconds,
         total_seconds=time.perf_counter() - start,
         triplets={name: len(plan.queries) for name, plan in plans.items()},
@@ -356,7 +343,7 @@ def read_shapes_split(data_dir: str | Path, split: str, with_region_labels: bool
 __all__ = [
     "AppliedEdit", "COLORS", "DEFAULT_IMAGE_SIZE", "EDIT_TYPES", "HELD_OUT_COMBINATIONS", "HELD_OUT_PHRASINGS",
     "NUM_CELL_CLASSES", "PHRASINGS", "POSITIONS", "SHAPES", "SIZES", "SPLITS", "SceneObject", "ShapesCounts",
-    "ShapesQuery", "ShapesScene", "ShapesSplitPlan", "ShapesWriteSummary", "apply_edit", "cell_labels",
+    "ShapesQuery", "ShapesScene", "ShapesSplitPlan", "apply_edit", "cell_labels",
     "edit_scene", "perturb_one_attribute", "plan_splits", "read_shapes_info", "read_shapes_scenes",
     "read_shapes_split", "refer", "render_scene", "sample_scene", "write_shapes_dataset",
 ]

@@ -39,13 +39,13 @@ from cir_core.data.scenes3d.scene import COLORS, HELD_OUT_COMBINATIONS, MATERIAL
     SceneObject3D, sample_scene
 from cir_core.data.scenes3d.visibility import visible_fractions
 from cir_core.data.scenes3d.write import BENCHMARK, DEFAULT_IMAGE_SIZE, MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, \
-    Scenes3DWriteSummary, write_scenes3d_dataset
+    write_scenes3d_dataset
 
 __all__ = [
     "BENCHMARK", "CAMERA_EDITS", "COLORS", "DEFAULT_IMAGE_SIZE", "GROUP_ORDER", "HELD_OUT_COMBINATIONS",
     "HELD_OUT_PHRASINGS", "MATERIALS", "MAX_IMAGE_SIZE", "MIN_IMAGE_SIZE", "OBJECT_EDITS", "PHRASINGS", "RELATIONS",
     "SHAPES", "SIZES", "SPLITS", "CameraEdit", "CameraPose", "ObjectEdit", "Scene3D", "SceneObject3D",
-    "Scenes3DCounts", "Scenes3DQuery", "Scenes3DSplitPlan", "Scenes3DWriteSummary", "View", "camera_edit",
+    "Scenes3DCounts", "Scenes3DQuery", "Scenes3DSplitPlan", "View", "camera_edit",
     "camera_edits", "describe_view", "object_edit", "plan_splits", "query_groups", "refer", "relation",
     "sample_scene", "visible_fractions", "write_scenes3d_dataset",
 ]

@@ -13,7 +13,7 @@ import json
 import logging
 import multiprocessing
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import cir_core.data.scenes3d.edits as edits
 import cir_core.data.scenes3d.plan as plan
 import cir_core.data.scenes3d.render as render
 import cir_core.data.scenes3d.scene as scene
-from cir_core.data.folders import IMAGES_DIR, INFO_FILE, check_destination, write_json
+from cir_core.data.folders import IMAGES_DIR, INFO_FILE, WriteSummary, check_destination, write_json
 from cir_core.atomic import staged_folder
 from cir_core.data.scenes3d.describe import DESCRIBED_FROM, describe_view
 from cir_core.data.scenes3d.plan import Scenes3DCounts, Scenes3DQuery, Scenes3DSplitPlan, View
@@ -42,20 +42,6 @@ MAX_SAMPLES_PER_PIXEL = 4096
 _CHUNK = 8  # views per task: small enough for a smooth progress bar, large enough to hide the hand-over
 
 
-@dataclass
-class Scenes3DWriteSummary:
-    """What `write_scenes3d_dataset` produced and how long it took."""
-
-    path: Path  # the dataset folder
-    images: int  # unique views rendered (one PNG each)
-    render_seconds: float  # wall time spent rendering, describing and saving the images
-    total_seconds: float  # wall time of the whole build (sampling, rendering, JSON, rename)
-    triplets: dict[str, int]  # split -> number of queries
-    gallery: dict[str, int]  # split -> number of gallery images
-
-    @property
-    def images_per_second(self) -> float:
-        return self.images / self.render_seconds if self.render_seconds > 0 else float("inf")
 
 
 # ---------------------------------------------------------------------------------------------- labels
@@ -186,7 +172,7 @@ def check_settings(image_size: int, samples_per_pixel: int, workers: int) -> Non
 def write_scenes3d_dataset(out_dir: str | Path, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE,
                            counts: Scenes3DCounts | None = None, progress: bool = True, workers: int = 2,
                            overwrite: bool = False, samples_per_pixel: int = render.SAMPLES_PER_PIXEL
-                           ) -> Scenes3DWriteSummary:
+                           ) -> WriteSummary:
     """Sample, render and write the benchmark to `out_dir`, atomically.
 
     Splits without queries are left out of the folder. `overwrite` replaces an existing
@@ -223,7 +209,7 @@ def write_scenes3d_dataset(out_dir: str | Path, seed: int = 0, image_size: int =
             write_json(staging / f"gallery_{name}.json", [view.id for view in split.gallery])
         info = _info(seed, image_size, used_samples, counts, plans, len(views))
         (staging / INFO_FILE).write_text(json.dumps(info, indent=2))
-    summary = Scenes3DWriteSummary(
+    summary = WriteSummary(
         path=out_dir, images=len(views), render_seconds=render_seconds, total_seconds=time.perf_counter() - start,
         triplets={name: len(split.queries) for name, split in plans.items()},
         gallery={name: len(split.gallery) for name, split in plans.items()},
