@@ -224,14 +224,15 @@ def _eval_shapes(args: argparse.Namespace) -> int:
 def _eval_scenes3d(args: argparse.Namespace) -> int:
     from cir_core.data.scenes3d.misses import MISS_KINDS, miss_classifier
     from cir_core.data.scenes3d.plan import GROUP_ORDER
-    from cir_core.data.scenes3d.read import read_scenes3d_labels, read_scenes3d_split
+    from cir_core.data.scenes3d.read import read_scenes3d_info, read_scenes3d_labels, read_scenes3d_split
     from cir_core.evaluation.grouped_recall import evaluate_grouped_recall
 
     needs_model(args)
     try:
-        split = read_scenes3d_split(args.data, args.split, with_descriptions=True)
-        labels = {image_id: (label["scene"], label["camera"]) for image_id, label in
-                  read_scenes3d_labels(args.data).items()}
+        read_scenes3d_info(args.data)  # a folder of another benchmark is named as such, before its labels are read
+        scene_labels = read_scenes3d_labels(args.data)
+        split = read_scenes3d_split(args.data, args.split, with_descriptions=True, labels=scene_labels)
+        labels = {image_id: (label["scene"], label["camera"]) for image_id, label in scene_labels.items()}
     except (ValueError, FileNotFoundError) as error:
         raise CommandError(str(error)) from None
     model = load_model_from_args(args)

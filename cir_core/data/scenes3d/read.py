@@ -80,9 +80,11 @@ def _triplet(entry: Any, index: int, path: Path) -> Triplet:
                    extras={"groups": tuple(groups), "novel": novel, **labels})
 
 
-def read_scenes3d_split(data_dir: str | Path, split: str, with_descriptions: bool = False) -> TripletSplit:
+def read_scenes3d_split(data_dir: str | Path, split: str, with_descriptions: bool = False,
+                        labels: dict[str, dict[str, Any]] | None = None) -> TripletSplit:
     """One split of a scenes3d folder: its queries (with their groups and scene/camera labels in
-    `extras`), image paths and gallery; `with_descriptions` attaches each image's description.
+    `extras`), image paths and gallery; `with_descriptions` attaches each image's description (from
+    `labels` when the caller has read them already, else from scenes.json).
 
     Raises FileNotFoundError naming a missing file (or counting missing images),
     PathOutsideRootError for an id naming a file outside the folder, and ValueError for a
@@ -115,7 +117,7 @@ def read_scenes3d_split(data_dir: str | Path, split: str, with_descriptions: boo
         raise FileNotFoundError(f"{len(missing)} of {len(gallery)} images of {result.name} are missing under "
                                 f"{images} (first: {missing[0]}.png)")
     if with_descriptions:
-        labels = read_scenes3d_labels(data_dir)
+        labels = labels if labels is not None else read_scenes3d_labels(data_dir)
         unlabelled = [image_id for image_id in gallery if image_id not in labels]
         if unlabelled:
             raise ValueError(f"{data_dir / 'scenes.json'} lacks {len(unlabelled)} gallery images "
