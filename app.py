@@ -1,6 +1,7 @@
 """Launch the SPRC composed image retrieval app.
 
-    python app.py [--model URI] [--dataset shapes|cirr|fashioniq --data-root DIR [--split S] [--category C]]
+    python app.py [--model URI] [--dataset scenes3d|shapes|cirr|fashioniq [--data-root DIR] [--split S]
+                  [--category C]]
                   [--gallery IMAGES_DIR] [--index DIR]
 
 A benchmark (`--dataset` with its `--data-root`: a shapes folder, the official CIRR
@@ -20,15 +21,21 @@ model: faster on a CPU, rankings can differ from fp32 where scores nearly tie; t
 default, auto, is int8 for a ViT-g model on a CPU and fp32 otherwise),
 CIR_GALLERY_PRECISION=fp32, bf16, int8 or auto (how a gallery is indexed on first start;
 auto, the default, is bf16 on a CPU with bf16 units; int8 is the fastest). Models are
-`local-dir:PATH` or `hf-hub:org/name` URIs. The default is the embedded shapes-mini model
-with the shapes benchmark's test split (assets/shapes when shipped, else data/shapes as
-written by `cir data shapes --out data/shapes`, else generated once with seed 0).
+`local-dir:PATH` or `hf-hub:org/name` URIs.
+
+Without flags the app serves the embedded scenes3d-mini model on the scenes3d test split
+shipped in assets/scenes3d (else data/scenes3d as `cir data scenes3d --out data/scenes3d`
+writes it). `--dataset shapes` serves the embedded shapes-mini model on the shapes test
+split (assets/shapes, else data/shapes, else generated once with seed 0). `--model`
+replaces the model of either; other benchmarks need `--data-root` and get the scenes3d
+model unless `--model` names one.
 """
 import argparse
 import errno
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from cir_core.checkpoints import CheckpointError
@@ -37,12 +44,35 @@ from cir_core.engine import Engine
 from cir_core.index_cache import usable_cache_root
 from cir_core.precision import GALLERY_PRECISIONS, QUERY_PRECISIONS
 
-DEFAULT_MODEL = "local-dir:checkpoints/shapes-mini"
-SHAPES_FOLDERS = (Path("assets/shapes"), Path("data/shapes"))  # the shapes benchmark, if already on disk
-EXAMPLES_FILE = Path("assets/examples.json")
-# The default gallery's vectors as the default model encodes them: a fresh machine answers without
-# encoding 5,233 scenes first (used only when the model's weights fingerprint matches; see cir_core.index_seed).
-DEFAULT_INDEX_SEED = Path("checkpoints/shapes-mini/gallery_index_seed.npz")
+
+
+@dataclass(frozen=True)
+class ShippedBenchmark:
+    """A benchmark the app serves without --data-root: its embedded model, where its test split
+    may lie, the gallery's vectors as that model encodes them (a fresh machine answers without
+    encoding the gallery first; used only when the weights fingerprint and the images match, see
+    cir_core.index_seed) and the curated example queries."""
+
+    model: str
+    folders: tuple[Path, ...]
+    index_seed: Path
+    examples: Path
+    make: str  # how to write the folder when none of `folders` exists
+
+
+SHIPPED = {
+    "scenes3d": ShippedBenchmark(
+        model="local-dir:checkpoints/scenes3d-mini", folders=(Path("assets/scenes3d"), Path("data/scenes3d")),
+        index_seed=Path("checkpoints/scenes3d-mini/gallery_index_seed.npz"),
+        examples=Path("assets/examples/scenes3d.json"),
+        make="cir data scenes3d --out assets/scenes3d --seed 4242 --train 0 --val 0"),
+    "shapes": ShippedBenchmark(
+        model="local-dir:checkpoints/shapes-mini", folders=(Path("assets/shapes"), Path("data/shapes")),
+        index_seed=Path("checkpoints/shapes-mini/gallery_index_seed.npz"),
+        examples=Path("assets/examples/shapes.json"), make="generated once with seed 0"),
+}
+DEFAULT_DATASET = "scenes3d"
+DEFAULT_MODEL = SHIPPED[DEFAULT_DATASET].model
 
 
 class StartError(Exception):
@@ -52,12 +82,13 @@ class StartError(Exception):
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     env = os.environ.get
-    parser.add_argument("--model", default=env("CIR_MODEL", DEFAULT_MODEL), help="model URI")
+    parser.add_argument("--model", default=env("CIR_MODEL"),
+                        help="model URI (default: the embedded model of scenes3d or shapes)")
     parser.add_argument("--dataset", default=env("CIR_DATASET"),
-                        help=f"labelled benchmark to serve: {', '.join(DATASETS)} (default shapes)")
+                        help=f"labelled benchmark to serve: {', '.join(DATASETS)} (default {DEFAULT_DATASET})")
     parser.add_argument("--data-root", default=env("CIR_DATA_ROOT"), help="the benchmark's folder")
     parser.add_argument("--split", default=env("CIR_SPLIT"),
-                        help="benchmark split (default: test for shapes, val for CIRR and FashionIQ)")
+                        help="benchmark split (default: test for scenes3d and shapes, val for CIRR and FashionIQ)")
     parser.add_argument("--category", default=env("CIR_CATEGORY"),
                         help="FashionIQ category: dress, shirt or toptee (default: all three in one gallery)")
     parser.add_argument("--gallery", default=env("CIR_GALLERY"), help="a plain folder of images (no ground truth)")
@@ -86,11 +117,17 @@ def server_port() -> int:
     return port
 
 
-def default_shapes_folder(cache_root: Path | None = None) -> Path:
-    """The shapes benchmark shipped or generated here, else generated once (seed 0) into the cache."""
-    folder = next((folder for folder in SHAPES_FOLDERS if (folder / "info.json").is_file()), None)
+def shipped_folder(dataset: str, cache_root: Path | None = None) -> Path:
+    """The shipped benchmark's folder: the first of its folders on disk; shapes is generated once
+    (seed 0, seconds) into the cache when none is; scenes3d takes minutes to render, so it is
+    a StartError saying how to write it."""
+    shipped = SHIPPED[dataset]
+    folder = next((folder for folder in shipped.folders if (folder / "info.json").is_file()), None)
     if folder is not None:
         return folder
+    if dataset != "shapes":
+        raise StartError(f"the {dataset} benchmark is in none of {', '.join(map(str, shipped.folders))}: "
+                         f"write it with `{shipped.make}`, or give --data-root")
     from cir_core.data.shapes import write_shapes_dataset
 
     folder = (cache_root or usable_cache_root()) / "shapes-seed0"
@@ -113,14 +150,23 @@ def benchmark_source(args: argparse.Namespace, cache_root: Path | None = None):
             return None
     if dataset is None and data_root is None and args.index:
         return None
-    dataset = dataset or "shapes"
+    dataset = dataset or DEFAULT_DATASET
     if dataset not in DATASETS:
         raise StartError(f"unknown --dataset {dataset!r}; choose from {', '.join(DATASETS)}")
     if data_root is None:
-        if dataset != "shapes":
+        if dataset not in SHIPPED:
             raise StartError(f"--dataset {dataset} needs --data-root (the benchmark's folder)")
-        data_root = default_shapes_folder(cache_root)
+        data_root = shipped_folder(dataset, cache_root)
     return open_source(dataset, data_root, split=args.split, category=args.category)
+
+
+def model_uri(args: argparse.Namespace) -> str:
+    """--model, else the embedded model of the benchmark served (of scenes3d for any other)."""
+    if args.model:
+        return args.model
+    dataset = args.dataset or ("shapes" if args.gallery and (Path(args.gallery) / "info.json").is_file()
+                               else DEFAULT_DATASET)
+    return SHIPPED.get(dataset, SHIPPED[DEFAULT_DATASET]).model
 
 
 def main(argv=None) -> int:
@@ -135,15 +181,16 @@ def main(argv=None) -> int:
         cache_root = usable_cache_root()  # else a temporary one, said in the log
         source = benchmark_source(args, cache_root)
         gallery = args.gallery if source is None else None
-        seed = DEFAULT_INDEX_SEED if source is not None and source.dataset == "shapes" else None
-        engine = Engine.from_uris(args.model, index_dir=args.index, gallery_data=gallery, source=source,
-                                  index_seed=seed, query_precision=query_precision, gallery_precision=gallery_precision,
-                                  device=args.device, cache_root=cache_root)
+        shipped = SHIPPED.get(source.dataset) if source is not None else None
+        model = model_uri(args)
+        engine = Engine.from_uris(model, index_dir=args.index, gallery_data=gallery, source=source,
+                                  index_seed=shipped and shipped.index_seed, query_precision=query_precision,
+                                  gallery_precision=gallery_precision, device=args.device, cache_root=cache_root)
     except (StartError, CheckpointError, OSError, ValueError) as error:
         hint = ""
-        if isinstance(error, CheckpointError) and args.model == DEFAULT_MODEL:
-            hint = ("\nThe default model is missing: train it into checkpoints/shapes-mini (see README), "
-                    "or point CIR_MODEL / --model at another checkpoint.")
+        if isinstance(error, CheckpointError) and not args.model:
+            hint = (f"\nThe default model is missing: train it into {model_uri(args).removeprefix('local-dir:')} "
+                    "(see README), or point CIR_MODEL / --model at another checkpoint.")
         elif isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT) and cache_root is not None:
             hint = f" (the cache is {cache_root}: free some space there or set CIR_CACHE to another folder)"
         print(f"cannot start the app: {error}{hint}", file=sys.stderr)
@@ -155,7 +202,7 @@ def main(argv=None) -> int:
     if prepare_failures == "1":  # background, once the app has answered: ranks every benchmark query (cached)
         startup.add(engine.prepare_failures)
     startup.add(engine.prepare_caption_bank)  # the prompt tab's nearest captions
-    launch(engine, examples_file=EXAMPLES_FILE, server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+    launch(engine, examples_file=shipped and shipped.examples, server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
            server_port=port, startup=startup)
     return 0
 

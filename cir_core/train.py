@@ -32,6 +32,8 @@ from cir_core.data.triplets import Triplet, TripletSplit
 from cir_core.evaluation.protocols import evaluate_protocol
 from cir_core.model import SPRCModel
 from cir_core.precision import resolve_train_precision
+from cir_core.data.folders import data_fingerprint
+from cir_core.provenance import code_version, describe_device
 from cir_core.train_config import TrainConfig
 from cir_core.transforms import ImageTransform
 
@@ -330,7 +332,11 @@ class Trainer:
         start = time.monotonic()
         logger.info("training under %s autocast (precision %r) on %s with %d threads", self.precision,
                     config.precision, config.device, torch.get_num_threads())
-        self._log({"step": self.step, "precision": self.precision, "threads": torch.get_num_threads()})
+        commit, dirty = code_version()
+        # The run records where it came from: each (re)start adds such a line to metrics.jsonl.
+        self._log({"step": self.step, "precision": self.precision, "threads": torch.get_num_threads(),
+                   "device": describe_device(config.device), "code_commit": commit, "code_dirty": dirty,
+                   "data_sha256": data_fingerprint(Path(config.data.root)), "torch": torch.__version__})
         last_metrics: dict[str, float] = {}
         bar = tqdm(total=config.max_steps, initial=self.step, desc="training", disable=not config.progress,
                    unit="step", dynamic_ncols=True)

@@ -38,11 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.out.parent.is_dir():
         parser.error(f"--out: folder {args.out.parent} does not exist")
-    from cir_core.data.scenes3d.read import read_scenes3d_labels
+    from cir_core.data.scenes3d.read import read_scenes3d_info, read_scenes3d_labels
 
     try:
         entries = json.loads((args.data / f"{args.split}.json").read_text())
         labels = read_scenes3d_labels(args.data)
+        suffix = read_scenes3d_info(args.data)["image_format"]
     except (OSError, ValueError) as error:
         print(f"scenes3d_query_figure.py: error: {error}", file=sys.stderr)
         return 2
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         print("scenes3d_query_figure.py: error: no such query in the split", file=sys.stderr)
         return 2
     query = chosen[0]
-    picture = lambda image_id: Image.open(args.data / "images" / f"{image_id}.png")  # noqa: E731
+    picture = lambda image_id: Image.open(args.data / "images" / f"{image_id}.{suffix}")  # noqa: E731
     camera = lambda image_id: labels[image_id]["camera"]  # noqa: E731
     tiles = [tile(picture(query["reference"]), f"reference ({camera(query['reference'])})", None),
              tile(picture(query["target"]), f"target ({camera(query['target'])})", "#16a34a")]

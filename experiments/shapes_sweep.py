@@ -33,6 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+from cir_core.data.folders import data_fingerprint  # noqa: E402
+from cir_core.provenance import code_version, describe_device  # noqa: E402
 DEFAULT_CONFIG = ROOT / "configs" / "shapes_mini.json"
 
 
@@ -80,14 +83,6 @@ def file_stem(name: str) -> str:
 
 
 # ---------------------------------------------------------------------- one row (a worker process)
-def describe_device(device: str) -> str:
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
-
-
 def count_step_flops(trainer) -> float | None:
     """FLOPs (matrix products, forward and backward) of one more step of the same recipe.
 
@@ -105,34 +100,6 @@ def count_step_flops(trainer) -> float | None:
         print(f"flop count failed: {type(error).__name__}: {error}", file=sys.stderr)
         return None
     return float(counter.get_total_flops())
-
-
-def code_version() -> tuple[str | None, bool | None]:
-    """The checkout's commit and whether its tracked files differ from it (None, None outside git)."""
-    def git(*command: str) -> str:
-        return subprocess.run(["git", *command], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-
-    try:
-        commit = git("rev-parse", "HEAD").strip()
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
-    except (OSError, subprocess.CalledProcessError):
-        return None, None
-    return commit, dirty
-
-
-def data_fingerprint(data: Path) -> str:
-    """sha256 (16 hex digits) over the folder's info.json, scenes.json and every split's query and
-    gallery files, each prefixed by its name. The images are left out: they are drawn from
-    scenes.json with the seed and image size that info.json records, and hashing them would
-    read thousands of files."""
-    info = json.loads((data / "info.json").read_text())
-    names = ["info.json", "scenes.json"] + [f"{prefix}{split}.json" for split in sorted(info.get("splits", {}))
-                                             for prefix in ("", "gallery_")]
-    digest = hashlib.sha256()
-    for name in names:
-        if (data / name).is_file():
-            digest.update(name.encode() + b"\0" + (data / name).read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
 
 
 def training_loop_seconds(metrics_file: Path, steps: int) -> float:

@@ -4,6 +4,7 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
@@ -133,14 +134,43 @@ def test_app_reports_a_missing_default_model_clearly(tmp_path, monkeypatch, caps
     from tiny_gallery import write_tiny_shapes
 
     app = load_app_module()
-    monkeypatch.chdir(tmp_path)  # no checkpoints/shapes-mini here
+    monkeypatch.chdir(tmp_path)  # no checkpoints/ here
     write_tiny_shapes(tmp_path / "assets" / "shapes")  # the shipped gallery, small
     monkeypatch.delenv("CIR_MODEL", raising=False)
     monkeypatch.setenv("CIR_CACHE", str(tmp_path / "cache"))
-    assert app.main([]) == 2
+    assert app.main(["--dataset", "shapes"]) == 2
     message = capsys.readouterr().err
     assert "checkpoints/shapes-mini does not exist" in message and "default model is missing" in message
     assert not (tmp_path / "cache" / "indexes").exists()  # failed before indexing a gallery
+
+
+def test_without_flags_the_app_serves_scenes3d_with_its_own_model(tmp_path, monkeypatch, capsys):
+    app = load_app_module()
+    monkeypatch.chdir(tmp_path)  # neither the scenes3d test split nor its model here
+    monkeypatch.delenv("CIR_MODEL", raising=False)
+    monkeypatch.delenv("CIR_DATASET", raising=False)
+    monkeypatch.setenv("CIR_CACHE", str(tmp_path / "cache"))
+    assert app.main([]) == 2
+    message = capsys.readouterr().err.strip()
+    assert "scenes3d benchmark is in none of assets/scenes3d, data/scenes3d" in message
+    assert "cir data scenes3d --out assets/scenes3d --seed 4242 --train 0 --val 0" in message and "\n" not in message
+    assert app.model_uri(app.parse_args([])) == "local-dir:checkpoints/scenes3d-mini"
+    assert app.model_uri(app.parse_args(["--dataset", "shapes"])) == "local-dir:checkpoints/shapes-mini"
+    assert app.model_uri(app.parse_args(["--dataset", "cirr"])) == "local-dir:checkpoints/scenes3d-mini"
+    assert app.model_uri(app.parse_args(["--dataset", "shapes", "--model", "local-dir:m"])) == "local-dir:m"
+    seen = {}
+
+    def stop_after_reading(uri, **kwargs):
+        seen.update(kwargs, uri=uri)
+        raise FileNotFoundError("stop here")
+
+    monkeypatch.setattr(app.Engine, "from_uris", stop_after_reading)
+    monkeypatch.setattr(app, "open_source", lambda dataset, root, **kwargs: SimpleNamespace(dataset=dataset))
+    (tmp_path / "data" / "scenes3d").mkdir(parents=True)
+    (tmp_path / "data" / "scenes3d" / "info.json").write_text("{}")
+    assert app.main([]) == 2
+    assert seen["uri"] == "local-dir:checkpoints/scenes3d-mini"
+    assert seen["index_seed"] == Path("checkpoints/scenes3d-mini/gallery_index_seed.npz")
 
 
 @pytest.mark.parametrize("name, value, message", [
@@ -216,7 +246,7 @@ def test_curated_examples_are_used_only_when_they_match_the_benchmark(served, tm
     assert fallback and "view angle" in fallback[0].groups
     assert {g for q in fallback for g in q.groups} == set(groups)  # every group has an example
     assert len({q.pairid for q in fallback}) == len(fallback)
-    shipped = load_curated_examples(Path(__file__).parent.parent / "assets" / "examples.json")
+    shipped = load_curated_examples(Path(__file__).parent.parent / "assets" / "examples" / "shapes.json")
     assert len(shipped) >= 8 and {"mirror", "rotate"} <= {entry["edit"] for entry in shipped}
 
 

@@ -512,8 +512,9 @@ def test_written_folder_format(dataset):
     info = json.loads((out / "info.json").read_text())
     assert info["benchmark"] == "scenes3d" and info["version"] == 1 and info["image_size"] == 32
     assert info["renderer"]["samples_per_pixel"] == 4 and set(info["splits"]) == {"train", "val", "test"}
+    assert info["image_format"] == "webp" and not list((out / "images").glob("*.png"))
     labels = json.loads((out / "scenes.json").read_text())
-    images = {p.stem for p in (out / "images").glob("*.png")}
+    images = {p.stem for p in (out / "images").glob("*.webp")}
     assert images == set(labels) and len(images) == summary.images == info["images"]
     for image_id, label in labels.items():
         view = View(Scene3D.from_dict(label), CameraPose.from_id(label["camera"]))
@@ -560,6 +561,39 @@ def test_cli_test_split_only(mitsuba, tmp_path, capsys):
                                                      "test.json"]
     assert list(json.loads((out / "info.json").read_text())["splits"]) == ["test"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+def test_cli_sets_the_train_sampling_and_the_image_format(mitsuba, tmp_path, capsys):
+    from cir_core.cli import main
+    from cir_core.data.scenes3d.read import read_scenes3d_split
+
+    out = tmp_path / "train-png"
+    assert main(["data", "scenes3d", "--out", str(out), "--train", "4", "--val", "0", "--test", "0",
+                 "--train-edits-per-reference", "2", "--train-negatives", "1", "--image-format", "png",
+                 "--image-size", "32", "--samples-per-pixel", "4", "--workers", "1", "--no-progress"]) == 0
+    info = json.loads((out / "info.json").read_text())
+    assert info["image_format"] == "png" and info["splits"]["train"]["references"] == 2
+    assert (info["sampling"]["train_edits_per_reference"], info["sampling"]["train_negatives"]) == (2, 1)
+    entries = json.loads((out / "train.json").read_text())
+    assert all(len(e["hard_negatives"]["views"]) == 1 and len(e["hard_negatives"]["edits"]) == 1 for e in entries)
+    split = read_scenes3d_split(out, "train")
+    assert all(path.suffix == ".png" and path.is_file() for path in split.image_paths.values())
+    # A folder written before info.json named its format holds PNG.
+    info.pop("image_format")
+    (out / "info.json").write_text(json.dumps(info))
+    assert read_scenes3d_split(out, "train").image_paths == split.image_paths
+    assert main(["data", "scenes3d", "--out", str(tmp_path / "x"), "--train-negatives", "-1"]) == 2
+    assert "--train-negatives must be 0 or more" in capsys.readouterr().err
+
+
+def test_default_train_queries_share_their_reference_and_need_no_negatives():
+    counts = Scenes3DCounts(train=40, val=0, test=0)
+    train = plan_splits(seed=3, counts=counts, progress=False)["train"]
+    references = {q.reference.id for q in train.queries}
+    assert len(train.queries) == 40 and len(references) == 10
+    assert all(not q.view_negatives and not q.edit_negatives for q in train.queries)
+    # References, targets and a tenth more of distractors: a train query costs about 1.4 images.
+    assert len(train.gallery) <= 40 * 1.25 * 1.1 + 1
 
 
 def test_rendered_objects_stand_where_the_ray_caster_sees_them(mitsuba):
@@ -619,6 +653,8 @@ def test_the_registry_serves_a_scenes3d_split_with_its_groups_and_descriptions(d
     (lambda out: (out / "gallery_test.json").write_text(json.dumps(["../../etc/passwd"])),
      "reference/target ids are not in"),
     (lambda out: (out / "test.json").write_text("[" * 100000), "nested too deeply"),
+    (lambda out: (out / "info.json").write_text(json.dumps({**json.loads((out / "info.json").read_text()),
+                                                            "image_format": "../x"})), "image format"),
     (lambda out: (out / "test.json").write_text(json.dumps([{"pairid": 0, "reference": "a"}])), "must be non-empty"),
 ])
 def test_a_damaged_scenes3d_folder_is_one_clear_error(dataset, tmp_path, damage, message):
@@ -697,7 +733,27 @@ def test_cir_eval_scenes3d_reports_recall_groups_misses_and_the_prompt(dataset, 
     assert set(report["misses"]) == {"right scene, wrong viewpoint", "right viewpoint, wrong edit", "other"}
     assert sum(report["misses"].values()) == misses
     assert set(report["prompt"]) >= {"composed_top5", "prompt_top5"}
+    assert (report["query_precision"], report["gallery_precision"]) == ("fp32", "fp32")
     assert main(["eval", "scenes3d", "--data", str(out / "nothing"), "--model", f"local-dir:{tiny_checkpoint}"]) == 2
+
+
+def test_cir_eval_scenes3d_encodes_queries_as_the_app_does_at_int8(dataset, tiny_checkpoint, capsys, monkeypatch):
+    import cir_core.evaluation.grouped_recall as grouped_recall
+    from cir_core.cli import main
+
+    out, _ = dataset
+    asked = []
+    real = grouped_recall.query_model
+    monkeypatch.setattr(grouped_recall, "query_model", lambda model, precision: asked.append(precision) or
+                        real(model, precision))
+    argv = ["eval", "scenes3d", "--data", str(out), "--model", f"local-dir:{tiny_checkpoint}", "--json",
+            "--no-progress", "--device", "cpu", "--no-prompt"]
+    assert main(argv) == 0
+    fp32 = json.loads(capsys.readouterr().out)
+    assert main([*argv, "--query-precision", "int8"]) == 0
+    int8 = json.loads(capsys.readouterr().out)
+    assert asked == ["fp32", "int8"] and int8["query_precision"] == "int8"
+    assert int8["num_queries"] == fp32["num_queries"] and abs(int8["recall"]["R@5"] - fp32["recall"]["R@5"]) <= 50
 
 
 def test_the_failure_view_names_what_each_scenes3d_miss_got_wrong(dataset, tiny_checkpoint, tmp_path):

@@ -52,6 +52,13 @@ def test_training_writes_metrics_and_loadable_best(tmp_path, shapes_dir):
     assert model.config.name == "tiny-test"
     saved = TrainConfig.from_file(run / "train_config.json")
     assert saved.max_steps == 6
+    # The run records its own provenance: the code, the device and the data it trained on.
+    from cir_core.data.folders import data_fingerprint
+
+    start = log[0]
+    assert start["step"] == 0 and start["device"].startswith("cpu (") and start["torch"] == torch.__version__
+    assert start["data_sha256"] == data_fingerprint(shapes_dir) and len(start["data_sha256"]) == 16
+    assert start["code_commit"] is None or len(start["code_commit"]) == 40
 
 
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, shapes_dir):

@@ -68,10 +68,17 @@ def _register_scenes3d(kinds) -> None:
     scenes3d.add_argument("--seed", type=int, default=0, help="changes which scenes are sampled (default 0)")
     scenes3d.add_argument("--image-size", type=int, default=128, help="image side in pixels (default 128)")
     # Size defaults live in Scenes3DCounts; None keeps them.
-    scenes3d.add_argument("--train", type=int, help="train triplets (default 1200: 600 references x 2 edits)")
+    scenes3d.add_argument("--train", type=int, help="train triplets (default 8000: 2000 reference views x 4 edits)")
     scenes3d.add_argument("--val", type=int, help="val triplets (default 300)")
     scenes3d.add_argument("--test", type=int, help="test triplets (default 800)")
+    scenes3d.add_argument("--train-edits-per-reference", type=int,
+                          help="edits of each train reference view, 1..4 (default 4)")
+    scenes3d.add_argument("--train-negatives", type=int,
+                          help="per train query: views of its table from other poses, and as many other tables "
+                               "from its pose (default 0)")
     scenes3d.add_argument("--samples-per-pixel", type=int, help="path-tracing samples per pixel (default 8)")
+    scenes3d.add_argument("--image-format", choices=("webp", "png"), default="webp",
+                          help="webp (lossy, quality 90: about a tenth of png's size) or png (default webp)")
     scenes3d.add_argument("--workers", type=int, default=2, help="rendering processes, one thread each (default 2)")
     scenes3d.add_argument("--overwrite", action="store_true", help="replace an existing scenes3d dataset at --out")
     scenes3d.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -82,16 +89,17 @@ def _scenes3d(args: argparse.Namespace) -> int:
     from cir_core.data.scenes3d.plan import Scenes3DCounts
     from cir_core.data.scenes3d.write import write_scenes3d_dataset
 
-    given = {"train": args.train, "val": args.val, "test": args.test}
+    given = {"train": args.train, "val": args.val, "test": args.test,
+             "train_edits_per_reference": args.train_edits_per_reference, "train_negatives": args.train_negatives}
     for name, value in given.items():
         if value is not None and value < 0:
-            raise CommandError(f"--{name} must be 0 or more, got {value}")
+            raise CommandError(f"--{name.replace('_', '-')} must be 0 or more, got {value}")
     counts = Scenes3DCounts(**{name: value for name, value in given.items() if value is not None})
     options = {} if args.samples_per_pixel is None else {"samples_per_pixel": args.samples_per_pixel}
     try:
         summary = write_scenes3d_dataset(args.out, seed=args.seed, image_size=args.image_size, counts=counts,
                                          progress=not args.no_progress, workers=args.workers,
-                                         overwrite=args.overwrite, **options)
+                                         overwrite=args.overwrite, image_format=args.image_format, **options)
     except ImportError as error:
         raise CommandError(str(error)) from None
     splits = ", ".join(f"{name} {summary.triplets[name]} queries / {summary.gallery[name]} gallery"

@@ -36,13 +36,10 @@ def register(subparsers) -> None:
     shapes = protocols.add_parser("shapes", help="synthetic shapes benchmark: R@1/5/10/50 overall and per edit type")
     shapes.add_argument("--data", type=Path, required=True, help="a generated shapes dataset folder")
     shapes.add_argument("--split", default="test")
-    shapes.add_argument("--query-precision", default="fp32", choices=QUERY_PRECISIONS,
-                        help="encode the queries as an engine with this setting does (int8: CPU only)")
     shapes.add_argument("--no-prompt", action="store_true",
                         help="skip the prompt faithfulness measure (nearest descriptions of the composed query "
                              "and of the prompt; SPRC models only)")
-    shapes.add_argument("--gallery-precision", default="fp32", choices=GALLERY_PRECISIONS,
-                        help="encode the gallery as `cir build-index --precision` does (int8: CPU only)")
+    add_precision_arguments(shapes)
     add_model_arguments(shapes, features=False)
     shapes.set_defaults(handler=_eval_shapes)
 
@@ -52,8 +49,17 @@ def register(subparsers) -> None:
     scenes3d.add_argument("--split", default="test")
     scenes3d.add_argument("--no-prompt", action="store_true",
                           help="skip the prompt faithfulness measure (nearest descriptions; SPRC models only)")
+    add_precision_arguments(scenes3d)
     add_model_arguments(scenes3d, features=False)
     scenes3d.set_defaults(handler=_eval_scenes3d)
+
+
+def add_precision_arguments(parser: argparse.ArgumentParser) -> None:
+    """How queries and gallery are encoded, as the app's and the index builder's settings do."""
+    parser.add_argument("--query-precision", default="fp32", choices=QUERY_PRECISIONS,
+                        help="encode the queries as an engine with this setting does (int8: CPU only)")
+    parser.add_argument("--gallery-precision", default="fp32", choices=GALLERY_PRECISIONS,
+                        help="encode the gallery as `cir build-index --precision` does (int8: CPU only)")
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, features: bool) -> None:
@@ -236,10 +242,14 @@ def _eval_scenes3d(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as error:
         raise CommandError(str(error)) from None
     model = load_model_from_args(args)
-    report = evaluate_grouped_recall(model, split, args.batch_size, not args.no_progress, miss_classifier(labels),
-                                     MISS_KINDS)
+    try:
+        report = evaluate_grouped_recall(model, split, args.batch_size, not args.no_progress, miss_classifier(labels),
+                                         MISS_KINDS, args.query_precision, args.gallery_precision)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
     order = {name: position for position, name in enumerate(GROUP_ORDER)}
-    summary = report.to_dict()
+    summary = {**report.to_dict(), "query_precision": args.query_precision,
+               "gallery_precision": args.gallery_precision}
     summary["per_group"] = dict(sorted(summary["per_group"].items(), key=lambda item: order.get(item[0], len(order))))
     if not args.no_prompt and model.config.query_mode == "sprc":
         from cir_core.evaluation.prompt_faithfulness import described_prompt_faithfulness

@@ -1,11 +1,12 @@
 """What the synthetic benchmarks' folders (shapes, scenes3d) share: writing them and checking a split.
 
-A folder holds info.json (naming its benchmark), images/<id>.png, <split>.json (queries)
+A folder holds info.json (naming its benchmark), images/<id>.<png|webp>, <split>.json (queries)
 and gallery_<split>.json (image ids); the writers build it in a staging folder
 (`cir_core.atomic`) and refuse to replace anything but a folder of the same benchmark.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -16,6 +17,24 @@ from cir_core.safe_paths import PathOutsideRootError, outside_root
 
 INFO_FILE = "info.json"
 IMAGES_DIR = "images"
+
+
+def data_fingerprint(folder: Path) -> str | None:
+    """sha256 (16 hex digits) over a benchmark folder's info.json, scenes.json and every split's
+    query and gallery files, each prefixed by its name; None for a folder without info.json.
+    The images are left out: they are drawn from scenes.json with the seed and settings that
+    info.json records, and hashing them would read thousands of files."""
+    folder = Path(folder)
+    if not (folder / INFO_FILE).is_file():
+        return None
+    info = json.loads((folder / INFO_FILE).read_text())
+    splits = sorted(info.get("splits", {})) if isinstance(info, dict) else []
+    names = [INFO_FILE, "scenes.json"] + [f"{prefix}{split}.json" for split in splits for prefix in ("", "gallery_")]
+    digest = hashlib.sha256()
+    for name in names:
+        if (folder / name).is_file():
+            digest.update(name.encode() + b"\0" + (folder / name).read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 @dataclass

@@ -16,6 +16,7 @@ import torch
 from cir_core.data.triplets import TripletSplit
 from cir_core.evaluation.features import gallery_columns, split_scores
 from cir_core.evaluation.metrics import exclude, recall_at_k, target_ranks
+from cir_core.precision import query_model
 
 logger = logging.getLogger(__name__)
 
@@ -68,12 +69,15 @@ def grouped_recall_from_scores(scores: torch.Tensor, split: TripletSplit,
 
 
 def evaluate_grouped_recall(model, split: TripletSplit, batch_size: int = 32, progress: bool = True,
-                            classify: Callable[[str, str], str] | None = None,
-                            kinds: tuple[str, ...] = ()) -> GroupedRecallReport:
+                            classify: Callable[[str, str], str] | None = None, kinds: tuple[str, ...] = (),
+                            query_precision: str = "fp32", gallery_precision: str = "fp32") -> GroupedRecallReport:
     """Rank the split's gallery for every query with `model` and report recall per group (and the
-    misses by kind, given the dataset's classifier)."""
-    report = grouped_recall_from_scores(split_scores(model, split, None, batch_size, progress), split, classify,
-                                        kinds)
+    misses by kind, given the dataset's classifier). `query_precision` encodes the queries as an
+    engine with that setting does, `gallery_precision` the gallery as an index built with it."""
+    with torch.inference_mode():
+        scores = split_scores(model, split, None, batch_size, progress, cache_reference_features=True,
+                              query_model=query_model(model, query_precision), gallery_precision=gallery_precision)
+    report = grouped_recall_from_scores(scores, split, classify, kinds)
     logger.info("%s: R@1 %.2f R@5 %.2f over %d queries", split.name, report.recall["R@1"], report.recall["R@5"],
                 report.num_queries)
     return report

@@ -18,6 +18,8 @@ BENCHMARK = "scenes3d"
 READABLE_VERSIONS = (1,)
 # Per-query keys the evaluator and the failure view read (strings naming a table or a camera pose).
 LABEL_KEYS = ("reference_scene", "reference_camera", "target_scene", "target_camera")
+# Image file suffixes a folder may name in info.json ("image_format"); folders without one hold PNG.
+IMAGE_SUFFIXES = ("png", "webp")
 MAX_ANNOTATION_BYTES = 256 * 2**20  # a folder's largest JSON file is a few MB; more is not a scenes3d folder
 
 
@@ -43,6 +45,8 @@ def read_scenes3d_info(data_dir: str | Path) -> dict[str, Any]:
                          if isinstance(info, dict) else f"{path}: expected an object")
     if info.get("version") not in READABLE_VERSIONS:
         raise ValueError(f"{path}: scenes3d version {info.get('version')!r}; this code reads {READABLE_VERSIONS}")
+    if info.setdefault("image_format", "png") not in IMAGE_SUFFIXES:
+        raise ValueError(f"{path}: image format {info['image_format']!r:.40}; this code reads {IMAGE_SUFFIXES}")
     return info
 
 
@@ -108,14 +112,14 @@ def read_scenes3d_split(data_dir: str | Path, split: str, with_descriptions: boo
     if len({str(t.pairid) for t in triplets}) != len(triplets):
         raise ValueError(f"{split_path}: a pairid is used twice")
     check_split_images(data_dir, triplets, gallery, split_path, gallery_path)
-    images = data_dir / IMAGES_DIR
+    images, suffix = data_dir / IMAGES_DIR, info["image_format"]
     result = TripletSplit(name=f"{BENCHMARK}/{split}", triplets=triplets,
-                          image_paths={image_id: images / f"{image_id}.png" for image_id in gallery},
+                          image_paths={image_id: images / f"{image_id}.{suffix}" for image_id in gallery},
                           gallery=list(gallery), exclude_reference=True)
     missing = result.missing_images()
     if missing:
         raise FileNotFoundError(f"{len(missing)} of {len(gallery)} images of {result.name} are missing under "
-                                f"{images} (first: {missing[0]}.png)")
+                                f"{images} (first: {missing[0]}.{suffix})")
     if with_descriptions:
         labels = labels if labels is not None else read_scenes3d_labels(data_dir)
         unlabelled = [image_id for image_id in gallery if image_id not in labels]

@@ -27,6 +27,7 @@ import cir_core.data.scenes3d.scene as scene
 from cir_core.data.folders import IMAGES_DIR, INFO_FILE, WriteSummary, check_destination, write_json
 from cir_core.atomic import staged_folder
 from cir_core.data.scenes3d.describe import DESCRIBED_FROM, describe_view
+from cir_core.data.scenes3d.read import IMAGE_SUFFIXES
 from cir_core.data.scenes3d.plan import Scenes3DCounts, Scenes3DQuery, Scenes3DSplitPlan, View
 from cir_core.data.scenes3d.visibility import VISIBILITY_RESOLUTION, visible_fractions
 
@@ -39,6 +40,12 @@ DEFAULT_IMAGE_SIZE = 128
 MIN_IMAGE_SIZE = 32  # below this a small object far away is a few pixels
 MAX_IMAGE_SIZE = 1024  # the models read 224 pixels at most; larger only costs render time
 MAX_SAMPLES_PER_PIXEL = 4096
+# How images are stored: file suffix -> Pillow save options. Lossy WebP at quality 90 keeps a
+# 128-pixel view at about 1.7 KB against 17 KB as PNG, small enough to ship a test gallery
+# with the app; its error is below the path tracer's own noise at 8 samples per pixel.
+IMAGE_FORMATS = {"png": {"format": "PNG"}, "webp": {"format": "WEBP", "quality": 90, "method": 6}}
+assert set(IMAGE_FORMATS) == set(IMAGE_SUFFIXES), "the reader must read every format the writer writes"
+DEFAULT_IMAGE_FORMAT = "webp"
 _CHUNK = 8  # views per task: small enough for a smooth progress bar, large enough to hide the hand-over
 
 
@@ -82,12 +89,13 @@ def _renderer_version() -> str | None:
 
 
 def _info(seed: int, image_size: int, samples_per_pixel: int, counts: Scenes3DCounts,
-          plans: dict[str, Scenes3DSplitPlan], images: int) -> dict[str, Any]:
+          plans: dict[str, Scenes3DSplitPlan], images: int, image_format: str) -> dict[str, Any]:
     return {
         "benchmark": BENCHMARK,
         "version": VERSION,
         "seed": seed,
         "image_size": image_size,
+        "image_format": image_format,
         "renderer": {"name": "mitsuba", "version": _renderer_version(), "variant": render.VARIANT,
                      "integrator": "path", "max_depth": render.MAX_DEPTH, "samples_per_pixel": samples_per_pixel},
         "splits": {
@@ -118,12 +126,12 @@ def _info(seed: int, image_size: int, samples_per_pixel: int, counts: Scenes3DCo
 
 
 # ---------------------------------------------------------------------------------------------- rendering
-def _render_chunk(job: tuple[list[View], int, int, str]) -> list[tuple[str, dict[str, Any]]]:
-    views, image_size, samples_per_pixel, images_dir = job
+def _render_chunk(job: tuple[list[View], int, int, str, str]) -> list[tuple[str, dict[str, Any]]]:
+    views, image_size, samples_per_pixel, images_dir, image_format = job
     labels = []
     for view in views:
         image = render.render_view(view.scene, view.pose, image_size, samples_per_pixel, seed=int(view.id[:8], 16))
-        image.save(Path(images_dir) / f"{view.id}.png")
+        image.save(Path(images_dir) / f"{view.id}.{image_format}", **IMAGE_FORMATS[image_format])
         visible = visible_fractions(view.scene, view.pose)
         labels.append((view.id, view_label(view, visible, describe_view(view.scene, view.pose, visible))))
     return labels
@@ -134,9 +142,10 @@ def _one_thread_per_worker() -> None:
 
 
 def render_views(views: list[View], image_size: int, samples_per_pixel: int, images_dir: Path, workers: int,
-                 progress: bool) -> dict[str, dict[str, Any]]:
-    """Render and save every view as images_dir/<id>.png; returns image id -> label (for scenes.json)."""
-    jobs = [(views[i:i + _CHUNK], image_size, samples_per_pixel, str(images_dir)) for i in range(0, len(views), _CHUNK)]
+                 progress: bool, image_format: str = DEFAULT_IMAGE_FORMAT) -> dict[str, dict[str, Any]]:
+    """Render and save every view as images_dir/<id>.<image_format>; returns image id -> label (for scenes.json)."""
+    jobs = [(views[i:i + _CHUNK], image_size, samples_per_pixel, str(images_dir), image_format)
+            for i in range(0, len(views), _CHUNK)]
     labels: dict[str, dict[str, Any]] = {}
     with tqdm(total=len(views), desc="rendering scenes3d", unit="img", disable=not progress) as bar:
         if workers > 1 and len(jobs) > 1:
@@ -154,8 +163,11 @@ def render_views(views: list[View], image_size: int, samples_per_pixel: int, ima
 
 
 # ---------------------------------------------------------------------------------------------- the folder
-def check_settings(image_size: int, samples_per_pixel: int, workers: int) -> None:
+def check_settings(image_size: int, samples_per_pixel: int, workers: int,
+                   image_format: str = DEFAULT_IMAGE_FORMAT) -> None:
     """ValueError naming the first setting the writer cannot use."""
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"image format must be one of {sorted(IMAGE_FORMATS)}, got {image_format!r}")
     for name, value in (("image size", image_size), ("samples per pixel", samples_per_pixel), ("workers", workers)):
         if not isinstance(value, int) or isinstance(value, bool):
             raise ValueError(f"{name} must be a whole number, got {value!r}")
@@ -171,8 +183,8 @@ def check_settings(image_size: int, samples_per_pixel: int, workers: int) -> Non
 
 def write_scenes3d_dataset(out_dir: str | Path, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE,
                            counts: Scenes3DCounts | None = None, progress: bool = True, workers: int = 2,
-                           overwrite: bool = False, samples_per_pixel: int = render.SAMPLES_PER_PIXEL
-                           ) -> WriteSummary:
+                           overwrite: bool = False, samples_per_pixel: int = render.SAMPLES_PER_PIXEL,
+                           image_format: str = DEFAULT_IMAGE_FORMAT) -> WriteSummary:
     """Sample, render and write the benchmark to `out_dir`, atomically.
 
     Splits without queries are left out of the folder. `overwrite` replaces an existing
@@ -182,7 +194,7 @@ def write_scenes3d_dataset(out_dir: str | Path, seed: int = 0, image_size: int =
     out_dir = Path(out_dir).expanduser().resolve()
     counts = counts or Scenes3DCounts()
     counts.validate()
-    check_settings(image_size, samples_per_pixel, workers)
+    check_settings(image_size, samples_per_pixel, workers, image_format)
     check_destination(out_dir, overwrite, BENCHMARK)
     if importlib.util.find_spec("mitsuba") is None:
         raise ImportError(f"rendering scenes3d needs Mitsuba 3 (pip install mitsuba=={render.MITSUBA_VERSION})")
@@ -196,7 +208,7 @@ def write_scenes3d_dataset(out_dir: str | Path, seed: int = 0, image_size: int =
         (staging / IMAGES_DIR).mkdir()
         render_start = time.perf_counter()
         labels = render_views([views[i] for i in sorted(views)], image_size, samples_per_pixel,
-                              staging / IMAGES_DIR, workers, progress)
+                              staging / IMAGES_DIR, workers, progress, image_format)
         render_seconds = time.perf_counter() - render_start
         # Asked only now: the worker processes are forked from this one, before it loads Mitsuba.
         used_samples = render.effective_samples(samples_per_pixel)
@@ -207,7 +219,7 @@ def write_scenes3d_dataset(out_dir: str | Path, seed: int = 0, image_size: int =
         for name, split in plans.items():
             write_json(staging / f"{name}.json", [triplet_entry(pairid, q) for pairid, q in enumerate(split.queries)])
             write_json(staging / f"gallery_{name}.json", [view.id for view in split.gallery])
-        info = _info(seed, image_size, used_samples, counts, plans, len(views))
+        info = _info(seed, image_size, used_samples, counts, plans, len(views), image_format)
         (staging / INFO_FILE).write_text(json.dumps(info, indent=2))
     summary = WriteSummary(
         path=out_dir, images=len(views), render_seconds=render_seconds, total_seconds=time.perf_counter() - start,
