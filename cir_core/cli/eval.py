@@ -228,34 +228,19 @@ def _eval_shapes(args: argparse.Namespace) -> int:
 
 
 def _eval_scenes3d(args: argparse.Namespace) -> int:
-    from cir_core.data.scenes3d.misses import MISS_KINDS, miss_classifier
-    from cir_core.data.scenes3d.plan import GROUP_ORDER
-    from cir_core.data.scenes3d.read import read_scenes3d_info, read_scenes3d_labels, read_scenes3d_split
-    from cir_core.evaluation.grouped_recall import evaluate_grouped_recall
+    from cir_core.evaluation.scenes3d import evaluate_scenes3d, read_scenes3d_for_eval
 
     needs_model(args)
     try:
-        read_scenes3d_info(args.data)  # a folder of another benchmark is named as such, before its labels are read
-        scene_labels = read_scenes3d_labels(args.data)
-        split = read_scenes3d_split(args.data, args.split, with_descriptions=True, labels=scene_labels)
-        labels = {image_id: (label["scene"], label["camera"]) for image_id, label in scene_labels.items()}
+        split, views = read_scenes3d_for_eval(args.data, args.split)
     except (ValueError, FileNotFoundError) as error:
         raise CommandError(str(error)) from None
     model = load_model_from_args(args)
     try:
-        report = evaluate_grouped_recall(model, split, args.batch_size, not args.no_progress, miss_classifier(labels),
-                                         MISS_KINDS, args.query_precision, args.gallery_precision)
+        summary = evaluate_scenes3d(model, split, views, args.batch_size, not args.no_progress, args.query_precision,
+                                    args.gallery_precision, prompt=not args.no_prompt).summary
     except ValueError as error:
         raise CommandError(str(error)) from None
-    order = {name: position for position, name in enumerate(GROUP_ORDER)}
-    summary = {**report.to_dict(), "query_precision": args.query_precision,
-               "gallery_precision": args.gallery_precision}
-    summary["per_group"] = dict(sorted(summary["per_group"].items(), key=lambda item: order.get(item[0], len(order))))
-    if not args.no_prompt and model.config.query_mode == "sprc":
-        from cir_core.evaluation.prompt_faithfulness import described_prompt_faithfulness
-
-        summary["prompt"] = described_prompt_faithfulness(model, split, split.image_captions, None, args.batch_size,
-                                                          not args.no_progress).to_dict()
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
