@@ -7,7 +7,8 @@ process start to the first successful /search answer, then the p50/p90 of /searc
 round trips (upload of the image file included) with explanations off and on.
 Two starts are measured side by side: a fresh machine's (CIR_CACHE pointing at a new,
 empty folder, as a Space that wakes up) and a warm one (the same folder, now holding
-the index). Without the embedded default model (checkpoints/shapes-mini) it measures a
+the index). By default it measures the app's default (the embedded scenes3d-mini model on
+the shipped scenes3d test split, with its index seed); without that model it measures a
 tiny-test model on a small shapes gallery instead, and says so.
 
 Targets with the embedded default on a 2-core CPU: cold start <= 15 s, p50 <= 150 ms
@@ -24,9 +25,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_CHECKPOINT = REPO / "checkpoints" / "shapes-mini"
-CAPTIONS = ["make the red circle large", "remove the blue square", "mirror the scene",
-            "rotate the scene clockwise", "add a green triangle at the center", "make the yellow square purple"]
+DEFAULT_CHECKPOINT = REPO / "checkpoints" / "scenes3d-mini"
+DEFAULT_GALLERY = REPO / "assets" / "scenes3d"
+CAPTIONS = ["walk around to the other side of the table", "remove the red cube", "look from higher up",
+            "make the blue sphere large and zoom in", "add a green cylinder left of the gray cone", "step back"]
 
 
 def free_port() -> int:
@@ -48,9 +50,16 @@ def tiny_setup(folder: Path) -> tuple[str, Path]:
 
 
 def query_image(path: Path) -> str:
-    """A shapes scene as the uploaded reference (the same file for every request)."""
+    """The uploaded reference (the same file for every request): a shipped scenes3d view, else a
+    shapes scene."""
     import random
 
+    from PIL import Image
+
+    views = sorted((DEFAULT_GALLERY / "images").glob("*.webp"))
+    if views:
+        Image.open(views[0]).convert("RGB").save(path)
+        return str(path)
     sys.path.insert(0, str(REPO))
     from cir_core.data.shapes import render_scene, sample_scene
 
@@ -60,8 +69,10 @@ def query_image(path: Path) -> str:
 
 def start_app(model: str, gallery: Path | None, cache: Path, port: int) -> subprocess.Popen:
     # The failure view's background ranking is switched off: it would share the CPU with the timed requests.
-    env = dict(os.environ, CIR_MODEL=model, CIR_CACHE=str(cache), GRADIO_SERVER_PORT=str(port), CIR_PREPARE_FAILURES="0",
+    env = dict(os.environ, CIR_CACHE=str(cache), GRADIO_SERVER_PORT=str(port), CIR_PREPARE_FAILURES="0",
                GRADIO_SERVER_NAME="127.0.0.1", GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
+    if model is not None:  # else the app's default
+        env["CIR_MODEL"] = model
     if gallery is not None:
         env["CIR_GALLERY"] = str(gallery)
     return subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env,
@@ -102,7 +113,7 @@ def percentile(values: list[float], share: float) -> float:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="model URI (default: the embedded checkpoints/shapes-mini)")
+    parser.add_argument("--model", help="model URI (default: the app's default, checkpoints/scenes3d-mini)")
     parser.add_argument("--gallery", type=Path, help="gallery data folder (default: the app's default gallery)")
     parser.add_argument("--queries", type=int, default=30, help="round trips per setting")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the first answer")
@@ -110,16 +121,14 @@ def main(argv=None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="bench-app-"))
     model, gallery = args.model, args.gallery
-    if model is None and (DEFAULT_CHECKPOINT / "model.safetensors").is_file():
-        model = f"local-dir:{DEFAULT_CHECKPOINT}"
-    elif model is None:
+    if model is None and not (DEFAULT_CHECKPOINT / "model.safetensors").is_file():
         print(f"NOTE: {DEFAULT_CHECKPOINT} does not exist yet; measuring the tiny-test model on a "
               "300-query shapes gallery instead (numbers are not those of the embedded default)")
         model, gallery = tiny_setup(work)
     cache = work / "cache"  # empty: the first start is a fresh machine's
     image = query_image(work / "query.png")
 
-    print(f"model {model}, gallery {gallery or 'default'}, {os.cpu_count()} CPUs")
+    print(f"model {model or 'the default'}, gallery {gallery or 'default'}, {os.cpu_count()} CPUs")
     starts = []
     client = process = None
     for attempt in ("fresh machine (empty cache)", "warm start (cache from the first start)"):

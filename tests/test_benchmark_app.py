@@ -158,8 +158,15 @@ def test_the_failure_page_points_at_the_keyword_lists_instead_of_copying_them():
 
 
 def test_the_missing_default_model_hint_is_only_for_the_model(capsys, monkeypatch, tmp_path):
-    monkeypatch.setattr(app, "DEFAULT_MODEL", f"local-dir:{tmp_path / 'no-model'}")
-    assert app.main(["--model", app.DEFAULT_MODEL, "--dataset", "coco"]) == 2
+    import dataclasses
+
+    missing = f"local-dir:{tmp_path / 'no-model'}"
+    monkeypatch.delenv("CIR_MODEL", raising=False)
+    monkeypatch.setitem(app.SHIPPED, app.DEFAULT_DATASET,
+                        dataclasses.replace(app.SHIPPED[app.DEFAULT_DATASET], model=missing))
+    assert app.main(["--dataset", "coco"]) == 2
     assert "default model is missing" not in capsys.readouterr().err  # a bad flag, not a missing model
-    assert app.main(["--model", app.DEFAULT_MODEL, "--gallery", str(tmp_path)]) == 2
+    assert app.main(["--gallery", str(tmp_path)]) == 2
     assert "default model is missing" in capsys.readouterr().err
+    assert app.main(["--model", missing, "--gallery", str(tmp_path)]) == 2
+    assert "default model is missing" not in capsys.readouterr().err  # a model the user named
