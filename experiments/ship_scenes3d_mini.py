@@ -3,7 +3,7 @@
     python experiments/ship_scenes3d_mini.py --run runs/scenes3d-mini --test-data assets/scenes3d \
         --out checkpoints/scenes3d-mini --examples assets/examples/scenes3d.json
 
-Copies the run's best checkpoint and recipe into --out, evaluates it on --test-data with
+Copies the run's best checkpoint (named after --out) and recipe into --out, evaluates it on --test-data with
 the `cir eval scenes3d` protocol (fp32 with the prompt measure, then int8 queries as the
 app encodes them on a CPU), writes `training.json` (the run's own provenance and
 validation curve from its metrics.jsonl, the test figures with the data fingerprint and
@@ -163,6 +163,10 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     for name in MODEL_FILES:
         shutil.copyfile(args.run / "best" / name, args.out / name)
+    # The model is named after its folder (a fine-tune keeps its starting checkpoint's name), so
+    # that the app, index caches and seeds say which model they serve; the weights are the run's.
+    config = json.loads((args.out / "config.json").read_text())
+    (args.out / "config.json").write_text(json.dumps({**config, "name": args.out.name}, indent=2))
     shutil.copyfile(args.run / "train_config.json", args.out / "train_config.json")
     fp32, int8, evaluation = evaluate(args.out, args.test_data, args.batch_size)
     commit, dirty = code_version()

@@ -26,7 +26,7 @@ def model():
 
 def test_the_checkpoint_fits_its_budget_and_its_card_is_its_measured_file(model):
     assert (CHECKPOINT / "model.safetensors").stat().st_size <= MAX_MODEL_BYTES
-    assert model.config.name and model.config.query_mode == "sprc"
+    assert model.config.name == "scenes3d-mini" and model.config.query_mode == "sprc"
     training = json.loads((CHECKPOINT / "training.json").read_text())
     card = (CHECKPOINT / "README.md").read_text()
     test = training["test"]

@@ -44,6 +44,7 @@ def test_the_card_reports_what_cir_eval_prints(shipped, capsys):
     printed = json.loads(capsys.readouterr().out)
     training = json.loads((out / "training.json").read_text())
     assert training["test"] == printed
+    assert json.loads((out / "config.json").read_text())["name"] == "scenes3d-tiny"  # named after its folder
     card = (out / "README.md").read_text()
     assert f"| all | {printed['num_queries']} | {printed['recall']['R@1']:.1f} | {printed['recall']['R@5']:.1f} |" in card
     for group, figures in printed["per_group"].items():
