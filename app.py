@@ -12,7 +12,8 @@ are built once per model and gallery (its folder and files) and cached under ~/.
 ($CIR_CACHE; a temporary folder for this run when that cannot be written).
 
 Environment (flags win): CIR_MODEL, CIR_DATASET, CIR_DATA_ROOT, CIR_SPLIT, CIR_CATEGORY,
-CIR_GALLERY, CIR_INDEX, GRADIO_SERVER_NAME (default 127.0.0.1), GRADIO_SERVER_PORT
+CIR_GALLERY, CIR_INDEX (defaults for these seven may also come from a space_settings.json next to
+app.py, as `cir space-export` writes it), GRADIO_SERVER_NAME (default 127.0.0.1), GRADIO_SERVER_PORT
 (default 7860), CIR_PREPARE_FAILURES=0 (do not rank the benchmark queries for the failure
 view in the background at start), CIR_DEVICE=auto, cpu or cuda (--device; auto, the
 default, is CUDA when available, where the model runs in fp16), CIR_QUERY_PRECISION=fp32,
@@ -32,10 +33,10 @@ model unless `--model` names one.
 """
 import argparse
 import errno
+import json
 import logging
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 from cir_core.checkpoints import CheckpointError
@@ -43,35 +44,10 @@ from cir_core.data.registry import DATASETS, open_source
 from cir_core.engine import Engine
 from cir_core.index_cache import usable_cache_root
 from cir_core.precision import GALLERY_PRECISIONS, QUERY_PRECISIONS
+from cir_core.shipped import DEFAULT_DATASET, SHIPPED
 
 
 
-@dataclass(frozen=True)
-class ShippedBenchmark:
-    """A benchmark the app serves without --data-root: its embedded model, where its test split
-    may lie, the gallery's vectors as that model encodes them (a fresh machine answers without
-    encoding the gallery first; used only when the weights fingerprint and the images match, see
-    cir_core.index_seed) and the curated example queries."""
-
-    model: str
-    folders: tuple[Path, ...]
-    index_seed: Path
-    examples: Path
-    make: str  # how to write the folder when none of `folders` exists
-
-
-SHIPPED = {
-    "scenes3d": ShippedBenchmark(
-        model="local-dir:checkpoints/scenes3d-mini", folders=(Path("assets/scenes3d"), Path("data/scenes3d")),
-        index_seed=Path("checkpoints/scenes3d-mini/gallery_index_seed.npz"),
-        examples=Path("assets/examples/scenes3d.json"),
-        make="cir data scenes3d --out assets/scenes3d --seed 4242 --train 0 --val 0"),
-    "shapes": ShippedBenchmark(
-        model="local-dir:checkpoints/shapes-mini", folders=(Path("assets/shapes"), Path("data/shapes")),
-        index_seed=Path("checkpoints/shapes-mini/gallery_index_seed.npz"),
-        examples=Path("assets/examples/shapes.json"), make="generated once with seed 0"),
-}
-DEFAULT_DATASET = "scenes3d"
 DEFAULT_MODEL = SHIPPED[DEFAULT_DATASET].model
 
 
@@ -79,9 +55,33 @@ class StartError(Exception):
     """A setting the app cannot start with: printed as one line, exit code 2."""
 
 
+# Written by `cir space-export`: the settings a Space serves without flags (environment and flags win).
+SETTINGS_FILE = Path(__file__).resolve().parent / "space_settings.json"
+BAKED_SETTINGS = ("CIR_MODEL", "CIR_DATASET", "CIR_DATA_ROOT", "CIR_SPLIT", "CIR_CATEGORY", "CIR_GALLERY", "CIR_INDEX")
+
+
+def baked_settings(path: Path | None = None) -> dict[str, str]:
+    """The settings in space_settings.json ({} without the file)."""
+    path = path or SETTINGS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise StartError(f"cannot read {path}: {error}") from None
+    if not isinstance(settings, dict) or not all(
+            name in BAKED_SETTINGS and isinstance(value, str) for name, value in settings.items()):
+        raise StartError(f"{path} must map some of {', '.join(BAKED_SETTINGS)} to strings")
+    return settings
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    env = os.environ.get
+    baked = baked_settings()
+
+    def env(name, default=None):
+        return os.environ.get(name, baked.get(name, default))
+
     parser.add_argument("--model", default=env("CIR_MODEL"),
                         help="model URI (default: the embedded model of scenes3d or shapes)")
     parser.add_argument("--dataset", default=env("CIR_DATASET"),
@@ -171,7 +171,11 @@ def model_uri(args: argparse.Namespace) -> str:
 
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except StartError as error:
+        print(f"cannot start the app: {error}", file=sys.stderr)
+        return 2
     cache_root = None
     try:
         prepare_failures = _setting("CIR_PREPARE_FAILURES", "1", ("0", "1"))

@@ -88,15 +88,17 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
         state = gr.State(ViewState())
         trained_with = (" Trained with an image-description contrastive term besides the paper's losses "
                         "(see docs/fidelity.md)." if model.description_weight > 0 else "")
+        # The hint quotes a caption of the benchmark served, never another benchmark's words.
+        sample = examples[0].caption[:80] if examples else "make it red"
         gr.Markdown(f"# {title}\n{engine.summary()}.{trained_with} "
-                    "Give a reference image and a relative caption (\"make the circle red\").")
+                    f"Give a reference image and a relative caption (\"{sample}\").")
         with gr.Row():
             with gr.Column(scale=1):
                 reference = gr.Image(label="Reference image", sources=["upload", "clipboard", "webcam"],
                                            type="filepath", image_mode=None, height=260, elem_id="reference",
                                            format="png")  # gallery pictures as they are, not lossy webp
                 reference_info = gr.Markdown(NO_REFERENCE, elem_id="reference-info")
-                caption = gr.Textbox(label="Relative caption", placeholder="e.g. make the red circle large",
+                caption = gr.Textbox(label="Relative caption", placeholder=f"e.g. {sample}",
                                      max_lines=4, elem_id="caption")
                 top_k = gr.Slider(1, MAX_K, value=10, step=1, label="Top k")
                 explain = gr.Checkbox(value=model.explainable, interactive=model.explainable,  # baselines have no prompt

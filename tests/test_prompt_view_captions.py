@@ -77,3 +77,18 @@ def test_the_header_names_the_description_term_when_the_model_was_trained_with_i
     header = next(block.value for block in build_ui(engine).blocks.values()
                   if isinstance(block, gr.Markdown) and engine.summary() in (block.value or ""))
     assert ("image-description contrastive term" in header) == (weight > 0) and ("fidelity.md" in header) == (weight > 0)
+
+
+def test_the_caption_hint_quotes_the_served_benchmark(shapes):
+    import gradio as gr
+
+    from demo.ui import build_ui, choose_examples
+
+    root, checkpoint, source = shapes
+    engine = Engine.from_uris(f"local-dir:{checkpoint}", source=source, cache_root=root / "cache", progress=False)
+    first = choose_examples(engine.benchmark_queries(), [], engine.group_names())[0].caption
+    blocks = build_ui(engine).blocks.values()
+    caption = next(block for block in blocks if isinstance(block, gr.Textbox) and block.elem_id == "caption")
+    header = next(block.value for block in blocks
+                  if isinstance(block, gr.Markdown) and engine.summary() in (block.value or ""))
+    assert caption.placeholder == f"e.g. {first}" and f'("{first}")' in header

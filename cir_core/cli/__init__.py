@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "convert",
     "build_index",
     "bench",
+    "space_export",
 ]
 
 
