@@ -13,6 +13,7 @@ import pytest
 from cir_core.cli import main as cir
 from cir_core.space_export import (LFS_THRESHOLD_BYTES, ExportSummary, gradio_pin, lfs_patterns, plan_export,
                                    through_lfs)
+from standins import needs_real_annotations, write_cirr_val_standin
 from tiny_gallery import write_tiny_shapes
 
 REPO = Path(__file__).resolve().parent.parent
@@ -245,3 +246,21 @@ def test_the_default_demo_exports_within_budget_and_serves_from_its_seed(tmp_pat
     assert len(answer["results"]) == 10 and all(result["id"] in gallery for result in answer["results"])
     # served by the exported model (its name keys the cached index)
     assert any(path.name.startswith("scenes3d-mini-") for path in (tmp_path / "cache" / "indexes").iterdir())
+
+
+@pytest.mark.slow
+@needs_real_annotations
+def test_a_cirr_demo_exports_and_serves_its_benchmark(tmp_path, monkeypatch):
+    from tiny_gallery import write_image_sensitive_checkpoint
+
+    cirr = write_cirr_val_standin(tmp_path / "cirr_dataset")
+    model = write_image_sensitive_checkpoint(tmp_path / "official-standin")
+    out = tmp_path / "space"
+    assert cir(["space-export", str(out), "--model", f"local-dir:{model}", "--dataset", "cirr",
+                "--data-root", str(cirr)]) == 0
+    settings = json.loads((out / "space_settings.json").read_text())
+    assert settings["CIR_DATASET"] == "cirr" and not Path(settings["CIR_DATA_ROOT"]).is_absolute()
+    relpaths = json.loads((cirr / "cirr" / "image_splits" / "split.rc2.val.json").read_text())
+    image = str(cirr / next(iter(relpaths.values())))
+    answer = first_search(out, image, tmp_path / "cache")
+    assert len(answer["results"]) == 10 and all(result["id"] in relpaths for result in answer["results"])
