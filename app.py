@@ -36,6 +36,7 @@ import errno
 import json
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -103,6 +104,19 @@ def _setting(name: str, default: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise StartError(f"{name} must be {', '.join(allowed[:-1])} or {allowed[-1]}, got {value!r}")
     return value
+
+
+def check_port_free(host: str, port: int) -> None:
+    """StartError when the address is taken, before the (slow) model load: gradio would only
+    find out after loading, with a traceback."""
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.bind((host, port))
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise StartError(f"port {port} on {host} is in use (another app?): stop it, or set GRADIO_SERVER_PORT "
+                             "to a free port") from None
+        raise StartError(f"cannot serve on {host}:{port}: {error.strerror or error}") from None
 
 
 def server_port() -> int:
@@ -182,6 +196,8 @@ def main(argv=None) -> int:
         query_precision = _setting("CIR_QUERY_PRECISION", "auto", QUERY_PRECISIONS)
         gallery_precision = _setting("CIR_GALLERY_PRECISION", "auto", GALLERY_PRECISIONS)
         port = server_port()
+        host = os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1")
+        check_port_free(host, port)
         cache_root = usable_cache_root()  # else a temporary one, said in the log
         source = benchmark_source(args, cache_root)
         gallery = args.gallery if source is None else None
@@ -206,7 +222,7 @@ def main(argv=None) -> int:
     if prepare_failures == "1":  # background, once the app has answered: ranks every benchmark query (cached)
         startup.add(engine.prepare_failures)
     startup.add(engine.prepare_caption_bank)  # the prompt tab's nearest captions
-    launch(engine, examples_file=shipped and shipped.examples, server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+    launch(engine, examples_file=shipped and shipped.examples, server_name=host,
            server_port=port, startup=startup)
     return 0
 

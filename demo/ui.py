@@ -217,8 +217,12 @@ def launch(engine: Engine, examples_file: str | Path | None = None, server_name:
     app.queue(default_concurrency_limit=concurrency, max_size=64)
     # No allowed_paths: every image the page shows is one gradio wrote into its own cache.
     app.launch(server_name=server_name, server_port=server_port, max_file_size=max_file_size,
-               prevent_thread_lock=prevent_thread_lock, css=CSS, quiet=True,
+               prevent_thread_lock=True, css=CSS, quiet=True,
                app_kwargs={"middleware": [Middleware(RequestSizeLimit, max_bytes=MAX_REQUEST_BYTES)]},
                # errors gradio raises before a handler (e.g. a malformed file payload) say what they are
                show_error=True)
+    # quiet=True hides gradio's banner (share links, analytics); the address is the one line a user needs.
+    print(f"SPRC app ready at {app.local_url}", flush=True)
+    if not prevent_thread_lock:
+        app.block_thread()
     return app

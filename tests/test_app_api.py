@@ -277,3 +277,26 @@ def test_rendering_marks_the_target_and_escapes_tokens():
     chips = render.token_chips([[TokenMatch("<b>", 0.2), TokenMatch("red", 0.1)]], "prompt", "cir-prompt")
     assert "&lt;b&gt;" in chips and "<b>" not in chips and chips.count('class="cir-chip"') == 2
     assert "rgba(255, 140, 0, 1.00)" in chips and "rgba(255, 140, 0, 0.50)" in chips  # shaded relative to the best
+
+
+def test_a_busy_port_is_one_line_before_anything_loads(monkeypatch, capsys):
+    import socket
+
+    app = load_app_module()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        monkeypatch.setenv("GRADIO_SERVER_PORT", str(taken.getsockname()[1]))
+        monkeypatch.setattr(app.Engine, "from_uris", lambda *a, **k: pytest.fail("must refuse before loading"))
+        assert app.main([]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cannot start the app: port ") and "is in use" in err and "GRADIO_SERVER_PORT" in err
+    assert "\n" not in err
+
+
+def test_the_terminal_says_where_the_app_is(tiny_checkpoint, tmp_path, capsys):
+    from tiny_gallery import serving, tiny_engine, write_tiny_shapes
+
+    engine = tiny_engine(tiny_checkpoint, write_tiny_shapes(tmp_path / "shapes"), tmp_path / "cache")
+    with serving(engine) as url:
+        assert f"SPRC app ready at {url}" in capsys.readouterr().out
