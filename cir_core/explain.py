@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cir_core.model import SPRCModel
+from cir_core.word_filter import is_blocked
 
 _UNUSED_TOKEN = re.compile(r"^\[unused\d+\]$")
 
@@ -75,10 +76,12 @@ class Explanation:
     captions_note: str = ""  # why there are no nearest captions, when there are none
     captions_kind: str = ""  # what the bank's texts are (spec.GALLERY_DESCRIPTIONS or spec.OTHER_EDIT_CAPTIONS)
     prompt_dataset_tokens: list[list[TokenMatch]] | None = None  # nearest tokens among the benchmark's own words
+    auxiliary_dataset_tokens: list[list[TokenMatch]] | None = None  # P' decoded the same way
 
 
 class Vocabulary:
-    """The word-embedding table, unit-normalised once, minus special and unused entries."""
+    """The word-embedding table, unit-normalised once, minus special, unused and blocked entries
+    (cir_core.word_filter: no mode of the prompt view can show an offensive word)."""
 
     def __init__(self, model: SPRCModel, restrict_to: set[str] | None = None):
         """`restrict_to`: keep only these token strings (e.g. the word pieces of a benchmark's captions)."""
@@ -86,7 +89,7 @@ class Vocabulary:
         special = set(tokenizer.all_special_tokens)
         tokens = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
         keep = [i for i, token in enumerate(tokens) if token not in special and not _UNUSED_TOKEN.match(token)
-                and (restrict_to is None or token in restrict_to)]
+                and (restrict_to is None or token in restrict_to) and not is_blocked(token)]
         if not keep:
             raise ValueError("the vocabulary is empty: no token of the model is among the words given")
         with torch.no_grad():

@@ -130,6 +130,7 @@ class PromptViews:
         thread = self.prepare()  # the bank and the benchmark's vocabulary, first used here
         if self._dataset_vocabulary is not None:
             explanation.prompt_dataset_tokens = self._dataset_vocabulary.nearest(prompt)
+            explanation.auxiliary_dataset_tokens = self._dataset_vocabulary.nearest(self.model.prompt_tokens[0])
         if thread.is_alive():
             explanation.captions_note = "the caption bank is being encoded (once); search again in a moment"
         elif self._bank is None:

@@ -112,8 +112,9 @@ def show_result(engine: Engine, view: ViewState, token, vocabulary):
 
 
 def show_tokens(view: ViewState, vocabulary):
+    """Both prompts' chips, decoded with the vocabulary chosen."""
     explanation = view.result.explanation if view.result is not None else None
-    return render.prompt_html(explanation, vocabulary == BENCHMARK_WORDS)[0]
+    return render.prompt_html(explanation, vocabulary == BENCHMARK_WORDS)
 
 
 @user_errors

@@ -79,19 +79,20 @@ def _shade(relative: float) -> float:
 
 
 def prompt_html(explanation: Explanation | None, benchmark_words: bool = False) -> tuple[str, str]:
-    """(sentence-prompt chips, auxiliary-prompt chips); `benchmark_words` decodes the sentence prompt
-    with the benchmark's own words when the explanation has them."""
+    """(sentence-prompt chips, auxiliary-prompt chips); `benchmark_words` decodes both prompts with
+    the benchmark's own words when the explanation has them."""
     if explanation is None:
         message = "<p>Tick <b>explanations</b> and search to decode the prompt.</p>"
         return message, message
     if benchmark_words and explanation.prompt_dataset_tokens is not None:
-        prompt = token_chips(explanation.prompt_dataset_tokens,
-                             "Sentence-level prompt: nearest tokens among the benchmark's own words", "cir-prompt")
+        among = "nearest tokens among the benchmark's own words"
+        prompt_tokens, auxiliary_tokens = explanation.prompt_dataset_tokens, explanation.auxiliary_dataset_tokens
     else:
-        prompt = token_chips(explanation.prompt_tokens, "Sentence-level prompt: nearest vocabulary tokens",
-                             "cir-prompt")
-    return prompt, token_chips(explanation.auxiliary_tokens, "Learned auxiliary prompt P': nearest vocabulary tokens",
-                               "cir-auxiliary")
+        among, prompt_tokens, auxiliary_tokens = "nearest vocabulary tokens", explanation.prompt_tokens, None
+    return (token_chips(prompt_tokens, f"Sentence-level prompt: {among}", "cir-prompt"),
+            token_chips(auxiliary_tokens or explanation.auxiliary_tokens, f"Learned auxiliary prompt P': {among}"
+                        if auxiliary_tokens else "Learned auxiliary prompt P': nearest vocabulary tokens",
+                        "cir-auxiliary"))
 
 
 def _caption_list(title: str, matches, target_id: str | None) -> str:

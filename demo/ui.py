@@ -127,7 +127,9 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
         with gr.Tabs():
             with gr.Tab("Sentence prompt"):
                 prompt_captions = gr.HTML(elem_id="prompt-captions")
-                token_vocabulary = gr.Radio(["all words", BENCHMARK_WORDS], value="all words",
+                # A benchmark's own words by default: the whole vocabulary rarely means anything here.
+                token_vocabulary = gr.Radio(["all words", BENCHMARK_WORDS], value=BENCHMARK_WORDS if groups
+                                            else "all words",
                                             label="Decode the prompt vectors with", visible=bool(groups),
                                             elem_id="token-vocabulary")
                 prompt_chips = gr.HTML(elem_id="prompt-chips")
@@ -184,7 +186,8 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
             bind(on.show_result, engine), view_inputs, view_outputs, api_name="show_result_on_enter",
             api_visibility="undocumented")
         token_choice.release(bind(on.show_token, engine), [state, token_choice], token_map, api_name="attention_token")
-        token_vocabulary.input(on.show_tokens, [state, token_vocabulary], prompt_chips, api_name="prompt_tokens")
+        token_vocabulary.input(on.show_tokens, [state, token_vocabulary], [prompt_chips, auxiliary_chips],
+                               api_name="prompt_tokens")
         relevance_choice.input(bind(on.explain_result, engine), [state, relevance_choice], relevance_map, api_name="relevance")
         results.select(bind(on.use_result_as_reference, engine), [state], [reference, reference_info, state],
                        api_name="use_result_as_reference")

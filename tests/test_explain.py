@@ -16,6 +16,7 @@ from cir_core.explain import (
     result_relevance,
 )
 from cir_core.transforms import ImageTransform
+from cir_core.word_filter import BLOCKED_DIGESTS, word_digest
 
 SPECIAL = re.compile(r"^\[(PAD|CLS|SEP|MASK|UNK|DEC|unused\d+)\]$")
 
@@ -38,7 +39,8 @@ def brute_force_top3(model, vector):
     similarity = F.cosine_similarity(vector[None, :], table, dim=-1)
     tokens = model.tokenizer.convert_ids_to_tokens(list(range(table.shape[0])))
     order = torch.argsort(similarity, descending=True).tolist()
-    kept = [(tokens[i], float(similarity[i])) for i in order if not SPECIAL.match(tokens[i])]
+    kept = [(tokens[i], float(similarity[i])) for i in order if not SPECIAL.match(tokens[i])
+            and word_digest(tokens[i]) not in BLOCKED_DIGESTS]
     return kept[:3]
 
 
@@ -63,6 +65,20 @@ def test_nearest_tokens_never_return_special_tokens_even_when_closest(tiny_model
     matches = vocabulary.nearest(pad_vector[None], top=3)[0]
     assert all(not SPECIAL.match(m.token) for m in matches)
     assert matches[0].similarity < 0.999  # the [PAD] row itself (similarity 1) was skipped
+
+
+def test_no_vocabulary_holds_a_blocked_word_even_for_its_own_embedding(tiny_model, vocabulary):
+    tokens = tiny_model.tokenizer.convert_ids_to_tokens(list(range(len(tiny_model.tokenizer))))
+    blocked = [i for i, token in enumerate(tokens) if word_digest(token) in BLOCKED_DIGESTS]
+    # entries of bert-base-uncased (words and ## pieces) the curated list blocks (pinned: an edit of the list shows)
+    assert len(blocked) == 43
+    table = tiny_model.embeddings.word_embeddings.weight.detach()
+    restricted = Vocabulary(tiny_model, restrict_to={tokens[i] for i in blocked} | {"red", "cube"})
+    for vocab in (vocabulary, restricted):
+        assert not {tokens[i] for i in blocked} & set(vocab.tokens)
+        for row in vocab.nearest(table[blocked], top=3):  # each blocked word's own vector
+            assert all(word_digest(match.token) not in BLOCKED_DIGESTS for match in row)
+    assert sorted(restricted.tokens) == ["cube", "red"]
 
 
 def test_auxiliary_prompt_decodes_like_any_prompt(tiny_model, vocabulary):

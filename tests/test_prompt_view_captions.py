@@ -92,3 +92,24 @@ def test_the_caption_hint_quotes_the_served_benchmark(shapes):
     header = next(block.value for block in blocks
                   if isinstance(block, gr.Markdown) and engine.summary() in (block.value or ""))
     assert caption.placeholder == f"e.g. {first}" and f'("{first}")' in header
+
+
+def test_the_prompt_view_decodes_both_prompts_with_the_benchmarks_words_by_default(shapes):
+    import gradio as gr
+
+    from demo import render
+    from demo.ui import BENCHMARK_WORDS, build_ui
+
+    root, checkpoint, source = shapes
+    engine = Engine.from_uris(f"local-dir:{checkpoint}", source=source, cache_root=root / "cache", progress=False)
+    radio = next(block for block in build_ui(engine).blocks.values()
+                 if isinstance(block, gr.Radio) and block.elem_id == "token-vocabulary")
+    assert radio.value == BENCHMARK_WORDS
+    query = source.queries[0]
+    engine.prepare_caption_bank().join()
+    explanation = engine.search(engine.gallery_image(query.reference), query.caption, k=5, explain=True).explanation
+    words = set(engine.prompt_views.benchmark_vocabulary().tokens)
+    chips, auxiliary = render.prompt_html(explanation, benchmark_words=True)
+    for rows in (explanation.prompt_dataset_tokens, explanation.auxiliary_dataset_tokens):
+        assert rows and all(match.token in words for row in rows for match in row)
+    assert "benchmark&#x27;s own words" in chips and "benchmark&#x27;s own words" in auxiliary
