@@ -45,7 +45,7 @@ from cir_core.data.registry import DATASETS, open_source
 from cir_core.engine import Engine
 from cir_core.index_cache import usable_cache_root
 from cir_core.precision import GALLERY_PRECISIONS, QUERY_PRECISIONS
-from cir_core.shipped import DEFAULT_DATASET, SHIPPED
+from cir_core.shipped import DEFAULT_DATASET, SHIPPED, default_model
 
 
 
@@ -176,11 +176,7 @@ def benchmark_source(args: argparse.Namespace, cache_root: Path | None = None):
 
 def model_uri(args: argparse.Namespace) -> str:
     """--model, else the embedded model of the benchmark served (of scenes3d for any other)."""
-    if args.model:
-        return args.model
-    dataset = args.dataset or ("shapes" if args.gallery and (Path(args.gallery) / "info.json").is_file()
-                               else DEFAULT_DATASET)
-    return SHIPPED.get(dataset, SHIPPED[DEFAULT_DATASET]).model
+    return args.model or default_model(args.dataset, args.gallery)
 
 
 def main(argv=None) -> int:

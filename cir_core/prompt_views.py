@@ -39,6 +39,7 @@ class PromptViews:
         self._vocabulary: Vocabulary | None = None
         self._auxiliary_tokens = None
         self._dataset_vocabulary: Vocabulary | None = None
+        self._auxiliary_dataset_tokens = None  # P' among the benchmark's words: fixed weights, decoded once
         self._bank: CaptionBank | None = None
         self._bank_lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -107,6 +108,7 @@ class PromptViews:
                 texts = [t.caption for t in self.source.split.triplets] + self.source.caption_texts()[0]
                 words = {token for text in texts for token in self.model.tokenizer.tokenize(text)}
                 self._dataset_vocabulary = Vocabulary(self.model, restrict_to=words)
+                self._auxiliary_dataset_tokens = self._dataset_vocabulary.nearest(self.model.prompt_tokens[0])
             return self._dataset_vocabulary
 
     def vocabulary_and_auxiliary(self):
@@ -130,7 +132,7 @@ class PromptViews:
         thread = self.prepare()  # the bank and the benchmark's vocabulary, first used here
         if self._dataset_vocabulary is not None:
             explanation.prompt_dataset_tokens = self._dataset_vocabulary.nearest(prompt)
-            explanation.auxiliary_dataset_tokens = self._dataset_vocabulary.nearest(self.model.prompt_tokens[0])
+            explanation.auxiliary_dataset_tokens = self._auxiliary_dataset_tokens
         if thread.is_alive():
             explanation.captions_note = "the caption bank is being encoded (once); search again in a moment"
         elif self._bank is None:

@@ -36,3 +36,11 @@ SHIPPED = {
         examples=Path("assets/examples/shapes.json"), make="generated once with seed 0"),
 }
 DEFAULT_DATASET = "scenes3d"
+
+
+def default_model(dataset: str | None, gallery: str | Path | None = None) -> str:
+    """The embedded model for what is served: `dataset`'s, else shapes' for a shapes folder given
+    as a plain gallery, else the default benchmark's (also for benchmarks that ship none)."""
+    if dataset is None:
+        dataset = "shapes" if gallery is not None and (Path(gallery) / "info.json").is_file() else DEFAULT_DATASET
+    return SHIPPED.get(dataset, SHIPPED[DEFAULT_DATASET]).model

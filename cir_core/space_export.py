@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cir_core.shipped import DEFAULT_DATASET, SHIPPED
+from cir_core.shipped import DEFAULT_DATASET, SHIPPED, default_model
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SETTINGS_FILE = "space_settings.json"
@@ -116,9 +116,7 @@ def plan_export(model: str | None = None, dataset: str | None = None, data_root:
         if not (folder / "info.json").is_file():
             raise ExportError(f"the shipped {dataset} benchmark {folder} is missing: write it with `{shipped.make}`")
         shipped_data = (shipped.folders[0], shipped.examples.parent)
-    shapes_gallery = gallery is not None and (Path(gallery) / "info.json").is_file()
-    uri = model or SHIPPED.get(dataset or ("shapes" if shapes_gallery else DEFAULT_DATASET),
-                                   SHIPPED[DEFAULT_DATASET]).model
+    uri = model or default_model(dataset, gallery)
     model_dir = model_folder(uri, repo_root)
     index_dir = Path(index) if index is not None else None
     if index_dir is not None:
