@@ -27,8 +27,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CHECKPOINT = REPO / "checkpoints" / "scenes3d-mini"
 DEFAULT_GALLERY = REPO / "assets" / "scenes3d"
-CAPTIONS = ["walk around to the other side of the table", "remove the red cube", "look from higher up",
-            "make the blue sphere large and zoom in", "add a green cylinder left of the gray cone", "step back"]
+# Captions in the served benchmark's words: scenes3d's (the default), and shapes' for shapes galleries.
+CAPTIONS = {"scenes3d": ["walk around to the other side of the table", "remove the red cube", "look from higher up",
+                         "make the blue sphere large and zoom in", "add a green cylinder left of the gray cone",
+                         "step back"],
+            "shapes": ["make the red circle large", "remove the blue square", "mirror the scene",
+                       "rotate the scene clockwise", "add a green triangle at the center", "make the yellow square purple"]}
 
 
 def free_port() -> int:
@@ -49,15 +53,15 @@ def tiny_setup(folder: Path) -> tuple[str, Path]:
     return f"local-dir:{checkpoint}", gallery
 
 
-def query_image(path: Path) -> str:
-    """The uploaded reference (the same file for every request): a shipped scenes3d view, else a
-    shapes scene."""
+def query_image(path: Path, shapes: bool) -> str:
+    """The uploaded reference (the same file for every request): a shipped scenes3d view, or a
+    shapes scene for a shapes gallery."""
     import random
 
     from PIL import Image
 
     views = sorted((DEFAULT_GALLERY / "images").glob("*.webp"))
-    if views:
+    if views and not shapes:
         Image.open(views[0]).convert("RGB").save(path)
         return str(path)
     sys.path.insert(0, str(REPO))
@@ -67,19 +71,23 @@ def query_image(path: Path) -> str:
     return str(path)
 
 
-def start_app(model: str, gallery: Path | None, cache: Path, port: int) -> subprocess.Popen:
+def start_app(model: str | None, gallery: Path | None, cache: Path, port: int,
+              dataset: str | None = None) -> subprocess.Popen:
     # The failure view's background ranking is switched off: it would share the CPU with the timed requests.
     env = dict(os.environ, CIR_CACHE=str(cache), GRADIO_SERVER_PORT=str(port), CIR_PREPARE_FAILURES="0",
                GRADIO_SERVER_NAME="127.0.0.1", GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
     if model is not None:  # else the app's default
         env["CIR_MODEL"] = model
+    if dataset is not None:
+        env["CIR_DATASET"] = dataset
     if gallery is not None:
         env["CIR_GALLERY"] = str(gallery)
     return subprocess.Popen([sys.executable, "app.py"], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def first_answer(process: subprocess.Popen, port: int, image: str, started: float, timeout: float):
+def first_answer(process: subprocess.Popen, port: int, image: str, captions: list[str], started: float,
+                 timeout: float):
     """Poll until /search answers; returns (seconds since start, client)."""
     from gradio_client import Client, handle_file
 
@@ -88,20 +96,20 @@ def first_answer(process: subprocess.Popen, port: int, image: str, started: floa
             raise RuntimeError(f"app.py exited with {process.returncode}: {process.stderr.read()[-2000:]}")
         try:
             client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-            client.predict(handle_file(image), CAPTIONS[0], 10, False, api_name="/search")
+            client.predict(handle_file(image), captions[0], 10, False, api_name="/search")
             return time.perf_counter() - started, client
         except Exception:  # not up yet
             time.sleep(0.2)
     raise TimeoutError(f"no answer from app.py within {timeout:.0f} s")
 
 
-def round_trips(client, image: str, count: int, explain: bool) -> list[float]:
+def round_trips(client, image: str, captions: list[str], count: int, explain: bool) -> list[float]:
     from gradio_client import handle_file
 
     times = []
     for number in range(count):
         started = time.perf_counter()
-        client.predict(handle_file(image), CAPTIONS[number % len(CAPTIONS)], 10, explain, api_name="/search")
+        client.predict(handle_file(image), captions[number % len(captions)], 10, explain, api_name="/search")
         times.append(1000 * (time.perf_counter() - started))
     return times
 
@@ -115,20 +123,24 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="model URI (default: the app's default, checkpoints/scenes3d-mini)")
     parser.add_argument("--gallery", type=Path, help="gallery data folder (default: the app's default gallery)")
+    parser.add_argument("--dataset", help="benchmark to serve (default: the app's default, scenes3d)")
     parser.add_argument("--queries", type=int, default=30, help="round trips per setting")
     parser.add_argument("--timeout", type=float, default=600, help="seconds to wait for the first answer")
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="bench-app-"))
     model, gallery = args.model, args.gallery
-    if model is None and not (DEFAULT_CHECKPOINT / "model.safetensors").is_file():
+    if model is None and args.dataset is None and not (DEFAULT_CHECKPOINT / "model.safetensors").is_file():
         print(f"NOTE: {DEFAULT_CHECKPOINT} does not exist yet; measuring the tiny-test model on a "
               "300-query shapes gallery instead (numbers are not those of the embedded default)")
         model, gallery = tiny_setup(work)
     cache = work / "cache"  # empty: the first start is a fresh machine's
-    image = query_image(work / "query.png")
+    shapes = args.dataset == "shapes" or gallery is not None
+    captions = CAPTIONS["shapes" if shapes else "scenes3d"]
+    image = query_image(work / "query.png", shapes)
 
-    print(f"model {model or 'the default'}, gallery {gallery or 'default'}, {os.cpu_count()} CPUs")
+    print(f"model {model or 'the default'}, dataset {args.dataset or 'default'}, gallery {gallery or 'default'}, "
+          f"{os.cpu_count()} CPUs")
     starts = []
     client = process = None
     for attempt in ("fresh machine (empty cache)", "warm start (cache from the first start)"):
@@ -137,14 +149,14 @@ def main(argv=None) -> int:
             process.wait(timeout=30)
         port = free_port()
         started = time.perf_counter()
-        process = start_app(model, gallery, cache, port)
-        seconds, client = first_answer(process, port, image, started, args.timeout)
+        process = start_app(model, gallery, cache, port, args.dataset)
+        seconds, client = first_answer(process, port, image, captions, started, args.timeout)
         starts.append((attempt, seconds))
     try:
-        round_trips(client, image, 3, False)  # warm-up: first-use caches (vocabulary, allocator)
-        round_trips(client, image, 2, True)
-        plain = round_trips(client, image, args.queries, False)
-        explained = round_trips(client, image, max(5, args.queries // 2), True)
+        round_trips(client, image, captions, 3, False)  # warm-up: first-use caches (vocabulary, allocator)
+        round_trips(client, image, captions, 2, True)
+        plain = round_trips(client, image, captions, args.queries, False)
+        explained = round_trips(client, image, captions, max(5, args.queries // 2), True)
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -6,7 +6,7 @@
 
 The throughput part renders benchmark-like views (random tables from random poses)
 through the same code as `cir data scenes3d` (render, visible fractions, description,
-PNG) and prints images per second and seconds per image for each worker count side by
+saving in the default image format) and prints images per second and seconds per image for each worker count side by
 side. The comparison part times one view at a time on one thread and scores each image
 by its PSNR against an independent-sampler render with 512 samples per pixel.
 """
@@ -29,7 +29,7 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
 
 from cir_core.data.scenes3d import camera, render, scene  # noqa: E402
 from cir_core.data.scenes3d.plan import View, random_pose  # noqa: E402
-from cir_core.data.scenes3d.write import render_views  # noqa: E402
+from cir_core.data.scenes3d.write import DEFAULT_IMAGE_FORMAT, render_views  # noqa: E402
 
 MITSUBA_SETTINGS = (("independent", 4), ("independent", 8), ("independent", 16), ("independent", 32),
                     ("multijitter", 4), ("multijitter", 8), ("multijitter", 16), ("multijitter", 36))
@@ -50,7 +50,7 @@ def throughput(views: list[View], image_size: int, samples: int, worker_counts: 
             seconds = time.perf_counter() - start
         rows.append((workers, len(views) / seconds, seconds / len(views), seconds * workers / len(views)))
     print(f"\n{len(views)} views, {image_size} px, {samples} samples per pixel ({render.SAMPLER}), "
-          "render + visibility + description + PNG")
+          f"render + visibility + description + {DEFAULT_IMAGE_FORMAT}")
     print(f"{'workers':>7} {'images/s':>9} {'s/image (wall)':>15} {'s/image per worker':>19}")
     for workers, rate, wall, per_worker in rows:
         print(f"{workers:>7} {rate:>9.2f} {wall:>15.3f} {per_worker:>19.3f}")

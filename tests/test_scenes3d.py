@@ -459,6 +459,8 @@ def test_counts_are_validated(field, value, message):
     (["--image-size", "5000"], "image size 5000 is too large (maximum 1024)"),
     (["--samples-per-pixel", "0"], "samples per pixel must be within"),
     (["--workers", "0"], "workers must be at least 1"),
+    (["--train-edits-per-reference", "9"], "train_edits_per_reference must be within 1..4"),
+    (["--train-negatives", "-2"], "--train-negatives must be 0 or more"),
 ])
 def test_cli_refuses_bad_flags_with_one_line(tmp_path, capsys, options, message):
     from cir_core.cli import main
@@ -467,6 +469,17 @@ def test_cli_refuses_bad_flags_with_one_line(tmp_path, capsys, options, message)
     error = capsys.readouterr().err
     assert message in error and error.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_refuses_an_unknown_image_format(tmp_path, capsys):
+    from cir_core.cli import main
+    from cir_core.data.scenes3d.write import check_settings
+
+    with pytest.raises(SystemExit):
+        main(["data", "scenes3d", "--out", str(tmp_path / "out"), "--image-format", "bmp"])
+    assert "invalid choice: 'bmp'" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="image format must be one of"):
+        check_settings(128, 8, 1, "../bmp")
 
 
 def test_cli_refuses_to_overwrite_other_folders(tmp_path, capsys):
