@@ -425,6 +425,20 @@ def test_groups_follow_the_edit_and_the_visibility(plans):
     assert {VIEW_ANGLE, "view + object", "occluded", "3 objects", "6 objects"} <= set(names)
 
 
+def test_train_camera_shares_change_the_train_split_only():
+    counts = Scenes3DCounts(train=200, val=40, test=40)
+    camera_heavy = Scenes3DCounts(train=200, val=40, test=40, train_camera_only_fraction=0.75,
+                                  train_combined_fraction=0.0)
+    usual, heavy = plan_splits(5, counts, progress=False), plan_splits(5, camera_heavy, progress=False)
+    camera_only = lambda split: sum(q.object_edit is None for q in split.queries) / len(split.queries)
+    combined = lambda split: sum(q.object_edit is not None and q.camera_edit is not None
+                                 for q in split.queries) / len(split.queries)
+    assert camera_only(usual["train"]) < 0.4 < 0.6 < camera_only(heavy["train"])
+    assert combined(heavy["train"]) == 0 < combined(usual["train"])
+    captions = lambda split: [q.caption for q in split.queries]
+    assert captions(heavy["test"]) == captions(usual["test"])
+
+
 def test_planning_is_deterministic_and_splits_are_independent():
     counts = Scenes3DCounts(train=6, val=3, test=5)
     first, again = plan_splits(3, counts, progress=False), plan_splits(3, counts, progress=False)
@@ -442,6 +456,8 @@ def test_planning_is_deterministic_and_splits_are_independent():
     ("distractor_fraction", float("nan"), "distractor_fraction must be a finite number"),
     ("train_edits_per_reference", 9, "within 1..4"),
     ("test", 10**7, "plan up to"),
+    ("train_combined_fraction", 0.9, "train split's camera-only and combined fractions"),
+    ("train_camera_only_fraction", float("inf"), "train_camera_only_fraction must be a finite number"),
 ])
 def test_counts_are_validated(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -461,6 +477,8 @@ def test_counts_are_validated(field, value, message):
     (["--workers", "0"], "workers must be at least 1"),
     (["--train-edits-per-reference", "9"], "train_edits_per_reference must be within 1..4"),
     (["--train-negatives", "-2"], "--train-negatives must be 0 or more"),
+    (["--train-camera-only-fraction", "-0.5"], "--train-camera-only-fraction must be 0 or more"),
+    (["--train-combined-fraction", "nan"], "--train-combined-fraction must be 0 or more"),
 ])
 def test_cli_refuses_bad_flags_with_one_line(tmp_path, capsys, options, message):
     from cir_core.cli import main

@@ -76,6 +76,11 @@ def _register_scenes3d(kinds) -> None:
     scenes3d.add_argument("--train-negatives", type=int,
                           help="per train query: views of its table from other poses, and as many other tables "
                                "from its pose (default 0)")
+    scenes3d.add_argument("--train-camera-only-fraction", type=float,
+                          help="share of train queries that only move the camera (default: as val and test, 0.25)")
+    scenes3d.add_argument("--train-combined-fraction", type=float,
+                          help="share of train queries with an object edit and a camera edit "
+                               "(default: as val and test, 0.25)")
     scenes3d.add_argument("--samples-per-pixel", type=int, help="path-tracing samples per pixel (default 8)")
     scenes3d.add_argument("--image-format", choices=("webp", "png"), default="webp",
                           help="webp (lossy, quality 90: about a tenth of png's size) or png (default webp)")
@@ -90,9 +95,11 @@ def _scenes3d(args: argparse.Namespace) -> int:
     from cir_core.data.scenes3d.write import write_scenes3d_dataset
 
     given = {"train": args.train, "val": args.val, "test": args.test,
-             "train_edits_per_reference": args.train_edits_per_reference, "train_negatives": args.train_negatives}
+             "train_edits_per_reference": args.train_edits_per_reference, "train_negatives": args.train_negatives,
+             "train_camera_only_fraction": args.train_camera_only_fraction,
+             "train_combined_fraction": args.train_combined_fraction}
     for name, value in given.items():
-        if value is not None and value < 0:
+        if value is not None and not value >= 0:
             raise CommandError(f"--{name.replace('_', '-')} must be 0 or more, got {value}")
     counts = Scenes3DCounts(**{name: value for name, value in given.items() if value is not None})
     options = {} if args.samples_per_pixel is None else {"samples_per_pixel": args.samples_per_pixel}

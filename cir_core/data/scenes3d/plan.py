@@ -77,6 +77,10 @@ class Scenes3DCounts:
     distractor_fraction: float = 0.1  # random views, as a fraction of the split's other images
     camera_only_fraction: float = 0.25  # share of queries that only move the camera
     combined_fraction: float = 0.25  # share of queries with one object edit and one camera edit
+    # The train split's own shares (None: as above). More camera edits per train reference put
+    # more views of one table in a batch, the negatives a camera edit must beat.
+    train_camera_only_fraction: float | None = None
+    train_combined_fraction: float | None = None
 
     def triplets(self, split: str) -> int:
         return {"train": self.train, "val": self.val, "test": self.test}[split]
@@ -86,6 +90,16 @@ class Scenes3DCounts:
         if split == "train":
             return self.train_negatives, self.train_negatives
         return self.view_negatives, self.edit_negatives
+
+    def fractions(self, split: str) -> tuple[float, float]:
+        """(camera-only share, combined share) of the split's queries."""
+        camera_only, combined = self.camera_only_fraction, self.combined_fraction
+        if split == "train":
+            if self.train_camera_only_fraction is not None:
+                camera_only = self.train_camera_only_fraction
+            if self.train_combined_fraction is not None:
+                combined = self.train_combined_fraction
+        return camera_only, combined
 
     def planned_images(self) -> int:
         """At most how many images the splits plan (shared views are rendered once)."""
@@ -97,18 +111,21 @@ class Scenes3DCounts:
 
     def validate(self) -> None:
         whole = {name: value for name, value in asdict(self).items() if not name.endswith("fraction")}
+        shares = {name: value for name, value in asdict(self).items() if name.endswith("fraction")
+                  and not (name.startswith("train_") and value is None)}
         for name, value in whole.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"invalid scenes3d counts: {name} must be a whole number >= 0, got {value!r}")
-        for name, value in asdict(self).items():
-            if name.endswith("fraction") and not (isinstance(value, (int, float)) and not isinstance(value, bool)
-                                                  and math.isfinite(value) and value >= 0):
+        for name, value in shares.items():
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and math.isfinite(value) and value >= 0):
                 raise ValueError(f"invalid scenes3d counts: {name} must be a finite number >= 0, got {value!r}")
         checks = [
             (any(self.triplets(s) > 0 for s in SPLITS), "at least one split needs a query"),
             (1 <= self.train_edits_per_reference <= 4, "train_edits_per_reference must be within 1..4"),
-            (self.camera_only_fraction + self.combined_fraction <= 1,
-             "camera_only_fraction + combined_fraction must be at most 1"),
+            (sum(self.fractions("val")) <= 1, "camera_only_fraction + combined_fraction must be at most 1"),
+            (sum(self.fractions("train")) <= 1,
+             "the train split's camera-only and combined fractions must add up to at most 1"),
         ]
         for ok, message in checks:
             if not ok:
@@ -253,15 +270,16 @@ def _edit_negatives(reference: View, target: View, object_change: ObjectEdit | N
     return [View(scene, target.pose) for scene in scenes[:count]]
 
 
-def _kinds(rng: random.Random, counts: Scenes3DCounts, reference: Scene3D) -> tuple[str | None, str | None]:
+def _kinds(rng: random.Random, fractions: tuple[float, float], reference: Scene3D) -> tuple[str | None, str | None]:
     """(object edit kind or None, camera edit kind or None) for one query.
 
     The object edit is drawn among those the table allows (no adding to a full table, no
     removing from a table of three), so that adding and removing are as common as the rest.
     """
+    camera_only, combined = fractions
     draw = rng.random()
-    camera = rng.choice(CAMERA_EDITS) if draw < counts.camera_only_fraction + counts.combined_fraction else None
-    if draw < counts.camera_only_fraction:
+    camera = rng.choice(CAMERA_EDITS) if draw < camera_only + combined else None
+    if draw < camera_only:
         return None, camera
     count = len(reference.objects)
     kinds = [kind for kind in OBJECT_EDITS
@@ -317,7 +335,7 @@ def plan_split(split: str, seed: int, counts: Scenes3DCounts, used_pairs: set[tu
             for _ in range(4 * needed):
                 if len(found) == needed:
                     break
-                kinds = _kinds(rng, counts, reference.scene)
+                kinds = _kinds(rng, counts.fractions(split), reference.scene)
                 # The same kinds are tried again when a draw is not clearly visible, or the kinds that
                 # need a clear view (add and move, with their anchors) would come out rarer than the rest.
                 for _ in range(_TRIES_PER_KIND):
