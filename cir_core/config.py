@@ -22,6 +22,7 @@ PRESET_DIR = Path(__file__).parent / "presets"
 # How a model forms its composed query ("sprc" is the method; the rest are baselines).
 QUERY_MODE_DESCRIPTIONS = {
     "sprc": "composed query: sentence-level prompt from image + caption",
+    "image_prompt": "SPRC's two passes, but the prompt reads the reference alone, never the caption",
     "static_prompt": "one learned prompt shared by all queries reads the image (BLIP4CIR+Bi-like)",
     "pseudo_word": "the image as one pseudo-word inside the caption (Pic2Word/SEARLE-like)",
     "image_only": "the reference alone",
@@ -29,6 +30,9 @@ QUERY_MODE_DESCRIPTIONS = {
     "late_fusion": "normalised sum of the image-only and text-only queries",
 }
 QUERY_MODES = tuple(QUERY_MODE_DESCRIPTIONS)
+# Modes whose query is composed from a per-query prompt: only these have a prompt to explain or to
+# align with the auxiliary prompt P'.
+PROMPT_MODES = ("sprc", "image_prompt")
 
 
 @dataclass
@@ -110,7 +114,7 @@ class SPRCConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     embed_dim: int = 256  # width of the projected retrieval vectors
     temp_init: float = 0.07  # initial contrastive temperature (learned, not clamped)
-    attn_implementation: str = "eager"  # "eager" (attention maps available) or "sdpa"
+    attn_implementation: str = "eager"  # attention of grad-enabled (training) calls, "eager" or "sdpa" (cir_core.attention)
     query_mode: str = "sprc"  # how the composed query is formed; see QUERY_MODES (baselines use the others)
 
     def to_dict(self) -> dict[str, Any]:

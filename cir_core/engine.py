@@ -25,7 +25,7 @@ from PIL import Image
 
 from cir_core.checkpoints import load_model, weights_fingerprint
 from cir_core.device import describe_placement, limit_threads, place_model, resolve_device
-from cir_core.config import QUERY_MODE_DESCRIPTIONS
+from cir_core.config import PROMPT_MODES, QUERY_MODE_DESCRIPTIONS
 from cir_core.explain import RelevanceMap, result_relevance
 from cir_core.index import GalleryIndex
 from cir_core.data.spec import BenchmarkSource
@@ -43,6 +43,7 @@ from cir_core.model import SPRCModel
 from cir_core.results import (Comparison, GroundTruth, Hit, MethodRanking, ModelSummary, RetrievalResult,
                               StageTimings)
 from cir_core.prompt_views import PromptViews
+from cir_core.query_graphs import graphed_queries
 from cir_core.precision import check_gallery_precision, check_query_precision, query_model, resolve_query_precision
 from cir_core.transforms import ImageTransform
 
@@ -75,6 +76,8 @@ class Engine:
         self.prompt_views = PromptViews(self.model, index, source, self.cache_dir)
         self.query_precision = resolve_query_precision(model, query_precision)
         self._query_model = query_model(model, self.query_precision)
+        # On CUDA, batch-1 queries replay CUDA graphs recorded now, so that the first visitor does not wait.
+        self._query_passes = graphed_queries(self._query_model)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -109,7 +112,7 @@ class Engine:
         config = self.model.config
         return ModelSummary(name=config.name, prompt_tokens=self.model.num_query_tokens, query_mode=config.query_mode,
                             query_mode_description=QUERY_MODE_DESCRIPTIONS[config.query_mode],
-                            explainable=config.query_mode == "sprc",
+                            explainable=config.query_mode in PROMPT_MODES,
                             description_weight=config.loss.description_weight)
 
     def summary(self) -> str:
@@ -161,18 +164,18 @@ class Engine:
         caption_check = check_caption(self.model, caption)  # before the image: bad captions fail fast
         started = time.perf_counter()
         tokenize_ms = 1000 * (started - tokenize_started)
-        sprc = self.model.config.query_mode == "sprc"
-        if explain and not sprc:
-            raise QueryError(f"explanations need a sentence-level prompt; this model's query mode is "
+        prompted_mode = self.model.config.query_mode in PROMPT_MODES
+        if explain and not prompted_mode:
+            raise QueryError(f"explanations need a per-query prompt; this model's query mode is "
                              f"{self.model.config.query_mode!r} (search without explanations)")
-        model = self.model if explain else self._query_model
+        model = self.model if explain else self._query_passes
         reference_id, features, reference_image = self._reference(image, keep_image=explain, model=model)
         encoded = time.perf_counter()
         features = features.to(model.query_tokens.dtype)
         with torch.inference_mode():
-            if sprc:
-                prompt, attentions = (model.sentence_prompt(features, caption_check.text, output_attentions=True)
-                                      if explain else (model.sentence_prompt(features, caption_check.text), None))
+            if prompted_mode:
+                prompt, attentions = (model.query_prompt(features, caption_check.text, output_attentions=True)
+                                      if explain else (model.query_prompt(features, caption_check.text), None))
                 prompted = time.perf_counter()
                 query = model.compose(prompt, caption_check.text)[0].float()  # (D,)
             else:  # a baseline checkpoint: its own query, no prompt stage

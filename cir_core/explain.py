@@ -78,6 +78,49 @@ class Explanation:
     prompt_dataset_tokens: list[list[TokenMatch]] | None = None  # nearest tokens among the benchmark's own words
     auxiliary_dataset_tokens: list[list[TokenMatch]] | None = None  # P' decoded the same way
 
+    def to_json(self) -> dict:
+        """The explanation as numbers, for an API: the caption-bank texts nearest the composed query
+        and the prompt alone; per prompt vector its nearest tokens (the whole vocabulary, and the
+        benchmark's words when the explanation has them, else None); the prompt tokens' attention
+        over the reference's g x g patch grid; and the relevance grid of each explained result
+        (the first, `relevance_id`). Grids are nested lists in [0, 1]; the pictures are left out."""
+        relevance = [] if self.relevance is None else [
+            {"id": self.relevance_id, "score": _rounded(self.relevance.score), "grid": _grid(self.relevance.grid)}]
+        return {
+            "captions": {"kind": self.captions_kind, "note": self.captions_note,
+                         "composed_query": _captions(self.query_captions),
+                         "prompt_alone": _captions(self.prompt_captions)},
+            "tokens": {"prompt": _tokens(self.prompt_tokens), "auxiliary": _tokens(self.auxiliary_tokens),
+                       "prompt_benchmark_words": _tokens(self.prompt_dataset_tokens),
+                       "auxiliary_benchmark_words": _tokens(self.auxiliary_dataset_tokens)},
+            "attention": {"average": _grid(self.attention.average),
+                          "per_token": [_grid(grid) for grid in self.attention.per_token],
+                          "patch_share": [_rounded(share) for share in self.attention.patch_share]},
+            "relevance": relevance,
+        }
+
+
+def _rounded(value) -> float:
+    return round(float(value), 4)
+
+
+def _grid(grid: np.ndarray) -> list[list[float]]:
+    return np.round(np.asarray(grid, dtype=np.float64), 4).tolist()
+
+
+def _tokens(positions: list[list[TokenMatch]] | None) -> list[list[dict]] | None:
+    if positions is None:
+        return None
+    return [[{"token": match.token, "similarity": _rounded(match.similarity)} for match in matches]
+            for matches in positions]
+
+
+def _captions(matches: list | None) -> list[dict] | None:
+    if matches is None:
+        return None
+    return [{"text": match.text, "image_id": match.image_id, "similarity": _rounded(match.similarity)}
+            for match in matches]
+
 
 class Vocabulary:
     """The word-embedding table, unit-normalised once, minus special, unused and blocked entries
@@ -125,7 +168,7 @@ def _scale_unit(array: np.ndarray) -> np.ndarray:
 def patch_attention(cross_attentions: tuple[torch.Tensor, ...], batch_index: int = 0) -> torch.Tensor:
     """Per-layer (B, heads, Q, T) cross-attentions -> (Q, T), mean over layers and heads (rows sum to 1)."""
     if not cross_attentions:
-        raise ValueError("no cross-attentions given (encode with output_attentions=True and eager attention)")
+        raise ValueError("no cross-attentions given (encode with output_attentions=True)")
     # (layers, heads, Q, T)
     stacked = torch.stack([layer[batch_index].detach().float().cpu() for layer in cross_attentions])
     return stacked.mean(dim=(0, 1))
@@ -161,8 +204,7 @@ def result_relevance(model: SPRCModel, query: torch.Tensor, target_features: tor
                                    encoder_hidden_states=features, output_attentions=True)
             attentions = tuple(output.cross_attentions or ())
             if not attentions:
-                raise ValueError("the model returned no cross-attentions "
-                                 "(relevance maps need attn_implementation='eager')")
+                raise ValueError("the model returned no cross-attentions")
             targets = F.normalize(model.vision_projection(output.last_hidden_state), dim=-1)  # (1, Q, D)
         score = model.score(query.detach().clone().to(targets.device, targets.dtype).view(1, -1), targets)[0, 0]
         gradients = torch.autograd.grad(score, attentions)

@@ -1,7 +1,9 @@
 """Encoding a gallery into an index folder: item lists, resumable batched encoding, the build report.
 
 The build encodes images in batches with the model's own preprocessing and
-`model.encode_target`, and persists every finished batch in a work folder beside the
+`model.encode_target`; reader threads decode and preprocess the next batches while the
+model encodes one (`encode_batches`: on a GPU several, in the dtype its vision encoder
+takes, in page-locked memory). It persists every finished batch in a work folder beside the
 destination (`.<name>.work/`). A rerun of an interrupted build with the same model and
 items continues after the last finished batch, re-encoding any batch whose files changed
 on disk since (size or modification time) or whose stored results do not read back (an
@@ -19,12 +21,14 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import hashlib
+import itertools
 import json
 import logging
 import math
 import os
 import shutil
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
@@ -58,6 +62,7 @@ _MANIFEST = "manifest.json"
 _UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 _SKIPS_LOGGED = 20
 _VISION_SUFFIX = ".vision.npy"
+MAX_READ_WORKERS = 8  # decoding threads feeding a GPU at most (each holds a batch of pixels)
 
 
 
@@ -128,14 +133,17 @@ def gallery_root(paths: list[str | Path]) -> str:
 # ------------------------------------------------------------------------------------------- build
 def build_gallery_index(model, items: list[GalleryItem], out_dir: Path, params: IndexParams, batch_size: int = 64,
                         progress: bool = True, resume: bool = True, model_id: str | None = None,
-                        precision: str = "fp32", store_vision_features: bool = False) -> str:
+                        precision: str = "fp32", store_vision_features: bool = False,
+                        read_workers: int | None = None) -> str:
     """Encode `items` with `model` and write the index folder; returns the model's weights fingerprint.
 
     `precision` (`cir_core.precision.GALLERY_PRECISIONS`) is how the images are encoded;
     the index records it, and a resumed build only reuses batches encoded the same way.
     `store_vision_features` also keeps each image's vision-encoder output (T x W, fp16:
     0.72 MB per image for ViT-g), so that an engine answering a query whose reference is a
-    gallery image reads it instead of running the vision encoder.
+    gallery image reads it instead of running the vision encoder. `read_workers` threads decode
+    and preprocess the images ahead of the model (None: `default_read_workers`); they change
+    only the speed, never the vectors.
     """
     from cir_core.checkpoints import weights_fingerprint
     from cir_core.precision import gallery_encoder, resolve_gallery_precision
@@ -146,6 +154,8 @@ def build_gallery_index(model, items: list[GalleryItem], out_dir: Path, params: 
         raise ValueError("no gallery items to index (the folder or list is empty)")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    if read_workers is not None and read_workers < 1:
+        raise ValueError(f"read_workers must be at least 1, got {read_workers}")
     _check_unique_ids(items)
     config = model.config
     q, d = config.qformer.num_query_tokens, config.embed_dim
@@ -163,7 +173,7 @@ def build_gallery_index(model, items: list[GalleryItem], out_dir: Path, params: 
         batches = [items[start:start + batch_size] for start in range(0, len(items), batch_size)]
         resumed -= _forget_unusable_batches(work, batches, manifest)
         with gallery_encoder(model, precision) as encoder:
-            _encode_missing(encoder, batches, work, dtype, progress, store_vision_features)
+            _encode_missing(encoder, batches, work, dtype, progress, store_vision_features, read_workers)
 
         skipped: list[SkippedImage] = []
         records: list[dict[str, Any]] = []
@@ -382,47 +392,101 @@ def _npy_problem(path: Path, shape: tuple[int, ...] | None, dtype: np.dtype, row
     return None
 
 
+def default_read_workers(device: torch.device) -> int:
+    """Threads that decode and preprocess gallery images: enough to keep a GPU fed; on a CPU, where
+    they take cores from the encoder, one (docs/performance.md has the measurements)."""
+    if device.type == "cuda":
+        return max(1, min(MAX_READ_WORKERS, os.cpu_count() or 1))
+    return 1
+
+
+@dataclass
+class ReadBatch:
+    """One batch of gallery files, decoded and preprocessed for the model."""
+
+    pixels: torch.Tensor | None  # (B', 3, S, S) the readable images in the vision encoder's dtype; None when none is
+    kept: list[int]  # positions in the batch of the B' readable images
+    sizes: list[list[int]]  # their [width, height] as stored
+    skipped: list[dict[str, str]]  # the unreadable ones: id, path, reason
+    signatures: list[list[int] | None]  # every file's [size, modification time in ns] from before reading it
+
+
+def read_batches(batches: list[list[GalleryItem]], transform: ImageTransform, workers: int = 1,
+                 pixel_dtype: torch.dtype = torch.float32, pin: bool = False) -> Iterator[ReadBatch]:
+    """`batches` read in order, `workers` batches at a time on as many threads, ahead of the caller.
+
+    `pin` puts the pixels in page-locked memory, from which a GPU copies them while it computes.
+    """
+    upcoming = iter(batches)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as readers:
+        in_flight = deque(readers.submit(_read_batch, batch, transform, pixel_dtype, pin)
+                          for batch in itertools.islice(upcoming, workers))
+        while in_flight:
+            done = in_flight.popleft().result()
+            following = next(upcoming, None)
+            if following is not None:
+                in_flight.append(readers.submit(_read_batch, following, transform, pixel_dtype, pin))
+            yield done
+
+
+@dataclass
+class EncodedBatch:
+    """One batch of gallery files through the model."""
+
+    read: ReadBatch  # what was read, kept and skipped
+    vectors: np.ndarray | None  # (B', Q, D) float32 target vectors of the kept images; None when none was kept
+    vision_features: np.ndarray | None  # (B', T, W) fp16 vision features, when asked for and any was kept
+
+
+def encode_batches(model, batches: list[list[GalleryItem]], store_vision_features: bool = False,
+                   workers: int | None = None) -> Iterator[EncodedBatch]:
+    """`batches` encoded by `model` in order, their files read on `workers` threads ahead of it
+    (None: `default_read_workers`)."""
+    workers = workers if workers is not None else default_read_workers(model.device)
+    # Pixels travel in the dtype the vision encoder casts them to anyway (fp16 on a GPU: half the bytes).
+    pixel_dtype = model.vision_model.embeddings.patch_embedding.weight.dtype
+    reads = read_batches(batches, ImageTransform(model.config.preprocess), workers, pixel_dtype,
+                         pin=model.device.type == "cuda")
+    for read in reads:
+        vectors = features = None
+        if read.pixels is not None and store_vision_features:
+            vectors, features = _encode_batch_with_features(model, read.pixels)
+        elif read.pixels is not None:
+            vectors = _encode_batch(model, read.pixels)
+        yield EncodedBatch(read=read, vectors=vectors, vision_features=features)
+
+
 def _encode_missing(model, batches: list[list[GalleryItem]], work: Path, dtype, progress: bool,
-                    store_vision_features: bool = False) -> None:
-    transform = ImageTransform(model.config.preprocess)
+                    store_vision_features: bool = False, workers: int | None = None) -> None:
     pending = [number for number in range(len(batches)) if not (work / f"{_batch_name(number)}.json").is_file()]
     total = sum(len(batch) for batch in batches)
-    # Files of the next batch are decoded on another thread while the model encodes this one
-    # (decoding is a third of the work for small images; the model may hold a single thread).
+    encoded = encode_batches(model, [batches[number] for number in pending], store_vision_features, workers)
+    empty = np.zeros((0, model.config.qformer.num_query_tokens, model.config.embed_dim), dtype=dtype)
     with tqdm(total=total, initial=total - sum(len(batches[n]) for n in pending), desc="encoding gallery", unit="img",
-              disable=not progress) as bar, ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as reader:
-        upcoming = reader.submit(_read_batch, batches[pending[0]], transform) if pending else None
-        for position, number in enumerate(pending):
-            pixels, kept, sizes, skipped, signatures = upcoming.result()
-            if position + 1 < len(pending):
-                upcoming = reader.submit(_read_batch, batches[pending[position + 1]], transform)
+              disable=not progress) as bar:
+        for number, batch in zip(pending, encoded):
             name = _batch_name(number)
             (work / f"{name}{_VISION_SUFFIX}").unlink(missing_ok=True)  # from an earlier encoding of changed files
-            features = None
-            if pixels and store_vision_features:
-                vectors, features = _encode_batch_with_features(model, torch.stack(pixels))
-                vectors = vectors.astype(dtype)
-            elif pixels:
-                vectors = _encode_batch(model, torch.stack(pixels)).astype(dtype)
-            else:
-                vectors = np.zeros((0, model.config.qformer.num_query_tokens, model.config.embed_dim), dtype=dtype)
+            vectors = batch.vectors.astype(dtype) if batch.vectors is not None else empty
             check_finite(vectors, f"the gallery batch from {batches[number][0].id!r}")
-            if features is not None:
+            if batch.vision_features is not None:
                 with open(work / f"{name}{_VISION_SUFFIX}.tmp", "wb") as handle:
-                    np.save(handle, features)
+                    np.save(handle, batch.vision_features)
                 os.replace(work / f"{name}{_VISION_SUFFIX}.tmp", work / f"{name}{_VISION_SUFFIX}")
             with open(work / f"{name}.npy.tmp", "wb") as handle:
                 np.save(handle, vectors)
             os.replace(work / f"{name}.npy.tmp", work / f"{name}.npy")
+            read = batch.read
             # The JSON marks the batch finished, so it is written after its vectors.
-            _write_atomic(work / f"{name}.json", json.dumps({"kept": kept, "sizes": sizes, "skipped": skipped,
-                                                             "files": signatures}).encode())
+            _write_atomic(work / f"{name}.json", json.dumps({"kept": read.kept, "sizes": read.sizes,
+                                                             "skipped": read.skipped,
+                                                             "files": read.signatures}).encode())
             bar.update(len(batches[number]))
 
 
-def _read_batch(batch: list[GalleryItem], transform: ImageTransform):
-    """Decoded pixels of the readable items, their positions in the batch and sizes, the skipped ones,
-    and every file's signature as it was before reading."""
+def _read_batch(batch: list[GalleryItem], transform: ImageTransform, pixel_dtype: torch.dtype = torch.float32,
+                pin: bool = False) -> ReadBatch:
+    """The readable items of `batch` decoded and stacked (see ReadBatch), the unreadable ones listed."""
     pixels, kept, sizes, skipped = [], [], [], []
     signatures = [_file_signature(item.path) for item in batch]
     for position, item in enumerate(batch):
@@ -434,7 +498,10 @@ def _read_batch(batch: list[GalleryItem], transform: ImageTransform):
         pixels.append(tensor)
         kept.append(position)
         sizes.append(size)
-    return pixels, kept, sizes, skipped, signatures
+    stacked = torch.stack(pixels).to(pixel_dtype) if pixels else None
+    if stacked is not None and pin:
+        stacked = stacked.pin_memory()
+    return ReadBatch(pixels=stacked, kept=kept, sizes=sizes, skipped=skipped, signatures=signatures)
 
 
 def _read_image(path: str | Path, transform: ImageTransform) -> tuple[torch.Tensor, list[int]]:
@@ -447,12 +514,12 @@ def _read_image(path: str | Path, transform: ImageTransform) -> tuple[torch.Tens
 
 def _encode_batch(model, pixels: torch.Tensor) -> np.ndarray:
     """(B, 3, S, S) pixels -> (B, Q, D) float32 target vectors."""
-    return model.encode_target(pixels.to(model.device)).float().cpu().numpy()
+    return model.encode_target(pixels.to(model.device, non_blocking=True)).float().cpu().numpy()
 
 
 def _encode_batch_with_features(model, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
     """(B, 3, S, S) pixels -> (B, Q, D) float32 target vectors and (B, T, W) fp16 vision features."""
-    encoding = model.encode_images(pixels.to(model.device))
+    encoding = model.encode_images(pixels.to(model.device, non_blocking=True))
     return (encoding.targets.float().cpu().numpy(),
             encoding.vision_features.to(torch.float16).cpu().numpy())
 

@@ -23,7 +23,8 @@ from torch import nn
 from transformers import Blip2QFormerConfig, Blip2VisionConfig
 from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerModel, Blip2TextEmbeddings, Blip2VisionModel
 
-from cir_core.config import SPRCConfig, checked_position_scale
+from cir_core.attention import registered_name
+from cir_core.config import PROMPT_MODES, SPRCConfig, checked_position_scale
 from cir_core.scoring import max_over_queries
 from cir_core.text import TextBatch, load_tokenizer, tokenize
 
@@ -173,9 +174,10 @@ class SPRCModel(nn.Module):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def set_attn_implementation(self, name: str) -> None:
-        """"eager" is needed for attention maps; "sdpa" may be faster."""
-        self.vision_model.set_attn_implementation(name)
-        self.qformer.set_attn_implementation(name)
+        """The attention of grad-enabled (training) calls, "eager" or "sdpa"; calls without gradients
+        run the faster one for their device and calls asking for maps eager (`cir_core.attention`)."""
+        self.vision_model.set_attn_implementation(registered_name(name))
+        self.qformer.set_attn_implementation(registered_name(name))
 
     def tokenize(self, captions: list[str] | str) -> TextBatch:
         p = self.config.preprocess
@@ -206,13 +208,20 @@ class SPRCModel(nn.Module):
             features = features + self.readout_positions.to(features.dtype)
         return features.to(self.query_tokens.dtype)
 
-    def target_vectors(self, vision_features: torch.Tensor) -> torch.Tensor:
-        """(B, T, W) -> (B, Q, D) L2-normalised: the Q-Former query pass over an image."""
-        batch = vision_features.shape[0]
-        queries = self.query_tokens.expand(batch, -1, -1)
+    def query_states(self, vision_features: torch.Tensor, output_attentions: bool = False):
+        """The Q-Former query pass over an image, no text: (B, T, W) -> (B, Q, H) [, cross-attentions]."""
+        queries = self.query_tokens.expand(vision_features.shape[0], -1, -1)
         with self.autocast():
-            hidden = self.qformer(query_embeds=queries, query_length=self.num_query_tokens,
-                                  encoder_hidden_states=vision_features).last_hidden_state  # (B, Q, H)
+            output = self.qformer(query_embeds=queries, query_length=self.num_query_tokens,
+                                  encoder_hidden_states=vision_features, output_attentions=output_attentions)
+        if output_attentions:
+            return output.last_hidden_state, tuple(output.cross_attentions or ())
+        return output.last_hidden_state
+
+    def target_vectors(self, vision_features: torch.Tensor) -> torch.Tensor:
+        """(B, T, W) -> (B, Q, D) L2-normalised: the query pass over an image, projected."""
+        hidden = self.query_states(vision_features)
+        with self.autocast():
             return F.normalize(self.vision_projection(hidden), dim=-1)
 
     def sentence_prompt(self, vision_features: torch.Tensor, text: TextBatch, output_attentions: bool = False):
@@ -228,6 +237,14 @@ class SPRCModel(nn.Module):
         if output_attentions:
             return prompt, tuple(output.cross_attentions or ())
         return prompt
+
+    def query_prompt(self, vision_features: torch.Tensor, text: TextBatch, output_attentions: bool = False):
+        """The prompt pass of a prompt mode -> P (B, Q, H) [, cross-attentions]. "image_prompt" runs the
+        query pass over the reference alone: SPRC's prompt pass with the caption left out, so that
+        the prompt depends on the image only and everything after it is SPRC's."""
+        if self.config.query_mode == "image_prompt":
+            return self.query_states(vision_features, output_attentions)
+        return self.sentence_prompt(vision_features, text, output_attentions)
 
     def compose(self, prompt: torch.Tensor, text: TextBatch) -> torch.Tensor:
         """Compose pass: [P ; caption] without the image -> query (B, D), the caption [CLS] after P."""
@@ -294,18 +311,16 @@ class SPRCModel(nn.Module):
         text = self._as_text(captions)
         if text.input_ids.shape[0] != features.shape[0]:
             raise ValueError(f"{features.shape[0]} references but {text.input_ids.shape[0]} captions")
-        if output_attentions and self.qformer.config._attn_implementation != "eager":
-            raise ValueError("attention maps need attn_implementation='eager'")
         return self.compose_query(features, text, output_attentions)
 
     def compose_query(self, features: torch.Tensor, text: TextBatch, output_attentions: bool = False) -> QueryEncoding:
         """The composed query of `config.query_mode` (grad-enabled; `encode_query` is the inference wrapper)."""
         mode = self.config.query_mode
-        if mode == "sprc":
+        if mode in PROMPT_MODES:
             if output_attentions:
-                prompt, attentions = self.sentence_prompt(features, text, output_attentions=True)
+                prompt, attentions = self.query_prompt(features, text, output_attentions=True)
             else:
-                prompt, attentions = self.sentence_prompt(features, text), None
+                prompt, attentions = self.query_prompt(features, text), None
             return QueryEncoding(query=self.compose(prompt, text), prompt=prompt, cross_attentions=attentions)
         if mode == "static_prompt":
             return QueryEncoding(query=self.static_prompt_query(features, text), prompt=None)
@@ -331,11 +346,7 @@ class SPRCModel(nn.Module):
 
     def pseudo_word_query(self, features: torch.Tensor, text: TextBatch) -> torch.Tensor:
         """Baseline: [CLS ; image pseudo-word ; caption words], no image cross-attention -> (B, D)."""
-        batch = features.shape[0]
-        queries = self.query_tokens.expand(batch, -1, -1)
-        with self.autocast():
-            image = self.qformer(query_embeds=queries, query_length=self.num_query_tokens,
-                                 encoder_hidden_states=features).last_hidden_state.mean(dim=1)  # (B, H)
+        image = self.query_states(features).mean(dim=1)  # (B, H)
         words = self.embeddings.word_embeddings(text.input_ids)  # (B, L, H)
         pseudo = self.pseudo_word_projection(image).unsqueeze(1).to(words.dtype)
         sequence = torch.cat([words[:, :1], pseudo, words[:, 1:]], dim=1)
@@ -359,8 +370,8 @@ class SPRCModel(nn.Module):
         so that a text describing an image lands near that image's vectors, and near the
         composed queries that retrieve it.
 
-        Only the "sprc" query mode has the auxiliary-prompt (rtc) and alignment losses;
-        the baseline modes train their query with the contrastive loss alone.
+        Only the prompt modes ("sprc", "image_prompt") have the auxiliary-prompt (rtc) and
+        alignment losses; the other baselines train their query with the contrastive loss alone.
         """
         text = self._as_text(captions)
         reference_features = self._as_vision_features(reference)
@@ -373,7 +384,7 @@ class SPRCModel(nn.Module):
         weights = self.config.loss
         description = self._description_loss(descriptions, targets, labels) if descriptions is not None else None
         extra = weights.description_weight * description if description is not None else 0.0
-        if self.config.query_mode != "sprc":
+        if self.config.query_mode not in PROMPT_MODES:
             zero = itc.new_zeros(())
             return SPRCLossOutput(loss=weights.itc_weight * itc + extra, itc=itc, rtc=zero, align=zero, logits=logits,
                                   query=encoding.query, targets=targets, description=description)

@@ -50,6 +50,16 @@ class GroundTruth:
     in_top_k: bool  # whether it is among the returned hits
 
 
+def hits_json(hits: list[Hit]) -> list[dict]:
+    return [{"rank": h.rank, "id": h.id, "score": round(h.score, 6), "label": h.label} for h in hits]
+
+
+def ground_truth_json(truth: GroundTruth | None) -> dict | None:
+    if truth is None:
+        return None
+    return {"id": truth.id, "rank": truth.rank, "score": round(truth.score, 6), "in_top_k": truth.in_top_k}
+
+
 @dataclass
 class RetrievalResult:
     """The answer to one composed query."""
@@ -64,14 +74,13 @@ class RetrievalResult:
     explanation: Explanation | None = None  # set when explanations were asked for
 
     def to_json(self) -> dict:
-        """Plain-JSON summary: ranked ids and scores, ground truth, notes, timings."""
+        """Plain-JSON summary: ranked ids and scores, ground truth, notes, timings, and the
+        explanation's numbers (`Explanation.to_json`; None when none was asked for)."""
         return {
             "caption": self.caption,
             "reference_id": self.reference_id,
-            "results": [{"rank": h.rank, "id": h.id, "score": round(h.score, 6), "label": h.label} for h in self.hits],
-            "ground_truth": None if self.ground_truth is None else {
-                "id": self.ground_truth.id, "rank": self.ground_truth.rank,
-                "score": round(self.ground_truth.score, 6), "in_top_k": self.ground_truth.in_top_k},
+            "results": hits_json(self.hits),
+            "ground_truth": ground_truth_json(self.ground_truth),
             "notes": list(self.notes),
             "timings_ms": {"image_encode": round(self.timings.image_encode_ms, 2),
                            "prompt": round(self.timings.prompt_ms, 2),
@@ -79,6 +88,7 @@ class RetrievalResult:
                            "search": round(self.timings.search_ms, 2),
                            "explain": round(self.timings.explain_ms, 2),
                            "total": round(self.timings.total_ms, 2)},
+            "explanation": None if self.explanation is None else self.explanation.to_json(),
         }
 
 
@@ -100,6 +110,17 @@ class Comparison:
     reference_id: str | None  # gallery id of the reference when it came from the gallery
     rankings: list[MethodRanking]  # in the order text-only, image-only, sprc
     notes: list[str] = field(default_factory=list)  # remarks on the input
+
+    def to_json(self) -> dict:
+        """Plain-JSON summary: per method, its ranked ids and scores and the ground truth's rank."""
+        return {
+            "caption": self.caption,
+            "reference_id": self.reference_id,
+            "rankings": [{"name": ranking.name, "description": ranking.description,
+                          "results": hits_json(ranking.hits), "ground_truth": ground_truth_json(ranking.ground_truth)}
+                         for ranking in self.rankings],
+            "notes": list(self.notes),
+        }
 
 
 @dataclass

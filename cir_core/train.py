@@ -156,7 +156,7 @@ def build_model(config: TrainConfig) -> tuple[SPRCModel, set[str]]:
         model = load_model(init.checkpoint)
         pretrained = {name for name, _ in model.named_parameters()}
         if init.overrides:
-            model.config = checkpoint_overrides(model.config, init.overrides)
+            model = with_config(model, checkpoint_overrides(model.config, init.overrides))
     else:
         model_config = load_preset(init.preset)
         if init.overrides:
@@ -170,12 +170,33 @@ def build_model(config: TrainConfig) -> tuple[SPRCModel, set[str]]:
 
 
 def checkpoint_overrides(config, overrides: dict):
-    """Loss weights may change when fine-tuning a checkpoint; its architecture may not."""
+    """Loss weights and the query mode may change when fine-tuning a checkpoint; its sizes may not."""
     allowed = ("loss.", "name")
-    fixed = [key for key in overrides if not key.startswith(allowed)]
+    fixed = [key for key in overrides if not key.startswith(allowed) and key != "query_mode"]
     if fixed:
         raise ValueError(f"cannot override {fixed} when starting from a checkpoint (architecture is fixed)")
     return apply_overrides(config, overrides)
+
+
+def with_config(model: SPRCModel, config) -> SPRCModel:
+    """`model` under `config`, which may name another query mode than the checkpoint's.
+
+    Another mode gets a model built afresh holding every weight of the checkpoint it has:
+    parameters only the new mode has (pseudo_word's projection) start from their
+    initialisation, those only the old mode had are dropped. The build draws from a fork of
+    torch's random stream, so that runs of one seed in different modes share what they draw next.
+    """
+    if config.query_mode == model.config.query_mode:
+        model.config = config
+        return model
+    with torch.random.fork_rng(devices=[]):
+        rebuilt = SPRCModel(config, tokenizer=model.tokenizer)
+    state, expected = model.state_dict(), rebuilt.state_dict()
+    rebuilt.load_state_dict({name: tensor for name, tensor in state.items() if name in expected}, strict=False)
+    fresh, dropped = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    logger.info("query mode %s -> %s: %d tensors start fresh %s, %d dropped %s", model.config.query_mode,
+                config.query_mode, len(fresh), fresh, len(dropped), dropped)
+    return rebuilt
 
 
 def parameter_groups(model: SPRCModel, config: TrainConfig, pretrained: set[str]) -> list[dict]:

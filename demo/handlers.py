@@ -19,7 +19,7 @@ from PIL import Image
 from cir_core.engine import Engine
 from cir_core.evaluation.failures import BenchmarkQuery, BenchmarkReport
 from cir_core.inputs import QueryError
-from cir_core.results import RetrievalResult
+from cir_core.results import Comparison, RetrievalResult
 from demo import render
 from demo.requests import uploaded_reference, user_errors, whole_number
 from demo.startup import AfterFirstAnswer
@@ -31,8 +31,10 @@ RESULT_SIDE = 256  # longest side of a result thumbnail, pixels
 REFERENCE_SIDE = 512  # longest side of a gallery image shown as the reference
 EXAMPLE_SIDE = 128  # longest side of an example's thumbnail
 NO_REFERENCE = "Reference: upload an image or pick one below."
+MAX_ID_CHARS = 256  # a typed gallery id longer than this is refused before it is looked up (and echoed)
 FAILURES_SHOWN = 60  # failure cards drawn at once (the JSON answer lists them all)
 BENCHMARK_WORDS = "this benchmark's words"
+VOCABULARIES = ("all words", BENCHMARK_WORDS)  # what the prompt's vectors can be decoded with
 
 
 @dataclass
@@ -42,6 +44,7 @@ class ViewState:
     reference_id: str | None = None  # gallery id of the reference when picked from the gallery
     ground_truth_id: str | None = None  # the target of a benchmark query, when one was loaded
     result: RetrievalResult | None = None  # the last search result (with its explanation)
+    comparison: Comparison | None = None  # the last comparison of text-only, image-only and the model's query
 
 
 def bind(handler, *bound):
@@ -111,17 +114,20 @@ def show_result(engine: Engine, view: ViewState, token, vocabulary):
             relevance)
 
 
+@user_errors
 def show_tokens(view: ViewState, vocabulary):
     """Both prompts' chips, decoded with the vocabulary chosen."""
+    if vocabulary not in VOCABULARIES:
+        raise QueryError(f"the vocabulary must be one of {', '.join(map(repr, VOCABULARIES))}, got {vocabulary!r:.80}")
     explanation = view.result.explanation if view.result is not None else None
     return render.prompt_html(explanation, vocabulary == BENCHMARK_WORDS)
 
 
 @user_errors
 def show_token(engine: Engine, view: ViewState, token):
+    token = whole_number(token, "the prompt token", 1, engine.model_summary().prompt_tokens)
     if view.result is None or view.result.explanation is None:
         return None
-    token = whole_number(token, "the prompt token", 1, engine.model_summary().prompt_tokens)
     return render.attention_overlay(view.result.explanation, token - 1)
 
 
@@ -145,8 +151,14 @@ def run_compare(engine: Engine, image, text, k, view: ViewState):
     if source is None:
         raise QueryError("no reference image: upload one, paste one or pick one from the gallery")
     comparison = engine.compare(source, text, whole_number(k, "k", 1, MAX_K), ground_truth_id=view.ground_truth_id)
-    return (render.comparison_summary(comparison),
-            *render.comparison_galleries(comparison, functools.partial(thumbnail, engine)))
+    return comparison.to_json(), dataclasses.replace(view, comparison=comparison)
+
+
+def show_comparison(engine: Engine, view: ViewState):
+    if view.comparison is None:
+        return [gr.skip()] * 4
+    return (render.comparison_summary(view.comparison),
+            *render.comparison_galleries(view.comparison, functools.partial(thumbnail, engine)))
 
 
 # ---------------------------------------------------------------------- choosing a reference
@@ -162,10 +174,14 @@ def use_result_as_reference(engine: Engine, view: ViewState, event: gr.SelectDat
 
 @user_errors
 def pick_from_gallery(engine: Engine, image_id, view: ViewState):
+    """The gallery image whose id was typed becomes the reference (the engine names an unknown id)."""
+    if image_id is not None and not isinstance(image_id, str):
+        raise QueryError(f"a gallery image id is text, got {type(image_id).__name__}")
+    image_id = (image_id or "").strip()
     if not image_id:
         return gr.skip(), gr.skip(), view
-    if not isinstance(image_id, str) or image_id not in engine.gallery_ids:
-        raise QueryError(f"{str(image_id)[:80]!r} is not an image of the gallery")
+    if len(image_id) > MAX_ID_CHARS:
+        raise QueryError(f"a gallery image id has at most {MAX_ID_CHARS} characters, got {len(image_id)}")
     image, info = reference_outputs(engine, image_id)
     return image, info, dataclasses.replace(view, reference_id=image_id, ground_truth_id=None)
 
@@ -192,11 +208,11 @@ def load_example(engine: Engine, examples: list[BenchmarkQuery], index):
 
 # ---------------------------------------------------------------------- failure inspection
 @user_errors
-def benchmark(engine: Engine, group, word):
-    """JSON: recall per group and the failures of `group` with `word` in the caption ("" = any)."""
-    if group is not None and not isinstance(group, str) or word is not None and not isinstance(word, str):
+def benchmark(engine: Engine, group, keyword):
+    """JSON: recall per group and the failures of `group` with `keyword` in the caption ("" = any)."""
+    if group is not None and not isinstance(group, str) or keyword is not None and not isinstance(keyword, str):
         raise QueryError("group and keyword must be text (\"\" for any)")
-    report = engine.benchmark_report(group=group or None, keyword=word or None)
+    report = engine.benchmark_report(group=group or None, keyword=keyword or None)
     return report.to_json(), report
 
 
@@ -204,8 +220,19 @@ def benchmark(engine: Engine, group, word):
 def show_failures(engine: Engine, report: BenchmarkReport):
     shown = report.failures[:FAILURES_SHOWN]
     pictures = functools.partial(engine.gallery_image, max_side=render.THUMB)
+    cards = render.failure_gallery(shown, pictures)
     return (render.failure_count_line(report, len(shown)), render.group_rows(report),
-            render.failure_gallery(shown, pictures), [case.query.pairid for case in shown])
+            gr.update(value=cards, visible=bool(cards)), [case.query.pairid for case in shown])
+
+
+@user_errors
+def open_failures(engine: Engine, group, keyword, shown: BenchmarkReport | None):
+    """The report of the filter as set (the first group's when the page opens), the first time the
+    failure view is opened; nothing once a report is shown."""
+    if shown is not None:
+        return [gr.skip()] * 6
+    answer, report = benchmark(engine, group, keyword)
+    return (answer, report, *show_failures(engine, report))
 
 
 @user_errors

@@ -6,7 +6,6 @@ returned and formats it.
 from __future__ import annotations
 
 import html
-import textwrap
 from collections.abc import Callable
 
 import matplotlib
@@ -188,12 +187,13 @@ def comparison_summary(comparison: Comparison) -> str:
 
 
 GROUP_HEADERS = ["group", "queries", "R@1", "R@5"]
-THUMB = 112  # side of a thumbnail in a failure row, pixels
-CAPTION_LINES = 3  # caption lines drawn above the thumbnails
-CAPTION_HEIGHT = 14 * CAPTION_LINES + 6  # the caption band above the thumbnails
+THUMB = 112  # side of a thumbnail in a failure card, pixels
 FAILURE_COLUMNS = 3  # thumbnails per line of a failure card
 LABEL_HEIGHT = 18  # the label under each thumbnail
 TARGET_FRAME = (222, 160, 0)  # the target's frame, the colour of the results' target mark
+# Scenes are white-ish: a grey card and a dark line around each picture keep neighbours apart.
+CARD_BACKDROP = (212, 212, 212)
+PICTURE_BORDER = (110, 110, 110)
 
 
 def group_rows(report: BenchmarkReport) -> list[list]:
@@ -219,22 +219,25 @@ def missing_picture(side: int) -> Image.Image:
 
 
 def _thumbnail(image_of: Callable[[str], Image.Image], image_id: str, label: str, framed: bool) -> Image.Image:
-    tile = Image.new("RGB", (THUMB, THUMB + LABEL_HEIGHT), "white")
+    tile = Image.new("RGB", (THUMB, THUMB + LABEL_HEIGHT), CARD_BACKDROP)
     try:
-        picture = ImageOps.contain(image_of(image_id).convert("RGB"), (THUMB - 6, THUMB - 6))
+        picture = ImageOps.contain(image_of(image_id).convert("RGB"), (THUMB - 8, THUMB - 8))
     except (OSError, ValueError):  # the engine's QueryError is a ValueError
-        picture = missing_picture(THUMB - 6)
-    tile.paste(picture, ((THUMB - picture.width) // 2, (THUMB - picture.height) // 2))
+        picture = missing_picture(THUMB - 8)
+    left, top = (THUMB - picture.width) // 2, (THUMB - picture.height) // 2
+    tile.paste(picture, (left, top))
     draw = ImageDraw.Draw(tile)
+    draw.rectangle([left - 1, top - 1, left + picture.width, top + picture.height], outline=PICTURE_BORDER)
     if framed:
         draw.rectangle([0, 0, THUMB - 1, THUMB - 1], outline=TARGET_FRAME, width=3)
     draw.text((3, THUMB + 3), label[:18], fill="black")
     return tile
 
 
-def failure_row_image(case: FailureCase, image_of: Callable[[str], Image.Image]) -> Image.Image:
-    """One failure as a near-square card for a gallery cell: the caption, then reference and
-    target (framed, with its rank) on one line and the first three results below.
+def failure_card_image(case: FailureCase, image_of: Callable[[str], Image.Image]) -> Image.Image:
+    """One failure as a near-square card for a gallery cell: reference and target (framed, with
+    its rank) on one line and the first three results below, each picture bordered on a grey card;
+    the caption is the cell's text (`failure_gallery`), where the browser's fonts draw any script.
     `image_of` gives a gallery id's picture (a grey square stands for one it cannot read)."""
     gap = 8
     first_line = [_thumbnail(image_of, case.query.reference_id, "reference", False),
@@ -243,21 +246,21 @@ def failure_row_image(case: FailureCase, image_of: Callable[[str], Image.Image])
                    for position, (image_id, score) in enumerate(zip(case.top_ids, case.top_scores))]
     width = FAILURE_COLUMNS * THUMB + (FAILURE_COLUMNS - 1) * gap
     tile_height = THUMB + LABEL_HEIGHT + gap
-    card = Image.new("RGB", (width, CAPTION_HEIGHT + 2 * tile_height), "white")
-    draw = ImageDraw.Draw(card)
-    lines = textwrap.wrap(f"{case.query.pairid}: {case.query.caption}", width=width // 6)[:CAPTION_LINES]
-    for number, line in enumerate(lines):
-        draw.text((2, 2 + 14 * number), line, fill="black")
-    for top, tiles in ((CAPTION_HEIGHT, first_line), (CAPTION_HEIGHT + tile_height, second_line)):
+    card = Image.new("RGB", (width, 2 * tile_height), CARD_BACKDROP)
+    for top, tiles in ((0, first_line), (tile_height, second_line)):
         for position, tile in enumerate(tiles):
             card.paste(tile, (position * (THUMB + gap), top))
     return card
 
 
+def failure_caption(case: FailureCase) -> str:
+    """The text under a failure card: the query and its caption, then the target's rank, how the
+    first result missed (when the benchmark says) and the query's groups."""
+    return (f"{case.query.pairid}: {case.query.caption}\ntarget rank {case.rank}"
+            + (f" · {case.kind}" if case.kind else "") + f" · {', '.join(case.query.groups) or 'no group'}")
+
+
 def failure_gallery(cases: list[FailureCase], image_of: Callable[[str], Image.Image]
                     ) -> list[tuple[Image.Image, str]]:
-    """(row picture, caption) pairs for gr.Gallery."""
-    return [(failure_row_image(case, image_of),
-             f"{case.query.pairid} · target rank {case.rank}" + (f" · {case.kind}" if case.kind else "")
-             + f" · {', '.join(case.query.groups) or 'no group'}")
-            for case in cases]
+    """(card picture, caption) pairs for gr.Gallery."""
+    return [(failure_card_image(case, image_of), failure_caption(case)) for case in cases]

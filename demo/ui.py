@@ -3,7 +3,9 @@
 Every event calls the one `Engine` and hands its dataclasses to `demo.render`. Per-user
 data (the reference's gallery id, the benchmark ground truth, the last result) lives
 in a `gr.State`, so concurrent users never see each other's queries. Every event has
-an `api_name`; `/search` takes an image file, a caption and k and answers JSON.
+an `api_name`. The API page documents what an API client needs (`/search`, `/compare` and
+`/benchmark`, which answer JSON, and `/pick_gallery_image`); the events that only update
+views stay callable by name, undocumented.
 
 Gallery images reach the page as pixels the engine decoded (`Engine.gallery_image`), which
 gradio writes into its own cache: the server serves no folder of the gallery, the data
@@ -20,24 +22,25 @@ from cir_core.engine import Engine
 from cir_core.evaluation.failures import BenchmarkQuery
 from demo import handlers as on
 from demo import render
-from demo.handlers import BENCHMARK_WORDS, EXAMPLE_SIDE, MAX_K, NO_REFERENCE, ViewState, bind
+from demo.handlers import BENCHMARK_WORDS, EXAMPLE_SIDE, MAX_K, NO_REFERENCE, VOCABULARIES, ViewState, bind
 from demo.requests import MAX_REQUEST_BYTES, MAX_UPLOAD_BYTES, RequestSizeLimit
 from demo.startup import AfterFirstAnswer
+from demo.style import CSS, SCROLL_TO_QUERY
 
 logger = logging.getLogger(__name__)
 
 CACHE_CLEANUP = (600, 3600)  # every 10 minutes, delete uploads and shown images older than an hour
 EXAMPLES_PER_GROUP = 2  # benchmark examples shown per query group when no curated list matches the gallery
-CSS = """
-.cir-chip-row {display: flex; flex-wrap: wrap; align-items: center; gap: 4px; margin: 2px 0;}
-.cir-chip {border-radius: 10px; padding: 1px 8px; font-family: monospace; color: #111;}
-.cir-position {width: 2.5em; font-weight: bold;}
-.cir-caption-row {display: flex; flex-wrap: wrap; gap: 24px;}
-.cir-captions {flex: 1 1 360px;}
-.cir-captions ol {margin: 4px 0 0 1.2em; padding: 0;}
-.cir-similarity {font-family: monospace; color: #555; margin-left: 6px;}
-.cir-similarity span {display: inline-block; height: 0.6em; background: #f59e0b; margin-right: 4px; max-width: 60px;}
-"""
+HIDDEN = "undocumented"  # an event that only updates views: callable by name, left off the API page
+SEARCH_DOC = ("Rank the gallery for a reference image and a relative caption. JSON: results (rank, id, score), "
+              "ground_truth, notes, timings_ms, and explanation (null unless with_explanations: nearest captions, "
+              "prompt tokens, attention and the first result's relevance grid, as numbers).")
+COMPARE_DOC = ("Text-only, image-only and the model's composed query side by side. JSON: rankings, each with its "
+               "name, description, results and ground_truth.")
+PICK_DOC = ("Make the gallery image with this id the reference of this client's next /search and /compare "
+            "(give them image=None); the id is checked against the gallery.")
+BENCHMARK_DOC = ("Recall per query group and the failures of one group (\"\" for all) whose caption holds the "
+                 "keyword (\"\" for any). JSON: split, queries, groups, failures.")
 
 
 def load_curated_examples(path: str | Path | None) -> list[dict]:
@@ -81,7 +84,8 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
     holds the work that waits for the first answer."""
     startup = startup if startup is not None else AfterFirstAnswer()
     groups = engine.group_names()
-    examples = choose_examples(engine.benchmark_queries(), load_curated_examples(examples_file), groups)
+    queries = engine.benchmark_queries()
+    examples = choose_examples(queries, load_curated_examples(examples_file), groups)
     model = engine.model_summary()
 
     with gr.Blocks(title=title, delete_cache=CACHE_CLEANUP) as app:
@@ -92,24 +96,30 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
         sample = examples[0].caption[:80] if examples else "make it red"
         gr.Markdown(f"# {title}\n{engine.summary()}.{trained_with} "
                     f"Give a reference image and a relative caption (\"{sample}\").")
-        with gr.Row():
+        with gr.Row(elem_id="query-row"):
             with gr.Column(scale=1):
                 reference = gr.Image(label="Reference image", sources=["upload", "clipboard", "webcam"],
                                            type="filepath", image_mode=None, height=260, elem_id="reference",
                                            format="png")  # gallery pictures as they are, not lossy webp
-                reference_info = gr.Markdown(NO_REFERENCE, elem_id="reference-info")
+                reference_info = gr.Markdown(NO_REFERENCE, label="Reference source", elem_id="reference-info")
                 caption = gr.Textbox(label="Relative caption", placeholder=f"e.g. {sample}",
                                      max_lines=4, elem_id="caption")
-                top_k = gr.Slider(1, MAX_K, value=10, step=1, label="Top k")
+                top_k = gr.Slider(1, MAX_K, value=10, step=1, label="Top k", elem_id="top-k")
                 explain = gr.Checkbox(value=model.explainable, interactive=model.explainable,  # baselines have no prompt
                                       label="Explanations (prompt tokens, attention, relevance)"
-                                      + ("" if model.explainable else f": not for query mode {model.query_mode}"))
+                                      + ("" if model.explainable else f": not for query mode {model.query_mode}"),
+                                      elem_id="explain")
                 search_button = gr.Button("Search", variant="primary", elem_id="search")
+                # The documented /search: the page shows explanations by default, an API client asks for
+                # them (they add a prompt decoding and a gradient pass to a search), so its own hidden
+                # trigger and switch give the API its default.
+                api_search = gr.Button(visible=False)
+                api_explain = gr.Checkbox(value=False, visible=False, label="with_explanations")
                 with gr.Accordion("Pick a reference from the gallery", open=False):
-                    # custom values reach the handler, which names the bad id (gradio's own check
-                    # answers with every id of the gallery)
-                    gallery_pick = gr.Dropdown(choices=engine.gallery_ids, label="Gallery image id",
-                                               value=None, filterable=True, allow_custom_value=True)
+                    # Free text the engine checks: a list of every id would fill the page and the API page.
+                    gallery_pick = gr.Textbox(label="Gallery image id (Enter to use it)", max_lines=1,
+                                              placeholder=f"e.g. {engine.gallery_ids[0]} (ids are under the results)",
+                                              elem_id="gallery-pick")
                 examples_table = gr.Dataset(
                     label="Benchmark examples (click to load; the target is marked in the results)",
                     components=["image", "textbox", "textbox"],
@@ -118,22 +128,22 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
                              for q in examples],
                     samples_per_page=8, visible=bool(examples))
             with gr.Column(scale=2):
-                summary = gr.Markdown(elem_id="summary")
+                summary = gr.Markdown(label="Result summary", elem_id="summary")
                 results = gr.Gallery(label="Results (click one to make it the new reference)", columns=5,
-                                     height=420, allow_preview=False, elem_id="results", format="png")
+                                     height="auto", allow_preview=False, elem_id="results", format="png",
+                                     elem_classes=["cir-gallery"])
                 with gr.Accordion("Latency per stage and raw JSON", open=False):
-                    latency = gr.Markdown()
+                    latency = gr.Markdown(label="Latency per stage")
                     raw_json = gr.JSON(label="/search answer")
         with gr.Tabs():
             with gr.Tab("Sentence prompt"):
-                prompt_captions = gr.HTML(elem_id="prompt-captions")
+                prompt_captions = gr.HTML(label="Captions nearest the prompt", elem_id="prompt-captions")
                 # A benchmark's own words by default: the whole vocabulary rarely means anything here.
-                token_vocabulary = gr.Radio(["all words", BENCHMARK_WORDS], value=BENCHMARK_WORDS if groups
-                                            else "all words",
+                token_vocabulary = gr.Radio(list(VOCABULARIES), value=BENCHMARK_WORDS if groups else "all words",
                                             label="Decode the prompt vectors with", visible=bool(groups),
                                             elem_id="token-vocabulary")
-                prompt_chips = gr.HTML(elem_id="prompt-chips")
-                auxiliary_chips = gr.HTML(elem_id="auxiliary-chips")
+                prompt_chips = gr.HTML(label="Sentence-prompt tokens", elem_id="prompt-chips")
+                auxiliary_chips = gr.HTML(label="Auxiliary-prompt tokens", elem_id="auxiliary-chips")
             with gr.Tab("Attention maps"):
                 with gr.Row():
                     average_map = gr.Image(label="Mean attention of the prompt tokens over the reference",
@@ -149,29 +159,37 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
                                                  type="pil", interactive=False)
             with gr.Tab("Compare"):
                 compare_button = gr.Button("Compare text-only, image-only and SPRC")
-                compare_summary = gr.Markdown()
+                compare_summary = gr.Markdown(label="Comparison summary")
                 with gr.Row():
-                    compare_galleries = [gr.Gallery(label=name, columns=2, height=360, allow_preview=False,
-                                                    format="png") for name in ("text-only", "image-only", "SPRC")]
-            with gr.Tab("Failure inspection"):
+                    compare_galleries = [gr.Gallery(label=name, columns=2, height="auto", allow_preview=False,
+                                                    format="png", elem_classes=["cir-gallery"])
+                                         for name in ("text-only", "image-only", "SPRC")]
+                with gr.Accordion("/compare answer (JSON)", open=False):
+                    compare_json = gr.JSON(label="/compare answer")
+            with gr.Tab("Failure inspection", elem_id="failure-tab") as failure_tab:
                 gr.Markdown("Recall per query group and the benchmark queries whose target is not ranked first "
-                            "(every query is ranked once, then cached). View-angle queries come first. Each row: "
-                            "the caption, the reference, the target with its rank, the first three results. "
-                            "Click a row to load it into the query views."
+                            "(every query is ranked once, then cached). View-angle queries come first. Each card: "
+                            "the reference, the target with its rank and the first three results, with the "
+                            "caption under it. Click a card to load it into the query views and search it."
                             if groups else "This gallery has no benchmark: start the app with --dataset.")
                 with gr.Row():
-                    group_filter = gr.Dropdown(choices=[("all", ""), *[(name, name) for name in groups]], value="",
+                    # Custom values reach the engine, which names the groups it has (gradio's own check
+                    # would log a traceback for a bad API value). The tab opens on the first group.
+                    group_filter = gr.Dropdown(choices=[("all", ""), *[(name, name) for name in groups]],
+                                               value=groups[0] if groups else "", allow_custom_value=True,
                                                label="Query group", elem_id="group-filter")
-                    keyword = gr.Textbox(label="Caption keyword", elem_id="failure-keyword")
+                    keyword = gr.Textbox("", label="Caption keyword", elem_id="failure-keyword")
                     find_button = gr.Button("Find failures", elem_id="find-failures")
-                failure_count = gr.Markdown(elem_id="failure-count")
-                group_table = gr.Dataframe(headers=render.GROUP_HEADERS, interactive=False, elem_id="group-recall")
-                failures = gr.Gallery(label="Failures (click one to load it)", columns=3, height=760,
-                                      allow_preview=False, object_fit="contain", elem_id="failures")
+                failure_count = gr.Markdown(label="Failure count", elem_id="failure-count")
+                group_table = gr.Dataframe(headers=render.GROUP_HEADERS, interactive=False, label="Recall per group",
+                                           elem_id="group-recall")
+                failures = gr.Gallery(label="Failures (click a card to load and search it)", columns=3, height=820,
+                                      allow_preview=False, object_fit="contain", elem_id="failures",
+                                      elem_classes=["cir-gallery", "cir-cards"], visible=False)
                 with gr.Accordion("/benchmark answer (JSON)", open=False):
                     benchmark_json = gr.JSON(label="/benchmark answer")
                 failure_ids = gr.State([])
-                failure_report = gr.State(None)  # the report one click computed, for its cards
+                failure_report = gr.State(None)  # the report shown, for its cards
 
         # -------------------------------------------------------------- wiring
         query_inputs = [reference, caption, top_k, explain, state]
@@ -179,36 +197,54 @@ def build_ui(engine: Engine, examples_file: str | Path | None = None, title: str
                         token_map, relevance_choice, relevance_map]
         view_inputs = [state, token_choice, token_vocabulary]
         search_outputs = [raw_json, state]
-        search_button.click(bind(on.run_search, engine, startup), query_inputs, search_outputs, api_name="search", preprocess=False).success(
-            bind(on.show_result, engine), view_inputs, view_outputs, api_name="show_result", api_visibility="undocumented")
-        caption.submit(bind(on.run_search, engine, startup), query_inputs, search_outputs, api_name="search_on_enter",
-                       api_visibility="undocumented", preprocess=False).success(
-            bind(on.show_result, engine), view_inputs, view_outputs, api_name="show_result_on_enter",
-            api_visibility="undocumented")
-        token_choice.release(bind(on.show_token, engine), [state, token_choice], token_map, api_name="attention_token")
+        run_search, show_result = bind(on.run_search, engine, startup), bind(on.show_result, engine)
+        api_search.click(run_search, [reference, caption, top_k, api_explain, state], search_outputs,
+                         api_name="search", preprocess=False, api_description=SEARCH_DOC)
+        search_button.click(run_search, query_inputs, search_outputs, api_name="search_ui", api_visibility=HIDDEN,
+                            preprocess=False).success(
+            show_result, view_inputs, view_outputs, api_name="show_result", api_visibility=HIDDEN)
+        caption.submit(run_search, query_inputs, search_outputs, api_name="search_on_enter", api_visibility=HIDDEN,
+                       preprocess=False).success(
+            show_result, view_inputs, view_outputs, api_name="show_result_on_enter", api_visibility=HIDDEN)
+        # preprocess=False: the handlers check the values, with one line for a bad one where gradio's
+        # own range and choice checks would log a traceback.
+        token_choice.release(bind(on.show_token, engine), [state, token_choice], token_map, api_name="attention_token",
+                             api_visibility=HIDDEN, preprocess=False)
         token_vocabulary.input(on.show_tokens, [state, token_vocabulary], [prompt_chips, auxiliary_chips],
-                               api_name="prompt_tokens")
-        relevance_choice.input(bind(on.explain_result, engine), [state, relevance_choice], relevance_map, api_name="relevance")
+                               api_name="prompt_tokens", api_visibility=HIDDEN, preprocess=False)
+        relevance_choice.input(bind(on.explain_result, engine), [state, relevance_choice], relevance_map,
+                               api_name="relevance", api_visibility=HIDDEN)
         results.select(bind(on.use_result_as_reference, engine), [state], [reference, reference_info, state],
-                       api_name="use_result_as_reference")
-        gallery_pick.input(bind(on.pick_from_gallery, engine), [gallery_pick, state], [reference, reference_info, state],
-                           api_name="pick_gallery_image")
-        reference.input(on.forget_gallery_reference, [state], [reference_info, state], api_name="new_reference")
-        reference.clear(on.clear_reference, [state], [reference_info, state], api_name="clear_reference")
-        examples_table.click(bind(on.load_example, engine, examples), [examples_table], [reference, reference_info, caption, state],
-                             api_name="load_example")
-        compare_button.click(bind(on.run_compare, engine), [reference, caption, top_k, state], [compare_summary, *compare_galleries],
-                             api_name="compare", preprocess=False)
+                       api_name="use_result_as_reference", api_visibility=HIDDEN)
+        gallery_pick.submit(bind(on.pick_from_gallery, engine), [gallery_pick, state],
+                            [reference, reference_info, state], api_name="pick_gallery_image",
+                            api_description=PICK_DOC)
+        reference.input(on.forget_gallery_reference, [state], [reference_info, state], api_name="new_reference",
+                        api_visibility=HIDDEN)
+        reference.clear(on.clear_reference, [state], [reference_info, state], api_name="clear_reference",
+                        api_visibility=HIDDEN)
+        examples_table.click(bind(on.load_example, engine, examples), [examples_table],
+                             [reference, reference_info, caption, state], api_name="load_example",
+                             api_visibility=HIDDEN)
+        compare_button.click(bind(on.run_compare, engine), [reference, caption, top_k, state], [compare_json, state],
+                             api_name="compare", preprocess=False, api_description=COMPARE_DOC).success(
+            bind(on.show_comparison, engine), [state], [compare_summary, *compare_galleries],
+            api_name="show_comparison", api_visibility=HIDDEN)
+        failure_views = [failure_count, group_table, failures, failure_ids]
         find_button.click(bind(on.benchmark, engine), [group_filter, keyword], [benchmark_json, failure_report],
-                          api_name="benchmark").success(
-            bind(on.show_failures, engine), [failure_report], [failure_count, group_table, failures, failure_ids],
-            api_name="failures", api_visibility="undocumented")
+                          api_name="benchmark", api_description=BENCHMARK_DOC).success(
+            bind(on.show_failures, engine), [failure_report], failure_views, api_name="failures",
+            api_visibility=HIDDEN)
+        if queries:  # a plain gallery's tab only says there is no benchmark
+            failure_tab.select(bind(on.open_failures, engine), [group_filter, keyword, failure_report],
+                               [benchmark_json, failure_report, *failure_views], api_name="open_failures",
+                               api_visibility=HIDDEN)
+        failures.select(None, js=SCROLL_TO_QUERY, api_name="scroll_to_query")
         failures.select(bind(on.load_failure, engine), [failure_ids], [reference, reference_info, caption, state],
-                        api_name="load_failure").success(
-            bind(on.run_search, engine, startup), query_inputs, search_outputs, api_name="search_failure",
-            api_visibility="undocumented", preprocess=False).success(
-            bind(on.show_result, engine), view_inputs, view_outputs, api_name="show_failure",
-            api_visibility="undocumented")
+                        api_name="load_failure", api_visibility=HIDDEN).success(
+            run_search, query_inputs, search_outputs, api_name="search_failure", api_visibility=HIDDEN,
+            preprocess=False).success(
+            show_result, view_inputs, view_outputs, api_name="show_failure", api_visibility=HIDDEN)
     return app
 
 

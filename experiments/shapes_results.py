@@ -26,9 +26,10 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "experiments"))  # run as a script from anywhere
 
-from shapes_sweep import SEEDED_GROUPS, VARIANTS  # noqa: E402  (the sweep's own table of rows)
+from seed_statistics import welch_test  # noqa: E402
+from sweep_benchmarks import SHAPES  # noqa: E402  (the sweep's own table of rows)
 
 READING_MARKER = "## Reading the table"  # hand-written commentary starts here in the output
 # Query modes evaluated on the embedded default's weights without training.
@@ -49,7 +50,7 @@ PROVENANCE_COLUMNS = ("code_commit", "data_sha256", "recipe_sha256", "device", "
 REPORT_FIELDS = ("recall", "novel", "per_edit", "per_object_count", "num_queries", "gallery_size")
 RECALLS = ("R@1", "R@5", "R@10", "R@50")
 # Descriptions earlier sweeps wrote, shown under the sweep's label of today.
-RELABELLED = {"late fusion, trained": VARIANTS["late_fusion"][0]}
+RELABELLED = {"late fusion, trained": SHAPES.variants["late_fusion"][0]}
 # Pairs of seeded groups whose seed values are compared by Welch's t-test, and the metrics compared.
 TESTED_PAIRS = (("sprc", "static_prompt"),)
 TESTED_METRICS = ("recall/R@1", "novel/R@1", "recall/R@5")
@@ -63,14 +64,17 @@ class RowsError(ValueError):
 
 # ---------------------------------------------------------------------- rows
 def read_rows(paths: list[Path]) -> list[dict]:
-    """Rows of the sweep's rows.jsonl files, in file order; a name twice or a missing or malformed
-    field is refused (RowsError)."""
+    """The shapes rows of the sweep's rows.jsonl files, in file order (rows of another `benchmark` are
+    passed over; rows written before the field existed are shapes rows); a name twice or a missing or
+    malformed field is refused (RowsError)."""
     rows, seen = [], set()
     for path in paths:
         for number, line in enumerate(path.read_text().splitlines(), 1):
             if not line.strip():
                 continue
             row = parse_json(line, f"{path}:{number}")
+            if isinstance(row, dict) and row.get("benchmark", SHAPES.name) != SHAPES.name:
+                continue
             check_row(row, f"{path}:{number}", trained=True)
             if row["name"] in seen:
                 raise RowsError(f"{path}:{number}: row {row['name']!r} appears twice; keep one")
@@ -305,55 +309,6 @@ class Spread:
         return f"{min(self.values):.1f}–{max(self.values):.1f}"
 
 
-def regularized_incomplete_beta(x: float, a: float, b: float) -> float:
-    """I_x(a, b), by the continued fraction of Numerical Recipes (6.4) evaluated with Lentz's method."""
-    if not 0.0 <= x <= 1.0:
-        raise ValueError(f"x = {x} is outside [0, 1]")
-    if x in (0.0, 1.0):
-        return x
-    if x > (a + 1.0) / (a + b + 2.0):  # the fraction converges fast only below this point
-        return 1.0 - regularized_incomplete_beta(1.0 - x, b, a)
-    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    tiny = 1e-300
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    fraction = d
-    for m in range(1, 500):
-        for numerator in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                          -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-            d = 1.0 + numerator * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + numerator / c
-            c = c if abs(c) > tiny else tiny
-            fraction *= c * d
-        if abs(c * d - 1.0) < 1e-15:
-            break
-    return math.exp(log_front) * fraction / a
-
-
-@dataclasses.dataclass(frozen=True)
-class WelchTest:
-    """Welch's unequal-variance t-test of mean(first) - mean(second)."""
-
-    t: float  # the statistic
-    df: float  # Welch-Satterthwaite degrees of freedom
-    p: float  # two-sided p-value
-
-
-def welch_test(first: list[float], second: list[float]) -> WelchTest | None:
-    """Welch's t-test; None when a group has fewer than two values or both have no spread."""
-    if len(first) < 2 or len(second) < 2:
-        return None
-    share_1 = statistics.variance(first) / len(first)
-    share_2 = statistics.variance(second) / len(second)
-    if share_1 + share_2 == 0:
-        return None
-    t = (statistics.fmean(first) - statistics.fmean(second)) / math.sqrt(share_1 + share_2)
-    df = (share_1 + share_2) ** 2 / (share_1 ** 2 / (len(first) - 1) + share_2 ** 2 / (len(second) - 1))
-    # P(|T| > |t|) for Student's t with df degrees of freedom
-    return WelchTest(t, df, regularized_incomplete_beta(df / (df + t * t), df / 2, 0.5))
-
-
 def metric(row: dict, path: str) -> float:
     value = row["report"]
     for key in path.split("/"):
@@ -363,7 +318,7 @@ def metric(row: dict, path: str) -> float:
 
 def groups_of(rows: list[dict]) -> dict[str, list[dict]]:
     """Main rows by group, in the sweep's order of groups, seeds in order."""
-    order = {group: i for i, group in enumerate(VARIANTS)}
+    order = {group: i for i, group in enumerate(SHAPES.variants)}
     grouped: dict[str, list[dict]] = {}
     for row in sorted(rows, key=lambda r: (order.get(r["group"], len(order)), r["seed"])):
         grouped.setdefault(row["group"], []).append(row)
@@ -504,11 +459,11 @@ def main_section(main: list[dict], data: str, figures: Path, rows_files: list[st
         lines.append(f"| {md_text(label(rows[0]))} | {len(rows)} | {cells[0]} | {r1_range} | "
                      + " | ".join(cells[1:]) + f" | {seconds.mean:.0f} | {per_step.mean:.3f} | {at_once(rows)} | "
                      f"{gflops(rows)} |")
-    if all(g in grouped for g in SEEDED_GROUPS):
+    if all(g in grouped for g in SHAPES.seeded_groups):
         lines += ["", "Per seed (R@1):", "", "| model | " + " | ".join(
-            f"seed {r['seed']}" for r in grouped[SEEDED_GROUPS[0]]) + " |",
-            "|---|" + "---|" * len(grouped[SEEDED_GROUPS[0]])]
-        for group in SEEDED_GROUPS:
+            f"seed {r['seed']}" for r in grouped[SHAPES.seeded_groups[0]]) + " |",
+            "|---|" + "---|" * len(grouped[SHAPES.seeded_groups[0]])]
+        for group in SHAPES.seeded_groups:
             lines.append(f"| {md_text(label(grouped[group][0]))} | "
                          + " | ".join(f"{metric(r, 'recall/R@1'):.1f}" for r in grouped[group]) + " |")
     edits = sorted(main[0]["report"]["per_edit"])
@@ -755,9 +710,9 @@ def reusable_rows(source: Path) -> list[dict]:
     return rows
 
 
-def fail(message) -> int:
+def fail(message, program: str = "shapes_results.py") -> int:
     """One line on stderr, exit status 2 (as for a bad argument)."""
-    print(f"shapes_results.py: error: {' '.join(str(message).split())}", file=sys.stderr)
+    print(f"{program}: error: {' '.join(str(message).split())}", file=sys.stderr)
     return 2
 
 

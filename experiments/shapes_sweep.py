@@ -1,21 +1,25 @@
-"""Train and evaluate the rows of the shapes results table at one budget, several at a time.
+"""Train and evaluate the rows of a benchmark's results table at one budget, several at a time.
 
     python experiments/shapes_sweep.py --data data/shapes --device cuda --steps 500 --parallel 7 \\
         --deadline-seconds 420 --out OUT
+    python experiments/shapes_sweep.py --benchmark scenes3d --data data/scenes3d --device cuda \\
+        --steps 500 --parallel 4 --out OUT
 
-Every row is today's recipe (`--config`, default configs/shapes_mini.json, look-alikes
-included) trained for `--steps` steps, differing only in what the row names (query mode,
-prompt length, alignment weight, seed). Rows run as separate processes, `--parallel` at a
-time, in the order of `ROWS` (SPRC and static-prompt seeds first). Each finished row is
-evaluated on the shapes test split and appended at once to OUT/rows.jsonl, with its
+Every row is the benchmark's recipe (`--config`, default configs/shapes_mini.json, look-alikes
+included, or configs/scenes3d_mini.json) trained for `--steps` steps, differing only in what
+the row names (query mode, prompt length, alignment weight, seed); `experiments/sweep_benchmarks.py`
+lists the rows of each benchmark. Rows run as separate processes, `--parallel` at a
+time, in the order of its rows (the seeds of the central comparison first). Each finished row is
+evaluated on the benchmark's test split and appended at once to OUT/rows.jsonl, with its
 training log in OUT/metrics.jsonl, so the rows finished before a stop survive. Every row
 records where it came from: the checkout's commit (and whether its files had uncommitted
 changes), a fingerprint of the data folder, the recipe's sha256, the device, threads and seconds. After
 `--deadline-seconds` no row starts, and running rows are stopped (they leave no row).
 Rows already in OUT/rows.jsonl are not trained again.
 
-`python experiments/shapes_results.py --rows OUT/rows.jsonl` turns the rows into
-docs/results.json, docs/results.md and the figures.
+`python experiments/shapes_results.py --rows OUT/rows.jsonl` turns shapes rows into
+docs/results.json, docs/results.md and the figures; `python experiments/scenes3d_results.py
+--rows OUT/rows.jsonl` turns scenes3d rows into docs/results_scenes3d.md and its figures.
 """
 from __future__ import annotations
 
@@ -29,53 +33,13 @@ import subprocess
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+sys.path[:0] = [str(ROOT), str(ROOT / "experiments")]  # run as a script from anywhere
 from cir_core.data.folders import data_fingerprint  # noqa: E402
 from cir_core.provenance import code_version, describe_device  # noqa: E402
-DEFAULT_CONFIG = ROOT / "configs" / "shapes_mini.json"
-
-
-@dataclass(frozen=True)
-class SweepRow:
-    """One trained row: the recipe plus `overrides` (cir train's dotted keys), at one seed."""
-
-    name: str  # unique, e.g. "sprc/seed1"
-    group: str  # rows of one group differ only in their seed
-    description: str  # what the results table calls it
-    overrides: dict[str, str] = field(default_factory=dict)
-    seed: int = 0
-
-
-# group -> (description, overrides of the recipe); SPRC is the recipe itself (Q=8, align 0.4)
-VARIANTS = {
-    "sprc": ("SPRC (Q=8, align 0.4)", {}),
-    "static_prompt": ("static learned prompt (BLIP4CIR+Bi-like)", {"model.overrides.query_mode": '"static_prompt"'}),
-    "pseudo_word": ("pseudo-word (Pic2Word/SEARLE-like)", {"model.overrides.query_mode": '"pseudo_word"'}),
-    "late_fusion": ("late fusion (parameter-free sum of the trained encoders' vectors)", {"model.overrides.query_mode": '"late_fusion"'}),
-    "prompt_4": ("SPRC, prompt length 4", {"model.overrides.qformer.num_query_tokens": "4"}),
-    "prompt_16": ("SPRC, prompt length 16", {"model.overrides.qformer.num_query_tokens": "16"}),
-    "prompt_32": ("SPRC, prompt length 32", {"model.overrides.qformer.num_query_tokens": "32"}),
-    "align_0": ("SPRC, alignment weight 0", {"model.overrides.loss.align_weight": "0.0"}),
-    "align_0.8": ("SPRC, alignment weight 0.8", {"model.overrides.loss.align_weight": "0.8"}),
-    "align_1.0": ("SPRC, alignment weight 1.0", {"model.overrides.loss.align_weight": "1.0"}),
-}
-SEEDED_GROUPS = ("sprc", "static_prompt")  # the central comparison: three seeds each, for its noise
-SEEDS = (0, 1, 2)
-
-
-def _row(group: str, seed: int = 0) -> SweepRow:
-    description, overrides = VARIANTS[group]
-    return SweepRow(f"{group}/seed{seed}", group, description, overrides, seed)
-
-
-# Priority order: if the deadline stops the sweep, the seeds of the central comparison are done.
-ROWS = ([_row(group, seed) for seed in SEEDS for group in SEEDED_GROUPS]
-        + [_row(group) for group in VARIANTS if group not in SEEDED_GROUPS])
-ROWS_BY_NAME = {row.name: row for row in ROWS}
+from sweep_benchmarks import BENCHMARKS, SweepRow  # noqa: E402
 
 
 def file_stem(name: str) -> str:
@@ -114,9 +78,6 @@ def training_loop_seconds(metrics_file: Path, steps: int) -> float:
 def train_and_evaluate(row: SweepRow, args: argparse.Namespace) -> dict:
     """Train `row` with the recipe, evaluate its saved model on the test split; the results row."""
     from cir_core.checkpoints import load_model
-    from cir_core.data.shapes import read_shapes_scenes, read_shapes_split
-    from cir_core.data.triplets import subsample
-    from cir_core.evaluation.shapes import evaluate_shapes
     from cir_core.train import Trainer
     from cir_core.train_config import TrainConfig
 
@@ -141,12 +102,11 @@ def train_and_evaluate(row: SweepRow, args: argparse.Namespace) -> dict:
     start = time.monotonic()
     # The saved checkpoint (save_dtype of the recipe) is what is evaluated, as for the embedded default.
     model = load_model(run_dir / "best", device=args.device).eval()
-    split = subsample(read_shapes_split(args.data, "test"), args.max_test_queries)
-    report = evaluate_shapes(model, split, batch_size=args.eval_batch_size, progress=False,
-                             scenes=read_shapes_scenes(args.data)).to_dict()
+    report = args.suite.evaluate(model, Path(args.data), args.max_test_queries, args.eval_batch_size)
     eval_seconds = time.monotonic() - start
     return {
-        "name": row.name, "group": row.group, "description": row.description, "table": "main",
+        "name": row.name, "benchmark": args.suite.name, "group": row.group, "description": row.description,
+        "table": "main",
         "steps": args.steps, "seed": row.seed, "query_mode": model_config.query_mode,
         "prompt_length": model_config.qformer.num_query_tokens, "align_weight": model_config.loss.align_weight,
         "recipe": os.path.relpath(args.config, ROOT) if Path(args.config).is_relative_to(ROOT) else str(args.config),
@@ -168,7 +128,7 @@ def run_worker(args: argparse.Namespace) -> int:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    row = ROWS_BY_NAME[args.worker]
+    row = args.suite.rows_by_name[args.worker]
     result = train_and_evaluate(row, args)
     target = Path(args.work) / f"{file_stem(row.name)}.row.json"
     tmp = target.with_suffix(".tmp")
@@ -198,7 +158,6 @@ def check_init_vocabulary(args: argparse.Namespace) -> None:
     import torch
     from safetensors import safe_open
 
-    from cir_core.data.shapes import read_shapes_split
     from cir_core.pretrained import bundled_minilm_path
     from cir_core.text import clean_caption, load_tokenizer
 
@@ -208,7 +167,7 @@ def check_init_vocabulary(args: argparse.Namespace) -> None:
         table = weights.get_tensor(key)
     tokenizer = load_tokenizer()
     captions = {clean_caption(c) for split in ("train", "val", "test")
-                for t in read_shapes_split(args.data, split).triplets for c in (t.caption, *t.caption_variants)}
+                for t in args.suite.read_split(args.data, split).triplets for c in (t.caption, *t.caption_variants)}
     used = {i for ids in tokenizer(sorted(captions))["input_ids"] for i in ids}
     used |= set(tokenizer.all_special_ids) & set(range(table.shape[0]))
     blank = sorted(i for i in used if i < table.shape[0] and not torch.any(table[i]))
@@ -322,13 +281,33 @@ class Sweep:
                 print(f"[sweep] {self.elapsed():.0f} s: stopped {name} at the deadline", flush=True)
 
 
+def check_recipe(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse (one line) a recipe that does not read, or trains on another benchmark than the rows are
+    evaluated on, and a data folder that is not there."""
+    from cir_core.train_config import TrainConfig
+
+    try:
+        kind = TrainConfig.from_file(args.config).data.kind
+    except ValueError as error:
+        parser.error(" ".join(str(error).split()))
+    if kind != args.benchmark:
+        parser.error(f"the recipe {args.config} trains on {kind}, not {args.benchmark}: give --benchmark {kind} "
+                     "or another --config")
+    if not args.data.is_dir():
+        parser.error(f"--data {args.data} is not a folder")
+
+
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("data/shapes"), help="shapes benchmark folder")
-    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="the recipe every row starts from")
+    parser.add_argument("--benchmark", choices=sorted(BENCHMARKS), default="shapes",
+                        help="what the rows train and are evaluated on")
+    parser.add_argument("--data", type=Path, help="the benchmark's folder (default: data/<benchmark>)")
+    parser.add_argument("--config", type=Path,
+                        help="the recipe every row starts from (default: the benchmark's, in configs/)")
     parser.add_argument("--out", type=Path, required=True, help="folder of rows.jsonl and metrics.jsonl")
     parser.add_argument("--work", type=Path, help="folder of the runs and worker logs (default: OUT/work)")
-    parser.add_argument("--rows", default="all", help=f"comma-separated row names or 'all': {', '.join(ROWS_BY_NAME)}")
+    parser.add_argument("--rows", default="all", help="comma-separated row names or 'all': "
+                        + "; ".join(f"{name}: {', '.join(b.rows_by_name)}" for name, b in BENCHMARKS.items()))
     parser.add_argument("--steps", type=int, default=500, help="training steps of every row")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--parallel", type=int, default=1, help="rows trained at once (one process each)")
@@ -342,16 +321,22 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--eval-batch-size", type=int, default=64)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.suite = BENCHMARKS[args.benchmark]
+    args.data = args.data or args.suite.data
+    args.config = args.config or args.suite.config
     args.work = args.work or args.out / "work"
     if args.steps < 1 or args.parallel < 1 or args.threads < 1:
         parser.error("--steps, --parallel and --threads must be at least 1")
-    names = list(ROWS_BY_NAME) if args.rows == "all" else [n for n in args.rows.split(",") if n]
-    unknown = [n for n in names if n not in ROWS_BY_NAME]
+    check_recipe(parser, args)
+    known = args.suite.rows_by_name
+    names = list(known) if args.rows == "all" else [n for n in args.rows.split(",") if n]
+    unknown = [n for n in names if n not in known]
     if unknown:
-        parser.error(f"unknown rows {unknown}; choose from {list(ROWS_BY_NAME)}")
+        parser.error(f"unknown {args.benchmark} rows {unknown}; choose from {list(known)}")
     args.row_names = names
     # What a worker needs to run exactly as asked: the same options, absolute paths.
-    worker_argv = ["--data", str(args.data.resolve()), "--config", str(args.config.resolve()),
+    worker_argv = ["--benchmark", args.benchmark, "--data", str(args.data.resolve()),
+                   "--config", str(args.config.resolve()),
                    "--out", str(args.out.resolve()), "--work", str(args.work.resolve()), "--steps", str(args.steps),
                    "--device", args.device, "--parallel", str(args.parallel), "--threads", str(args.threads),
                    "--max-test-queries", str(args.max_test_queries), "--eval-batch-size", str(args.eval_batch_size)]
@@ -364,11 +349,15 @@ def main(argv: list[str] | None = None) -> int:
     args.start = start
     if args.worker:
         return run_worker(args)
+    if code_version()[0] is None:
+        raise SystemExit(f"shapes_sweep.py: error: {ROOT} is not a git checkout, and every row records the "
+                         "commit it was trained at")
     args.out.mkdir(parents=True, exist_ok=True)
-    print(f"[sweep] {len(args.row_names)} rows x {args.steps} steps on {args.device}, {args.parallel} at a time, "
+    print(f"[sweep] {len(args.row_names)} {args.benchmark} rows x {args.steps} steps on {args.device}, "
+          f"{args.parallel} at a time, "
           f"{args.threads} threads each, deadline {args.deadline_seconds} s", flush=True)
     check_init_vocabulary(args)
-    rows = [ROWS_BY_NAME[name] for name in args.row_names]
+    rows = [args.suite.rows_by_name[name] for name in args.row_names]
     return Sweep(rows, args, worker_argv).run()
 
 

@@ -1,6 +1,7 @@
 """The app launched in-process and called through gradio_client, as an API user would."""
 import importlib.util
 import json
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -8,6 +9,7 @@ from types import SimpleNamespace
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+import httpx
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
@@ -44,9 +46,108 @@ def test_search_endpoint_returns_ranked_ids_and_scores(served, client, upload):
     assert answer["reference_id"] is None and answer["timings_ms"]["total"] > 0
 
 
-def test_search_with_explanations_over_the_api(client, upload):
+def test_search_with_explanations_over_the_api(served, client, upload):
+    engine, _ = served
     answer = client.predict(handle_file(str(upload)), CAPTION, 3, True, api_name="/search")
     assert len(answer["results"]) == 3 and answer["timings_ms"]["explain"] > 0
+    explanation = answer["explanation"]
+    direct = engine.search(str(upload), CAPTION, k=3, explain=True).explanation  # the engine, not the app
+    q = engine.model_summary().prompt_tokens
+    tokens = explanation["tokens"]
+    assert [[m["token"] for m in row] for row in tokens["prompt"]] == [[m.token for m in row]
+                                                                         for row in direct.prompt_tokens]
+    assert len(tokens["auxiliary"]) == q and all(len(row) == 3 for row in tokens["auxiliary"])
+    assert all(-1 <= m["similarity"] <= 1 for row in tokens["prompt"] for m in row)
+    attention = explanation["attention"]
+    assert np.array(attention["per_token"]).shape == (q, 4, 4) and np.array(attention["average"]).shape == (4, 4)
+    assert np.allclose(attention["average"], direct.attention.average, atol=1e-3)
+    assert np.allclose(attention["patch_share"], direct.attention.patch_share, atol=1e-3)
+    relevance, = explanation["relevance"]  # the first result's
+    assert relevance["id"] == answer["results"][0]["id"] == direct.relevance_id
+    assert relevance["score"] == pytest.approx(direct.relevance.score, abs=1e-3)
+    assert relevance["score"] == pytest.approx(answer["results"][0]["score"], abs=3e-2)  # a bf16 gallery
+    assert np.allclose(relevance["grid"], direct.relevance.grid, atol=1e-3)
+    grid = np.array(relevance["grid"])
+    assert grid.shape == (4, 4) and grid.min() >= 0 and grid.max() <= 1
+    captions = explanation["captions"]
+    assert captions["kind"] and (captions["composed_query"] is None) == bool(captions["note"])
+    for match in captions["composed_query"] or []:
+        assert set(match) == {"text", "image_id", "similarity"} and match["text"] != CAPTION
+
+
+def test_search_explains_only_when_asked(client, upload):
+    answer = client.predict(handle_file(str(upload)), CAPTION, 3, api_name="/search")  # the default
+    assert answer["explanation"] is None and answer["timings_ms"]["explain"] == 0
+
+
+def test_the_api_page_is_short_and_names_every_input_and_output(served):
+    engine, url = served
+    page = httpx.get(f"{url}gradio_api/info", timeout=30).text
+    assert len(page) < 15_000
+    assert not any(f'"{image_id}"' in page for image_id in engine.gallery_ids)  # no list of the gallery
+    info = json.loads(page)
+    assert set(info["named_endpoints"]) == {"/search", "/compare", "/pick_gallery_image", "/benchmark"}
+    search = {p["parameter_name"]: p for p in info["named_endpoints"]["/search"]["parameters"]}
+    assert search["with_explanations"]["parameter_default"] is False
+    # The page itself explains every search by default: only the API's default is off.
+    components = httpx.get(f"{url}config", timeout=30).json()["components"]
+    explain, = [c for c in components if c.get("props", {}).get("elem_id") == "explain"]
+    assert explain["props"]["value"] is True
+    pick, = info["named_endpoints"]["/pick_gallery_image"]["parameters"]
+    assert pick["component"] == "Textbox" and pick["parameter_name"] == "image_id"
+    everything = httpx.get(f"{url}gradio_api/info", params={"all_endpoints": "true"}, timeout=30).json()
+    labels = [item["label"] for endpoint in everything["named_endpoints"].values()
+              for item in endpoint["parameters"] + endpoint["returns"]]
+    assert len(everything["named_endpoints"]) > 10 and labels
+    assert not [label for label in labels if label.startswith(("value_", "parameter_"))]
+
+
+def test_compare_answers_json_rankings(served, client, upload):
+    engine, _ = served
+    answer = client.predict(handle_file(str(upload)), CAPTION, 4, api_name="/compare")
+    direct = engine.compare(str(upload), CAPTION, k=4)
+    assert [r["name"] for r in answer["rankings"]] == [r.name for r in direct.rankings]
+    for shown, ranking in zip(answer["rankings"], direct.rankings):
+        assert [h["id"] for h in shown["results"]] == [h.id for h in ranking.hits]
+        assert [h["score"] for h in shown["results"]] == pytest.approx([h.score for h in ranking.hits], abs=1e-5)
+        assert shown["description"] == ranking.description and shown["ground_truth"] is None
+
+
+def test_a_picked_gallery_image_is_the_reference_of_the_next_search(served, upload):
+    engine, url = served
+    client = Client(url, verbose=False)
+    image_id = engine.gallery_ids[5]
+    _, info = client.predict(f"  {image_id} ", api_name="/pick_gallery_image")
+    assert image_id in info
+    answer = client.predict(None, CAPTION, 4, False, api_name="/search")
+    assert answer["reference_id"] == image_id
+    assert [r["id"] for r in answer["results"]] == [h.id for h in engine.search(image_id, CAPTION, k=4).hits]
+    with pytest.raises(Exception, match="at most 256 characters"):
+        client.predict("x" * 10_000, api_name="/pick_gallery_image")
+
+
+BAD_VALUES = [
+    ("/benchmark", ("no such group", ""), "unknown group 'no such group'; this benchmark has view angle"),
+    ("/benchmark", (3, ""), "group and keyword must be text"),
+    ("/attention_token", (99,), "the prompt token must be between 1 and 4, got 99"),
+    ("/attention_token", ("abc",), "the prompt token must be a whole number"),
+    ("/prompt_tokens", ("every word",), "the vocabulary must be one of"),
+    ("/pick_gallery_image", ("no-such-id",), "'no-such-id' is not an image of the gallery"),
+    ("/search", ("{upload}", CAPTION, "x", False), "k must be a whole number"),
+]
+
+
+@pytest.mark.parametrize("api_name, args, message", BAD_VALUES)
+def test_a_bad_value_is_one_line_in_the_log_not_a_traceback(client, upload, caplog, capfd, api_name, args, message):
+    args = [handle_file(str(upload)) if arg == "{upload}" else arg for arg in args]
+    capfd.readouterr()
+    with caplog.at_level(logging.INFO, logger="demo.requests"):
+        with pytest.raises(Exception, match=message):
+            client.predict(*args, api_name=api_name)
+    printed = capfd.readouterr()
+    assert "Traceback" not in printed.err + printed.out
+    logged = [record.getMessage() for record in caplog.records if record.name == "demo.requests"]
+    assert len(logged) == 1 and "refused" in logged[0] and "\n" not in logged[0]
 
 
 def test_bad_input_is_a_visible_error_and_the_app_keeps_serving(client, upload, tmp_path):
@@ -85,7 +186,7 @@ def test_bad_api_arguments_get_a_message_not_an_internal_error(served, client, u
 
 def test_out_of_range_attention_token_is_a_message(served, client, upload):
     client.predict(handle_file(str(upload)), CAPTION, 3, True, api_name="/search")
-    for token, message in ((99, "greater than maximum value"), (1.5, "prompt token must be a whole number")):
+    for token, message in ((99, "prompt token must be between 1 and"), (1.5, "prompt token must be a whole number")):
         with pytest.raises(Exception, match=message) as caught:
             client.predict(token, api_name="/attention_token")
         assert "internal error" not in str(caught.value)

@@ -3,6 +3,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 spec = importlib.util.spec_from_file_location("bench_real_size",
@@ -20,8 +21,12 @@ def test_report_has_the_targets_fields_and_both_settings(capsys):
     finally:
         torch.set_num_threads(threads)
     report = json.loads(capsys.readouterr().out)
-    for field in ("gallery_reference_p50_ms", "upload_p50_ms", "peak_rss_gb"):
+    for field in ("gallery_reference_p50_ms", "upload_p50_ms", "peak_rss_gb", "encode_images_per_s"):
         assert report[field] > 0
+    assert report["attention"] == "sdpa"  # fp32 attention (int8 layers give fp32) on a CPU runs fused
+    assert report["encode_batch"] == 4 and report["read_workers"] == 1
+    # the 6 stand-in images in the encoding's time (rounded to 0.1 s)
+    assert abs(6 / report["encode_images_per_s"] - report["stand_in_gallery_encoding_s"]) <= 0.05 + 1e-6
     assert report["fast_setting"] == "int8" and set(report["settings"]) == {"fp32", "int8", "bf16"}
     assert set(report["bf16_speedup_over_fp32"]) == {"upload", "gallery_reference"}
     assert "spearman" in report["bf16_ranking_agreement_with_fp32"]["gallery_reference"]
@@ -48,3 +53,9 @@ def test_cuda_without_cuda_is_refused(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert bench.main(["--preset", "tiny-test", "--device", "cuda"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_bad_encode_batch_sizes_are_one_clear_error(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--preset", "tiny-test", "--device", "cpu", "--encode-batch-sizes", "64,x"])
+    assert "--encode-batch-sizes takes comma-separated positive integers, got '64,x'" in capsys.readouterr().err

@@ -57,10 +57,14 @@ def test_upload_caption_search_shows_results_tokens_and_heatmaps(app_url, tmp_pa
         expect(page.locator("#reference img").first).to_be_visible(timeout=20_000)
         page.locator("#reference input[type=file]").set_input_files(str(upload))
         page.locator("#caption textarea").fill("make the red circle large")
+        page.locator("#explain input[type=checkbox]").check()  # on by default for explainable models
         page.locator("#search").click()
         expect(page.locator("#results img").first).to_be_visible(timeout=60_000)
         expect(page.locator("#summary")).to_contain_text("an uploaded image", timeout=30_000)
         expect(page.locator("#prompt-chips .cir-chip").first).to_be_visible(timeout=30_000)
+        # CJK vocabulary entries find a CJK font where the visitor has one, not a box
+        chip_font = page.locator("#prompt-chips .cir-chip").first.evaluate("chip => getComputedStyle(chip).fontFamily")
+        assert "Noto Sans CJK SC" in chip_font and "Microsoft YaHei" in chip_font
         # The prompt tab leads with the captions nearest the composed query and the prompt alone.
         expect(page.locator("#prompt-captions")).to_contain_text("Composed query: nearest descriptions of gallery images")
         assert page.locator("#prompt-captions li").count() == 10
@@ -130,3 +134,84 @@ def test_cirr_failure_view_loads_a_view_angle_failure(cirr_url):
         expect(page.locator("#summary")).to_contain_text("Ground truth", timeout=60_000)
         expect(page.locator("#results img").first).to_be_visible(timeout=30_000)
 
+
+
+def caption_boxes(page, gallery: str) -> list[dict]:
+    """Per item of a gallery: where its picture ends and its caption starts, whether the caption is
+    cut, its text, and the picture's border."""
+    return page.locator(f"{gallery} .gallery-item").evaluate_all("""items => items.map(item => {
+        const picture = item.querySelector('img'), caption = item.querySelector('.caption-label');
+        return {pictureBottom: picture.getBoundingClientRect().bottom, captionTop: caption.getBoundingClientRect().top,
+                cut: caption.scrollWidth > caption.clientWidth + 1 || caption.scrollHeight > caption.clientHeight + 1,
+                text: caption.innerText, border: getComputedStyle(picture).borderTopWidth};
+    })""")
+
+
+# Whether an element's top is in the upper half of the window.
+IN_VIEW = """selector => {
+    const box = document.querySelector(selector).getBoundingClientRect();
+    return box.top >= 0 && box.top < window.innerHeight / 2;
+}"""
+
+
+def test_result_captions_sit_whole_under_bordered_pictures(app_url):
+    import re
+
+    from playwright.sync_api import expect
+
+    with app_page(app_url, 1000) as page:
+        page.locator(".gallery-item, tr.tr-body").first.click()  # a benchmark query: its target gets a mark
+        expect(page.locator("#reference img").first).to_be_visible(timeout=20_000)
+        page.locator("#top-k input[type=number]").fill("40")  # the whole tiny gallery: the target is among them
+        page.locator("#top-k input[type=number]").press("Enter")
+        page.locator("#search").click()
+        expect(page.locator("#results .caption-label").nth(39)).to_be_attached(timeout=60_000)
+        boxes = caption_boxes(page, "#results")
+        page.screenshot(path=str(ARTIFACTS / "browser_result_captions.png"), full_page=True)
+        assert len(boxes) == 40
+        for box in boxes:
+            assert box["captionTop"] >= box["pictureBottom"] - 1, box  # under the picture, never over it
+            assert not box["cut"], box
+            assert box["border"] != "0px"  # white scenes stay apart
+            assert re.fullmatch(r"(★ target )?#\d+ · -?\d\.\d{3} · \w+", box["text"].strip()), box
+        assert sum(box["text"].startswith("★ target #") for box in boxes) == 1
+
+
+def test_the_failure_tab_opens_on_a_report_and_a_card_brings_its_results_into_view(served, app_url):
+    from playwright.sync_api import expect
+
+    engine, _ = served
+    first_group = engine.group_names()[0]
+    with app_page(app_url, 900) as page:
+        page.get_by_role("tab", name="Failure inspection").click()
+        expect(page.locator("#failure-count")).to_contain_text("failure(s)", timeout=60_000)  # no click on Find
+        expect(page.locator("#group-filter input")).to_have_value(first_group)
+        text = page.locator("#failure-tab").inner_text()
+        assert "Each card" in text and "Click a card" in text and " row" not in text
+        cards = page.locator("#failures .gallery-item")
+        expect(cards.first).to_be_visible(timeout=30_000)
+        boxes = caption_boxes(page, "#failures")
+        assert boxes and all(first_group in box["text"] for box in boxes)  # the first group's failures
+        assert all(box["captionTop"] >= box["pictureBottom"] - 1 and not box["cut"] for box in boxes), boxes
+        cards.first.scroll_into_view_if_needed()
+        assert not page.evaluate(IN_VIEW, "#results")
+        cards.first.locator("button").click()
+        page.wait_for_function(IN_VIEW, arg="#results", timeout=10_000)
+        expect(page.locator("#summary")).to_contain_text("Ground truth", timeout=60_000)
+        expect(page.locator("#results img").first).to_be_in_viewport(timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "browser_failure_card_clicked.png"))
+
+
+def test_the_api_page_is_short_and_documents_the_json_endpoints(app_url):
+    from playwright.sync_api import expect
+
+    with app_page(app_url, 1000) as page:
+        page.get_by_text("Use via API").click()
+        docs = page.locator(".api-docs")
+        expect(docs).to_contain_text("API name: /benchmark", timeout=30_000)
+        text = docs.inner_text()
+        assert len(text) < 15_000
+        names = {line.split()[2] for line in text.splitlines() if line.startswith("API name: ")}
+        assert names == {"/search", "/compare", "/pick_gallery_image", "/benchmark"}
+        assert "with_explanations bool Default:False" in text
+        assert "value_" not in text and "parameter_" not in text  # every input and output is named

@@ -390,6 +390,24 @@ def test_baseline_checkpoint_searches_with_its_own_query_mode(model, shapes_dir,
         baseline_engine.search(reference, CAPTION, k=3, explain=True)
 
 
+def test_image_prompt_checkpoint_searches_and_explains_its_caption_free_prompt(model, shapes_dir, cache_root,
+                                                                              tmp_path):
+    variant = cir_core.load_model(f"local-dir:{cir_core.save_model(model, tmp_path / 'same')}")
+    variant.config = dataclasses.replace(variant.config, query_mode="image_prompt")
+    variant_engine = tiny_engine(cir_core.save_model(variant, tmp_path / "image-prompt"), shapes_dir, cache_root)
+    assert variant_engine.model_summary().explainable
+    reference = variant_engine.gallery_ids[4]
+    pixels = variant_engine.transform(load_query_image(variant_engine.gallery_path(reference))).unsqueeze(0)
+    results = [variant_engine.search(reference, caption, k=3, explain=True) for caption in (CAPTION, "remove it")]
+    expected = variant.encode_query(pixels, CAPTION)
+    assert np.allclose(results[0].query_vector, expected.query[0].numpy(), atol=TOLERANCE)
+    first, second = (result.explanation for result in results)
+    assert len(first.prompt_tokens) == variant.num_query_tokens
+    assert first.prompt_tokens == second.prompt_tokens  # what the prompt says does not depend on the caption
+    assert np.array_equal(first.attention.per_token, second.attention.per_token)
+    assert not np.allclose(results[0].query_vector, results[1].query_vector, atol=1e-4)
+
+
 @pytest.mark.parametrize("precision, weights", [("bf16", torch.bfloat16), ("int8", torch.qint8)])
 def test_reduced_precision_queries_stay_close_to_fp32_and_explanations_stay_fp32(
         checkpoint, shapes_dir, cache_root, engine, precision, weights):

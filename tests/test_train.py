@@ -406,6 +406,43 @@ def test_model_overrides_on_the_command_line(tmp_path, shapes_dir):
     assert model.num_query_tokens == 2 and model.config.loss.align_weight == 0.8
 
 
+@pytest.mark.parametrize("mode, fresh", [("image_prompt", set()), ("static_prompt", set()),
+                                         ("pseudo_word", {"pseudo_word_projection.0.weight",
+                                                          "pseudo_word_projection.0.bias",
+                                                          "pseudo_word_projection.2.weight",
+                                                          "pseudo_word_projection.2.bias"})])
+def test_a_checkpoint_fine_tunes_in_another_query_mode(tmp_path, shapes_dir, tiny_checkpoint, mode, fresh):
+    from cir_core.train import build_model
+
+    def built(overrides):
+        config = TrainConfig.from_file(write_config(tmp_path, shapes_dir, model={
+            "checkpoint": f"local-dir:{tiny_checkpoint}", "overrides": overrides}))
+        torch.manual_seed(3)
+        return build_model(config), torch.rand(3)
+
+    start = cir_core.load_model(f"local-dir:{tiny_checkpoint}").state_dict()
+    (model, pretrained), after_build = built({"query_mode": mode, "loss.align_weight": 0.8})
+    _, after_same_mode = built({"loss.align_weight": 0.8})
+    assert torch.equal(after_build, after_same_mode)  # training draws as it would in the checkpoint's mode
+    assert model.config.query_mode == mode and model.config.loss.align_weight == 0.8
+    state = model.state_dict()
+    assert set(state) - set(start) == fresh and not fresh & pretrained
+    assert all(torch.equal(state[name], tensor) for name, tensor in start.items())  # every checkpoint weight kept
+    model.eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    assert model.encode_query(pixels, ["make it red", "remove it"]).query.shape == (2, 16)
+
+
+def test_a_checkpoint_keeps_its_sizes(tmp_path, shapes_dir, tiny_checkpoint):
+    from cir_core.train import build_model
+
+    config = TrainConfig.from_file(write_config(tmp_path, shapes_dir, model={
+        "checkpoint": f"local-dir:{tiny_checkpoint}", "overrides": {"qformer.num_query_tokens": 2}}))
+    with pytest.raises(ValueError, match=r"cannot override \['qformer.num_query_tokens'\] when starting from a "
+                                         "checkpoint"):
+        build_model(config)
+
+
 @pytest.mark.parametrize("key, value, message", [
     ("shapes.position_negatives", "lots", "data.options.position_negatives: expected int, got 'lots'"),
     ("progress", "1", "train config.progress: expected bool, got 1"),

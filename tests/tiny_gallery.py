@@ -46,14 +46,15 @@ def tiny_engine(checkpoint: Path, shapes_dir: Path, cache_root: Path, **kwargs) 
 
 
 @contextmanager
-def serving(engine: Engine) -> Iterator[str]:
-    """The app over `engine`, launched in this process on a free local port: yields its URL, closed after."""
+def serving(engine: Engine, examples_file: Path | None = None) -> Iterator[str]:
+    """The app over `engine` (with the curated examples of `examples_file`), launched in this process
+    on a free local port: yields its URL, closed after."""
     from demo import launch
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    app = launch(engine, server_port=port, prevent_thread_lock=True)
+    app = launch(engine, examples_file=examples_file, server_port=port, prevent_thread_lock=True)
     try:
         yield f"http://127.0.0.1:{port}/"
     finally:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from cir_core.cli import CommandError
+from cir_core.config import PROMPT_MODES
 from cir_core.device import DEVICES
 from cir_core.precision import GALLERY_PRECISIONS, QUERY_PRECISIONS
 
@@ -38,7 +39,7 @@ def register(subparsers) -> None:
     shapes.add_argument("--split", default="test")
     shapes.add_argument("--no-prompt", action="store_true",
                         help="skip the prompt faithfulness measure (nearest descriptions of the composed query "
-                             "and of the prompt; SPRC models only)")
+                             "and of the prompt; models with a prompt only)")
     add_precision_arguments(shapes)
     add_model_arguments(shapes, features=False)
     shapes.set_defaults(handler=_eval_shapes)
@@ -48,7 +49,8 @@ def register(subparsers) -> None:
     scenes3d.add_argument("--data", type=Path, required=True, help="a scenes3d folder (cir data scenes3d)")
     scenes3d.add_argument("--split", default="test")
     scenes3d.add_argument("--no-prompt", action="store_true",
-                          help="skip the prompt faithfulness measure (nearest descriptions; SPRC models only)")
+                          help="skip the prompt faithfulness measure (nearest descriptions; models with a "
+                               "prompt only)")
     add_precision_arguments(scenes3d)
     add_model_arguments(scenes3d, features=False)
     scenes3d.set_defaults(handler=_eval_scenes3d)
@@ -212,7 +214,7 @@ def _eval_shapes(args: argparse.Namespace) -> int:
         report = evaluate_shapes(model, split, args.batch_size, not args.no_progress, scenes,
                                  query_precision=args.query_precision, gallery_precision=args.gallery_precision)
         summary = report.to_dict()
-        if not args.no_prompt and model.config.query_mode == "sprc":
+        if not args.no_prompt and model.config.query_mode in PROMPT_MODES:
             from cir_core.evaluation.prompt_faithfulness import shapes_prompt_faithfulness
 
             summary["prompt"] = shapes_prompt_faithfulness(model, split, scenes, args.batch_size,

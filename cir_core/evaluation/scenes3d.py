@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cir_core.config import PROMPT_MODES
 from cir_core.data.scenes3d.misses import MISS_KINDS, miss_classifier
 from cir_core.data.scenes3d.plan import GROUP_ORDER
 from cir_core.data.scenes3d.read import read_scenes3d_info, read_scenes3d_labels, read_scenes3d_split
@@ -37,13 +38,13 @@ def evaluate_scenes3d(model, split: TripletSplit, views: Views, batch_size: int 
                       query_precision: str = "fp32", gallery_precision: str = "fp32",
                       prompt: bool = True) -> Scenes3DEvaluation:
     """Rank the split (from `read_scenes3d_for_eval`) with `model`; `prompt` adds the faithfulness
-    measure (SPRC models only)."""
+    measure (models whose query has a prompt)."""
     report = evaluate_grouped_recall(model, split, batch_size, progress, miss_classifier(views), MISS_KINDS,
                                      query_precision, gallery_precision)
     order = {name: position for position, name in enumerate(GROUP_ORDER)}
     summary = {**report.to_dict(), "query_precision": query_precision, "gallery_precision": gallery_precision}
     summary["per_group"] = dict(sorted(summary["per_group"].items(), key=lambda item: order.get(item[0], len(order))))
-    if prompt and model.config.query_mode == "sprc":
+    if prompt and model.config.query_mode in PROMPT_MODES:
         from cir_core.evaluation.prompt_faithfulness import described_prompt_faithfulness
 
         summary["prompt"] = described_prompt_faithfulness(model, split, split.image_captions, None, batch_size,

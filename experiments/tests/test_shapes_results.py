@@ -4,7 +4,6 @@ import copy
 import hashlib
 import importlib.util
 import json
-import math
 import re
 import shutil
 import subprocess
@@ -34,6 +33,7 @@ def load_benchmark(name):
 sweep = load_benchmark("shapes_sweep")
 results = load_benchmark("shapes_results")
 pack = load_benchmark("shapes_sweep_pack")
+SHAPES = sweep.BENCHMARKS["shapes"]
 
 TWO_ROWS = "sprc/seed0,static_prompt/seed0"
 
@@ -129,11 +129,11 @@ def test_deadline_stops_a_running_row_and_keeps_no_row(tiny, tmp_path, capsys):
 
 
 def test_rows_are_ordered_seeds_first_and_cover_the_issue():
-    names = [row.name for row in sweep.ROWS]
+    names = [row.name for row in SHAPES.rows]
     assert names[:6] == ["sprc/seed0", "static_prompt/seed0", "sprc/seed1", "static_prompt/seed1",
                          "sprc/seed2", "static_prompt/seed2"]
     assert len(names) == len(set(names)) == 14
-    assert {row.group for row in sweep.ROWS} == set(sweep.VARIANTS)
+    assert {row.group for row in SHAPES.rows} == set(SHAPES.variants)
 
 
 def test_unknown_row_is_refused(tiny, tmp_path):
@@ -146,7 +146,7 @@ def fake_row(name, r1, steps=500, seed=0, **fields):
     group = name.split("/")[0]
     report = {"num_queries": 10, "gallery_size": 20, "recall": {"R@1": r1, "R@5": 50.0, "R@10": 60.0, "R@50": 90.0},
               "novel": {"R@1": r1}, "per_edit": {"add": {"R@1": r1}}, "per_object_count": {"1": {"R@1": r1}}}
-    row = {"name": name, "group": group, "description": sweep.VARIANTS[group][0], "table": "main", "steps": steps,
+    row = {"name": name, "group": group, "description": SHAPES.variants[group][0], "table": "main", "steps": steps,
            "seed": seed, "query_mode": "sprc", "prompt_length": 8, "align_weight": 0.4, "train_seconds": 10.0,
            "seconds_per_step": 0.02, "device": "NVIDIA H200", "precision": "bf16", "report": report,
            "recipe": "configs/shapes_mini.json", "overrides": {}, "train_flops_per_step": 2e9,
@@ -155,7 +155,7 @@ def fake_row(name, r1, steps=500, seed=0, **fields):
     return row
 
 
-LATE_FUSION = sweep.VARIANTS["late_fusion"][0]
+LATE_FUSION = SHAPES.variants["late_fusion"][0]
 
 
 def render_rows(tmp_path, rows):
@@ -238,33 +238,6 @@ def test_curves_and_figures(tmp_path):
     assert "| 0 | 5.0 |" in text and "| 1 | 35.0 |" in text
     for figure in ("r1", "prompt_length", "align_weight", "per_edit"):
         assert (tmp_path / "figures" / f"results_{figure}.png").stat().st_size > 1000
-
-
-def t_two_sided_p(t, df):
-    """Closed forms of Student's t: df 1 (Cauchy), 2 and 4."""
-    t = abs(t)
-    if df == 1:
-        return 1 - 2 / math.pi * math.atan(t)
-    if df == 2:
-        return 1 - t / math.sqrt(2 + t * t)
-    u = t * t / 4
-    return 1 - 2 * (3 / 8) * t / math.sqrt(1 + u) * (1 - u / (3 * (1 + u)))  # df 4
-
-
-@pytest.mark.parametrize("t,df", [(0.5, 1), (2.5, 1), (1.3, 2), (6.0, 2), (0.2, 4), (3.0, 4)])
-def test_incomplete_beta_gives_students_t(t, df):
-    p = results.regularized_incomplete_beta(df / (df + t * t), df / 2, 0.5)
-    assert p == pytest.approx(t_two_sided_p(t, df), abs=1e-12)
-
-
-def test_welch_test_by_hand():
-    # means 2 and 5, variances 1 and 1, three values each: t = -3 / sqrt(2/3), df = (2/3)^2 / (2 (1/3)^2 / 2) = 4
-    test = results.welch_test([1.0, 2.0, 3.0], [4.0, 5.0, 6.0])
-    assert test.t == pytest.approx(-3 / math.sqrt(2 / 3)) and test.df == pytest.approx(4.0)
-    assert test.p == pytest.approx(t_two_sided_p(test.t, 4), abs=1e-12) and test.p == pytest.approx(0.0213, abs=1e-4)
-    # unequal variances: 1 and 4 over three values each, df = (5/3)^2 / ((1/3)^2/2 + (4/3)^2/2) = 50/17
-    assert results.welch_test([1.0, 2.0, 3.0], [0.0, 2.0, 4.0]).df == pytest.approx(50 / 17)
-    assert results.welch_test([1.0], [2.0, 3.0]) is None and results.welch_test([1.0, 1.0], [2.0, 2.0]) is None
 
 
 def test_tests_between_seeds_are_computed_and_keep_devices_apart(tmp_path):
