@@ -11,8 +11,8 @@ the index). By default it measures the app's default (the embedded scenes3d-mini
 the shipped scenes3d test split, with its index seed); without that model it measures a
 tiny-test model on a small shapes gallery instead, and says so.
 
-Targets with the embedded default on a 2-core CPU: cold start <= 15 s, p50 <= 150 ms
-without explanations, <= 1 s with.
+Targets with the embedded default on a 2-core CPU (today's figures: docs/performance.md):
+first answer <= 7 s after a cold start, /search p50 <= 150 ms without explanations, <= 1 s with.
 """
 import argparse
 import os
