@@ -16,21 +16,22 @@ losses (and loss.description_weight where the dataset describes its images) with
 model config's weights, gradient clipping, bf16 autocast where the device computes bf16
 natively (precision auto; bf16 or fp32 force one).
 
-Options only the shapes benchmark can serve (its scene labels) are in the shapes section:
-  shapes.position_negatives  scenes rendered per batch with a target's objects in another layout
-  shapes.position_negative_spread  even, or inverse_objects (in proportion to 1/objects in the target)
-  shapes.edit_negatives      a batch reference edited the same way with another outcome, per batch
-  shapes.lone_target_repeats draws per pass of a triplet whose target is one object
-  shapes.region_weight       weight of an auxiliary per-cell loss on the vision tokens
+Options of one dataset go in data.options and are checked by that dataset (the former
+top-level shapes.* keys still read):
+  shapes:    position_negatives (scenes per batch with a target's objects in another layout),
+             position_negative_spread (even or inverse_objects), edit_negatives (a batch reference
+             edited the same way with another outcome), lone_target_repeats, region_weight
+  fashioniq: categories (trained jointly, each validated alone)
 
 Recipes are in configs/; every option, with a line on each, in cir_core/train_config.py
-(shapes options: cir_core/data/shapes_training.py).
+(dataset options: ShapesOptions in cir_core/data/shapes_training.py, FashionIQOptions in
+cir_core/data/fashioniq.py).
 """
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
-        "train", help="train SPRC (shapes, CIRR or FashionIQ) with the one training loop",
+        "train", help="train SPRC on any registered dataset (shapes, scenes3d, CIRR, FashionIQ) with the one training loop",
         description="Train SPRC. Any field of the config can be overridden as --section.key=value, "
                     "e.g. --optim.lr=1e-4 --max_steps=200 --model.overrides.qformer.num_query_tokens=16.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
